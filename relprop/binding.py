@@ -1,0 +1,367 @@
+"""Matching graph nodes to rules.
+
+Every node on the relevance path (from a relevance source to the output) gets a
+rule.  Candidates, most specific first:
+
+1. a module-name glob (``"features.0"``, ``"blocks.*.attn"``), matched against
+   the module paths the node was traced in (innermost first);
+2. a module class (``torch.nn.Linear``), matched by ``isinstance`` the same way;
+3. an op (``torch.ops.aten.linear.default``, its packet ``torch.ops.aten.linear``,
+   or the strings ``"aten.linear"`` / ``"aten.linear.default"``);
+4. the rule set's default for the node's category.
+
+Per-trace overrides win over global registrations of the same kind.  Module
+overrides only replace the rules of *computing* ops: data movement inside a
+module keeps passing relevance unchanged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from relprop.rules.base import Layout, NodeInfo, Rule
+from relprop.rules.lrp import Pass
+from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, op_name
+from relprop.rules.sets import RuleSet, as_rule
+
+from .errors import InputError, MissingRuleError, RuleError
+from .tracing import Program
+
+__all__ = ["register_rule", "unregister_rule", "bind", "Bound", "Binding", "OverrideKey"]
+
+#: global registrations: normalized key -> rule
+_REGISTRY: dict[tuple[str, Any], Rule] = {}
+
+OverrideKey = Any  # str | type[nn.Module] | OpOverload | OpOverloadPacket
+
+
+def _normalize_key(key: OverrideKey) -> tuple[str, Any]:
+    if isinstance(key, type) and issubclass(key, nn.Module):
+        return ("class", key)
+    if isinstance(key, torch._ops.OpOverload):
+        return ("op", str(key))
+    if isinstance(key, torch._ops.OpOverloadPacket):
+        return ("op", str(key))
+    if isinstance(key, str):
+        if key.startswith("aten.") or "::" in key:
+            return ("op", key.replace("::", "."))
+        return ("name", key)
+    raise RuleError(
+        f"cannot match rules by {key!r}; expected a module-name glob (str), an nn.Module "
+        "subclass, or an ATen op (torch.ops.aten.linear, 'aten.linear.default')"
+    )
+
+
+def register_rule(key: OverrideKey, rule: Any = None) -> Any:
+    """Register ``rule`` globally for an op, a module class, or a module-name glob.
+
+    Usable directly, ``relprop.register_rule("aten.cumsum", relprop.rules.Pass())``,
+    or as a decorator on a :class:`~relprop.rules.Rule` subclass or a function
+    ``(ctx, R) -> list of input relevances``.  Registrations apply to traces made
+    afterwards.
+    """
+    norm = _normalize_key(key)
+    if rule is not None:
+        _REGISTRY[norm] = as_rule(rule)
+        return rule
+
+    def decorator(obj: Any) -> Any:
+        _REGISTRY[norm] = as_rule(obj)
+        return obj
+
+    return decorator
+
+
+def unregister_rule(key: OverrideKey) -> None:
+    """Remove a global registration (no error if there is none)."""
+    _REGISTRY.pop(_normalize_key(key), None)
+
+
+@dataclass
+class Binding:
+    """The rule of one node and why it was chosen."""
+
+    info: NodeInfo
+    rule: Rule
+    source: str  # "name 'features.0'", "class Linear", "op aten.linear", "default", ...
+
+
+@dataclass
+class Bound:
+    """A program with rules bound: what the engine walks."""
+
+    program: Program
+    bindings: dict[fx.Node, Binding]
+    #: user-input index -> float placeholder receiving relevance
+    float_sources: dict[int, fx.Node]
+    #: embedding node -> user-input index whose token ids it looks up
+    token_sources: dict[fx.Node, int]
+    #: ops passed by their gradient for want of a rule (strict=False)
+    unbound: list[str] = field(default_factory=list)
+
+
+def _floating(val: Any) -> bool:
+    if isinstance(val, torch.Tensor):
+        return val.is_floating_point()
+    if isinstance(val, (tuple, list)):
+        return any(_floating(v) for v in val)
+    return False
+
+
+def _module_stack(node: fx.Node) -> list[tuple[str, str]]:
+    stack = node.meta.get("nn_module_stack") or {}
+    return [(path, cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls)))
+            for path, cls in stack.values()]
+
+
+def _clean_path(path: str) -> str:
+    return path.replace("L['self'].", "").replace("L__self__.", "")
+
+
+def _is_split(node: fx.Node) -> bool:
+    """Whether a select/slice is one of a set that together cover its input along one dim."""
+    src = node.args[0]
+    if not isinstance(src, fx.Node):
+        return False
+    val = src.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return False
+    dims: set[int] = set()
+    covered: set[int] = set()
+    for user in src.users:
+        name = op_name(user.target)
+        if name not in ("aten.select", "aten.slice", "aten.narrow") or user.args[0] is not src:
+            return False
+        dim = user.args[1] if len(user.args) > 1 else 0
+        dim = dim % val.dim()
+        dims.add(dim)
+        size = val.shape[dim]
+        if not isinstance(size, int):
+            # a symbolic (batch) size: only a full slice covers it
+            if name == "aten.slice" and _slice_bounds(user, None) == (0, None):
+                covered.add(-1)
+                continue
+            return False
+        if name == "aten.select":
+            covered.add(user.args[2] % size)
+        else:
+            start, end = _slice_bounds(user, size)
+            step = user.args[4] if len(user.args) > 4 else 1
+            covered.update(range(start, end, step))
+    if len(dims) != 1:
+        return False
+    size = val.shape[dims.pop()]
+    return covered == {-1} if not isinstance(size, int) else covered == set(range(size))
+
+
+def _slice_bounds(node: fx.Node, size: int | None) -> tuple[int, Any]:
+    args = list(node.args) + [None] * 5
+    if op_name(node.target) == "aten.narrow":
+        start, length = args[2], args[3]
+        return (start, start + length) if size is not None else (start, None)
+    start = args[2] if args[2] is not None else 0
+    end = args[3]
+    if size is None:
+        big = end is None or (isinstance(end, int) and end >= 2**62)
+        return (start, None if big else end)
+    start = start + size if start < 0 else start
+    end = size if end is None else (end + size if end < 0 else min(end, size))
+    return (max(start, 0), end)
+
+
+def _layout(val: Any, symbols: set, static_batch: int | None) -> Layout | None:
+    if not isinstance(val, torch.Tensor):
+        return None
+    for d, size in enumerate(val.shape):
+        if isinstance(size, torch.SymInt):
+            expr = size.node.expr
+            if expr in symbols or any(s in symbols for s in getattr(expr, "free_symbols", ())):
+                return Layout(d)
+    if static_batch is not None and static_batch > 1:
+        for d, size in enumerate(val.shape):
+            if isinstance(size, int) and size % static_batch == 0:
+                return Layout(d)
+    return None
+
+
+def _leaves(node: fx.Node) -> list[Any]:
+    return torch.utils._pytree.tree_leaves((node.args, node.kwargs))
+
+
+def bind(
+    program: Program,
+    model: nn.Module,
+    rule_set: RuleSet,
+    overrides: Mapping[OverrideKey, Any],
+    strict: bool,
+) -> Bound:
+    graph = program.graph
+    nodes = list(graph.nodes)
+    placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
+    user = [placeholders[name] for name in program.user_inputs]
+
+    # relevance sources: float user inputs, and embeddings indexed by integer user inputs
+    float_sources: dict[int, fx.Node] = {}
+    int_origin: dict[fx.Node, int] = {}
+    for i, p in enumerate(user):
+        val = p.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            if val.is_floating_point():
+                float_sources[i] = p
+            elif not val.is_complex():
+                int_origin[p] = i
+    token_sources: dict[fx.Node, int] = {}
+    live: set[fx.Node] = set(float_sources.values())
+    for n in nodes:
+        if n.op != "call_function":
+            continue
+        ins = n.all_input_nodes
+        if n not in int_origin:
+            origins = [int_origin[a] for a in ins if a in int_origin]
+            if origins and not _floating(n.meta.get("val")):
+                int_origin[n] = origins[0]
+        if op_name(n.target) == "aten.embedding" and len(n.args) > 1 and n.args[1] in int_origin:
+            token_sources[n] = int_origin[n.args[1]]
+            live.add(n)
+            continue
+        if any(a in live for a in ins) and _floating(n.meta.get("val")):
+            live.add(n)
+
+    # relevant: live and reaching the output
+    output = next(n for n in nodes if n.op == "output")
+    relevant: set[fx.Node] = set()
+    stack = [a for a in output.all_input_nodes if a in live]
+    while stack:
+        n = stack.pop()
+        if n in relevant:
+            continue
+        relevant.add(n)
+        if n in token_sources:
+            continue
+        stack.extend(a for a in n.all_input_nodes if a in live)
+    if not relevant:
+        kinds = ", ".join(
+            f"{program.input_labels[i] if i < len(program.input_labels) else i}: "
+            f"{p.meta.get('val').dtype}"
+            for i, p in enumerate(user)
+            if isinstance(p.meta.get("val"), torch.Tensor)
+        )
+        raise InputError(
+            "no input of the model can receive relevance: expected a floating-point input, or "
+            f"integer token ids that reach an embedding lookup; got {kinds or 'no tensor inputs'}."
+        )
+
+    # first weighted layers: no weighted op upstream of their live input
+    after_weighted: set[fx.Node] = set()
+    sym, static = program.batch_symbols, program.static_batch
+    bindings: dict[fx.Node, Binding] = {}
+    unbound: list[str] = []
+    norm_overrides = _merge(overrides)
+    for n in nodes:
+        if n.op != "call_function" or n not in live:
+            continue
+        leaves = _leaves(n)
+        node_leaves = [x for x in leaves if isinstance(x, fx.Node)]
+        flags = [x in live for x in node_leaves]
+        upstream = any(x in after_weighted for x in node_leaves if x in live)
+        split = op_name(n.target) in SELECT and _is_split(n)
+        category = categorize(n, flags, split) if n not in token_sources else "embedding"
+        if category in ("dense", "conv") or upstream:
+            after_weighted.add(n)
+        if n not in relevant or n in token_sources:
+            continue
+        stack_ = _module_stack(n)
+        path, cls = (_clean_path(stack_[-1][0]), stack_[-1][1]) if stack_ else ("", "")
+        info = NodeInfo(
+            node=n,
+            category=category,
+            live=flags,
+            module_path=path,
+            module_class=cls.rsplit(".", 1)[-1],
+            first=category in ("dense", "conv") and not upstream,
+            out_layout=_layout(_first_val(n), sym, static),
+            in_layouts=[_layout(x.meta.get("val"), sym, static) for x in node_leaves],
+        )
+        if n.target is operator.getitem:
+            bindings[n] = Binding(info, Pass(), "structural")
+            continue
+        rule, source = _match(info, stack_, model, norm_overrides, rule_set)
+        if rule is None:
+            if strict:
+                raise MissingRuleError(_missing_message(info, rule_set))
+            rule, source = Pass(), "gradient (no rule; strict=False)"
+            unbound.append(full_op_name(n.target))
+        rule.check(info)
+        bindings[n] = Binding(info, rule, source)
+    return Bound(program, bindings, float_sources, token_sources, unbound)
+
+
+def _first_val(n: fx.Node) -> Any:
+    val = n.meta.get("val")
+    if isinstance(val, (tuple, list)):
+        return next((v for v in val if isinstance(v, torch.Tensor)), None)
+    return val
+
+
+def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:
+    merged = dict(_REGISTRY)
+    for key, rule in overrides.items():
+        merged[_normalize_key(key)] = as_rule(rule)
+    return merged
+
+
+def _match(
+    info: NodeInfo,
+    stack: list[tuple[str, str]],
+    model: nn.Module,
+    overrides: dict[tuple[str, Any], Rule],
+    rule_set: RuleSet,
+) -> tuple[Rule | None, str]:
+    if overrides and info.category in COMPUTING:
+        names = [(k[1], r) for k, r in overrides.items() if k[0] == "name"]
+        classes = [(k[1], r) for k, r in overrides.items() if k[0] == "class"]
+        paths = [_clean_path(p) for p, _ in reversed(stack)]
+        for path in paths:
+            for pattern, rule in names:
+                if fnmatch.fnmatchcase(path, pattern):
+                    return rule, f"name '{pattern}'"
+        for path in paths:
+            module = _submodule(model, path)
+            for cls, rule in classes:
+                if module is not None and isinstance(module, cls):
+                    return rule, f"class {cls.__name__}"
+    if overrides:
+        full, short = full_op_name(info.node.target), op_name(info.node.target)
+        for key in (("op", full), ("op", short)):
+            if key in overrides:
+                return overrides[key], f"op {key[1]}"
+    return rule_set.rule_for(info), "default"
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    if path == "":
+        return model
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _missing_message(info: NodeInfo, rule_set: RuleSet) -> str:
+    op = full_op_name(info.node.target)
+    where = f"module '{info.module_path}' ({info.module_class})" if info.module_path else "the model's own forward"
+    return (
+        f"no rule for op {op} (node '{info.node.name}', traced in {where}) in rule set "
+        f"{type(rule_set).__name__}. Register one, e.g.:\n"
+        f"    relprop.register_rule(\"{op}\", {rule_set.suggestion()})\n"
+        "or pass overrides={...} to relprop.trace, or strict=False to pass relevance through "
+        "such ops by their gradient."
+    )
+

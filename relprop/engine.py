@@ -1,0 +1,148 @@
+"""Running a bound program: one forward, then one walk backwards through the rules.
+
+The forward evaluates the graph once and keeps the values rules read.  The
+walk visits nodes in reverse topological order; each node's rule maps the
+relevance of its output to its inputs, and relevances reaching a tensor from
+several consumers add up.  Relevance tensors carry a leading pass dimension, so
+both passes of a contrastive explanation share one forward and one walk.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.utils import _pytree as pytree
+
+from relprop.rules.base import Context
+
+from .binding import Bound
+from .errors import RuleError
+
+__all__ = ["forward", "backward", "Walk"]
+
+
+def _state_value(model: nn.Module, kind: str, ref: Any) -> Any:
+    if kind == "param":
+        return model.get_parameter(ref).detach()
+    if kind == "buffer":
+        return model.get_buffer(ref).detach()
+    return ref
+
+
+def forward(bound: Bound, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.Node, Any]:
+    """Evaluate the graph on the user inputs; returns every node's value."""
+    program = bound.program
+    env: dict[fx.Node, Any] = {}
+    user = {name: i for i, name in enumerate(program.user_inputs)}
+    with torch.no_grad():
+        for n in program.graph.nodes:
+            if n.op == "placeholder":
+                if n.name in program.state:
+                    kind, ref = program.state[n.name]
+                    env[n] = _state_value(model, kind, ref)
+                else:
+                    env[n] = flat_inputs[user[n.name]]
+            elif n.op == "call_function":
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
+                env[n] = n.target(*args, **kwargs)
+            elif n.op == "output":
+                env[n] = fx.node.map_arg(n.args[0], env.__getitem__)
+    return env
+
+
+@dataclass
+class Walk:
+    """What the backward walk produced."""
+
+    #: user-input index -> relevance (P, *input.shape), or (P, batch, tokens) for token ids
+    inputs: dict[int, Tensor]
+    #: node name -> relevance each input received from this node's rule (recorded walks)
+    records: dict[str, list[Tensor | None]] = field(default_factory=dict)
+    #: node name -> relevance of the node's output (recorded walks)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def _add(store: dict[fx.Node, Any], node: fx.Node, R: Any, index: int | None = None) -> None:
+    if index is not None:  # one output of a multi-output node
+        slots = store.setdefault(node, [None] * len(node.meta["val"]))
+        slots[index] = R if slots[index] is None else slots[index] + R
+        return
+    store[node] = R if node not in store else store[node] + R
+
+
+def backward(
+    bound: Bound,
+    env: dict[fx.Node, Any],
+    start: list[Tensor | None],
+    batch: int,
+    record: bool = False,
+) -> Walk:
+    """Walk the graph backwards from ``start`` (one entry per flat output)."""
+    program = bound.program
+    nodes = list(program.graph.nodes)
+    output = nodes[-1]
+    rel: dict[fx.Node, Any] = {}
+    for node, R in zip(pytree.tree_leaves(output.args[0]), start):
+        if R is not None and isinstance(node, fx.Node) and (node in bound.bindings or _is_source(bound, node)):
+            _add(rel, node, R)
+    walk = Walk(inputs={})
+    placeholders = {p: i for i, p in bound.float_sources.items()}
+    for n in reversed(nodes):
+        if n not in rel:
+            continue
+        R = rel.pop(n)
+        if record:
+            walk.outputs[n.name] = R
+        if n in placeholders:
+            walk.inputs[placeholders[n]] = R
+            continue
+        if n in bound.token_sources:
+            i = bound.token_sources[n]
+            tokens = R.sum(-1)
+            walk.inputs[i] = tokens if i not in walk.inputs else walk.inputs[i] + tokens
+            continue
+        binding = bound.bindings.get(n)
+        if binding is None:
+            continue
+        if n.target is operator.getitem:
+            _add(rel, n.args[0], R, n.args[1])
+            continue
+        leaves, spec = pytree.tree_flatten((n.args, n.kwargs))
+        slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
+        values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
+        ctx = Context(binding.info, leaves, values, spec, slots, env[n], batch)
+        result = binding.rule(ctx, R)
+        _check(binding, ctx, result)
+        if record:
+            walk.records[n.name] = list(result)
+        for node, r, live in zip(ctx.input_nodes, result, binding.info.live):
+            if r is not None and live:
+                _add(rel, node, r)
+    return walk
+
+
+def _is_source(bound: Bound, node: fx.Node) -> bool:
+    return node in bound.token_sources or node in bound.float_sources.values()
+
+
+def _check(binding: Any, ctx: Context, result: Any) -> None:
+    rule = binding.rule
+    where = f"{rule!r} at node '{ctx.node.name}' ({ctx.node.target})"
+    if not isinstance(result, (list, tuple)) or len(result) != len(ctx.inputs):
+        raise RuleError(
+            f"{where} returned {type(result).__name__} of length "
+            f"{len(result) if isinstance(result, (list, tuple)) else '-'}; expected a list with one "
+            f"entry per input ({len(ctx.inputs)})"
+        )
+    for i, (r, x) in enumerate(zip(result, ctx.inputs)):
+        if r is None:
+            continue
+        if not isinstance(r, Tensor) or not isinstance(x, Tensor) or r.shape[1:] != x.shape:
+            raise RuleError(
+                f"{where} returned relevance shaped {tuple(getattr(r, 'shape', ()))} for input {i}; "
+                f"expected (passes, *{tuple(getattr(x, 'shape', ()))})"
+            )

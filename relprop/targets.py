@@ -1,0 +1,214 @@
+"""From ``target`` to the relevance the backward walk starts with.
+
+``target`` (Captum's convention, extended):
+
+- None: the predicted class (argmax of the main output) per sample;
+- an int, or a sequence / 1-D integer tensor with one class per sample;
+- a float tensor shaped like the main output: the initial relevance, as-is;
+- a callable ``output -> selected scores`` for outputs that are not
+  (batch, classes), e.g. ``lambda out: out.logits[:, -1, token_id]``.
+
+The *main* output is the model's output tensor, the first element of a tuple, or
+the ``logits`` entry of a dict / Hugging Face ``ModelOutput``.  One pass starts
+at the selected scores; a contrastive explanation adds a second pass started
+from every other entry of the same rows (all other classes), each pass rescaled
+to Σ = 1 per sample (DESIGN.md, "Contrastive").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from .errors import TargetError
+
+__all__ = ["Start", "start_relevance", "main_output_index"]
+
+
+@dataclass
+class Start:
+    """Initial relevance per flat output (P, *shape) or None, and the chosen classes."""
+
+    relevance: list[Tensor | None]
+    classes: Tensor | None
+    passes: int
+
+
+def main_output_index(out_obj: Any, flat: list[Any]) -> int:
+    """Index in ``flat`` of the main output tensor."""
+    main: Any = out_obj
+    if isinstance(out_obj, Mapping):
+        main = out_obj["logits"] if "logits" in out_obj else next(iter(out_obj.values()))
+    elif isinstance(out_obj, (tuple, list)):
+        main = out_obj[0] if out_obj else None
+    elif hasattr(out_obj, "logits"):
+        main = out_obj.logits
+    for i, v in enumerate(flat):
+        if v is main:
+            return i
+    raise TargetError(
+        f"cannot find the model's main output in {type(out_obj).__name__}; expected a tensor, a "
+        "tuple whose first element is a tensor, or a dict/ModelOutput with 'logits'. Pass a "
+        "callable target to select the scores to explain."
+    )
+
+
+def _selection(
+    out_obj: Any, flat: list[Any], spec: pytree.TreeSpec, target: Any, batch: int
+) -> tuple[list[Tensor | None], Tensor | None]:
+    """Selection weights per flat output (d selected / d output) and class indices if any."""
+    if callable(target) and not isinstance(target, Tensor):
+        return _callable_selection(flat, spec, target, batch), None
+    i = main_output_index(out_obj, flat)
+    main: Tensor = flat[i]
+    weights: list[Tensor | None] = [None] * len(flat)
+    if main.dim() != 2:
+        raise TargetError(
+            f"the model's output is shaped {tuple(main.shape)}, not (batch, classes), so a class "
+            "index does not say what to explain; pass target as a callable that selects one "
+            "score per sample, e.g. target=lambda out: out.logits[:, -1, token_id]."
+        )
+    classes = _class_indices(main, target, batch)
+    weights[i] = torch.nn.functional.one_hot(classes, main.shape[1]).to(main.dtype)
+    return weights, classes
+
+
+def _class_indices(main: Tensor, target: Any, batch: int) -> Tensor:
+    n_classes = main.shape[1]
+    if target is None:
+        return main.detach().argmax(dim=1)
+    if isinstance(target, bool):
+        raise TargetError(f"target must be a class index, got the bool {target}")
+    if isinstance(target, Tensor) and target.dim() == 0:
+        target = target.item()
+    if isinstance(target, int):
+        classes = torch.full((batch,), target, dtype=torch.long, device=main.device)
+    elif isinstance(target, (Sequence, Tensor)) and not isinstance(target, str):
+        t = torch.as_tensor(target) if not isinstance(target, Tensor) else target
+        if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
+            raise TargetError(
+                f"target as a sequence must be one integer class index per sample; got "
+                f"{'a float' if t.is_floating_point() else str(t.dtype)} tensor shaped {tuple(t.shape)}"
+            )
+        if len(t) != batch:
+            raise TargetError(
+                f"target has {len(t)} class indices but the batch has {batch} samples; expected "
+                "one index per sample (or a single int for all)."
+            )
+        classes = t.to(device=main.device, dtype=torch.long)
+    else:
+        raise TargetError(
+            f"target of type {type(target).__name__} is not understood; expected None, an int, "
+            "a sequence of ints, a float tensor shaped like the output, or a callable."
+        )
+    bad = (classes < 0) | (classes >= n_classes)
+    if bad.any():
+        j = int(bad.nonzero()[0])
+        raise TargetError(
+            f"target class {int(classes[j])} (sample {j}) is out of range: the model has "
+            f"{n_classes} classes, so expected 0 <= target < {n_classes}."
+        )
+    return classes
+
+
+def _callable_selection(
+    flat: list[Any], spec: pytree.TreeSpec, target: Callable[[Any], Any], batch: int
+) -> list[Tensor | None]:
+    with torch.enable_grad():
+        leaves = [
+            v.detach().requires_grad_(True) if isinstance(v, Tensor) and v.is_floating_point() else v
+            for v in flat
+        ]
+        try:
+            scores = target(pytree.tree_unflatten(leaves, spec))
+        except Exception as err:  # noqa: BLE001 - user code: report what failed
+            raise TargetError(f"the target callable failed on the model output: {err!r}") from err
+        if not isinstance(scores, Tensor) or not scores.requires_grad:
+            raise TargetError(
+                "the target callable must return scores (a tensor) computed from the model "
+                f"output, e.g. out.logits[:, -1, token_id]; got {type(scores).__name__}"
+            )
+        if scores.dim() == 0 or scores.shape[0] != batch:
+            raise TargetError(
+                f"the target callable returned shape {tuple(scores.shape)}; expected the batch "
+                f"({batch}) first, one or more scores per sample."
+            )
+        tensors = [v for v in leaves if isinstance(v, Tensor) and v.requires_grad]
+        grads = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+    it = iter(grads)
+    weights = [next(it) if isinstance(v, Tensor) and v.requires_grad else None for v in leaves]
+    weights = [None if w is None or not w.any() else w for w in weights]
+    if all(w is None for w in weights):
+        raise TargetError("the target callable's scores do not depend on the model output")
+    return weights
+
+
+def _per_sample(weights: list[Tensor | None]) -> Tensor:
+    """Σ|w| per sample over all outputs, shaped (B,)."""
+    totals = [w.abs().reshape(w.shape[0], -1).sum(1) for w in weights if w is not None]
+    return torch.stack(totals).sum(0)
+
+
+def _unit(weights: list[Tensor | None], what: str) -> list[Tensor | None]:
+    total = _per_sample(weights)
+    if (total == 0).any():
+        j = int((total == 0).nonzero()[0])
+        raise TargetError(f"the {what} selects nothing for sample {j}")
+    out = []
+    for w in weights:
+        out.append(None if w is None else w / total.reshape(-1, *[1] * (w.dim() - 1)))
+    return out
+
+
+def start_relevance(
+    out_obj: Any,
+    flat: list[Any],
+    spec: pytree.TreeSpec,
+    target: Any,
+    *,
+    start: str,
+    contrastive: bool,
+    contrastive_given: bool,
+    batch: int,
+) -> Start:
+    """The relevance at each flat output for both passes (DESIGN.md, "Contrastive")."""
+    if isinstance(target, Tensor) and target.is_floating_point():
+        i = main_output_index(out_obj, flat)
+        if tuple(target.shape) != tuple(flat[i].shape):
+            raise TargetError(
+                f"a float target is the initial relevance and must be shaped like the model "
+                f"output {tuple(flat[i].shape)}; got {tuple(target.shape)}"
+            )
+        if contrastive and contrastive_given:
+            raise TargetError(
+                "a float target is used as the initial relevance as-is; it cannot be combined "
+                "with contrastive=True (give class indices instead)"
+            )
+        rel: list[Tensor | None] = [None] * len(flat)
+        rel[i] = target.to(dtype=flat[i].dtype, device=flat[i].device)[None]
+        return Start(rel, None, 1)
+    weights, classes = _selection(out_obj, flat, spec, target, batch)
+    if contrastive:
+        positive = _unit(weights, "target")
+        others: list[Tensor | None] = []
+        for w in weights:
+            if w is None:
+                others.append(None)
+                continue
+            row = (w != 0).any(dim=-1, keepdim=True)
+            others.append((row & (w == 0)).to(w.dtype))
+        negative = _unit(others, "contrast (all other classes)")
+        rel = [
+            None if p is None else torch.stack([p, n]) for p, n in zip(positive, negative)
+        ]
+        return Start(rel, classes, 2)
+    if start == "onehot":
+        positive = _unit(weights, "target")
+    else:
+        positive = [None if w is None else w * v.detach() for w, v in zip(weights, flat)]
+    return Start([None if p is None else p[None] for p in positive], classes, 1)

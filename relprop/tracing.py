@@ -1,0 +1,251 @@
+"""Capturing a model as a functional ATen graph with ``torch.export``.
+
+``trace_program`` turns ``model(*args, **kwargs)`` into a :class:`Program`: the
+decomposed fx graph, where each placeholder's value comes from, and which
+output dimension is the batch.  The batch dimension of every input is exported
+as dynamic where the model allows it, so one trace serves every batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim
+from torch.utils import _pytree as pytree
+
+from .errors import InputError, TraceError
+
+__all__ = ["Program", "normalize_inputs", "signature_of", "trace_program", "eval_mode"]
+
+
+def normalize_inputs(inputs: Any) -> tuple[tuple, dict]:
+    """Split what the user passed into positional and keyword arguments.
+
+    A tensor is one positional argument, a tuple or list is the positional
+    arguments, a mapping (``dict``, Hugging Face ``BatchEncoding``) is keyword
+    arguments.
+    """
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    if isinstance(inputs, Mapping):
+        return (), {str(k): v for k, v in inputs.items()}
+    raise InputError(
+        f"explain() got inputs of type {type(inputs).__name__}; expected a tensor, a tuple of "
+        "positional arguments, or a dict of keyword arguments (model(**inputs))."
+    )
+
+
+def _describe(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape[1:]), x.dtype, x.device)
+    if isinstance(x, (int, float, bool, str, type(None))):
+        return (type(x).__name__, x)
+    raise InputError(
+        f"explain() got an input of type {type(x).__name__}; expected tensors (and plain numbers "
+        "or strings as constant arguments)."
+    )
+
+
+def signature_of(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """The cache key of a trace: input structure, shapes except the batch, dtypes, devices.
+
+    The dtypes and devices of the model's parameters are part of it, so moving or
+    casting the model gives a fresh trace.
+    """
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    params = tuple(sorted({(p.dtype, p.device) for p in model.parameters()}, key=str))
+    return (str(spec), tuple(_describe(x) for x in leaves), params)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the body with every submodule in eval mode; restore each flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    if model.training:
+        warnings.warn(
+            "relprop explains the model in eval mode (dropout off, batch norm on running "
+            "statistics); the model is handed back in training mode.",
+            stacklevel=4,
+        )
+    try:
+        for m, _ in flags:
+            m.training = False
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@dataclass
+class Program:
+    """A traced model: the graph and how to feed it."""
+
+    graph: torch.fx.Graph
+    in_spec: pytree.TreeSpec
+    out_spec: pytree.TreeSpec
+    #: placeholder name -> ("param" | "buffer", fully qualified name) or ("const", tensor)
+    state: dict[str, tuple[str, Any]]
+    #: placeholder names of the user inputs, in flattening order of (args, kwargs)
+    user_inputs: list[str]
+    #: names of the user inputs as the user sees them ("x", "input_ids", "args[1]")
+    input_labels: list[str]
+    #: symbolic sizes that stand for the batch (empty where the batch was specialized)
+    batch_symbols: set = field(default_factory=set)
+    #: batch size the graph was specialized to, where it could not be made dynamic
+    static_batch: int | None = None
+
+    def nodes(self) -> list[torch.fx.Node]:
+        return list(self.graph.nodes)
+
+
+def _input_labels(args: tuple, kwargs: dict) -> list[str]:
+    labels: list[str] = []
+    for i, a in enumerate(args):
+        n = len(pytree.tree_leaves(a))
+        labels += [f"args[{i}]"] if n == 1 else [f"args[{i}][{j}]" for j in range(n)]
+    for k, v in kwargs.items():
+        n = len(pytree.tree_leaves(v))
+        labels += [k] if n == 1 else [f"{k}[{j}]" for j in range(n)]
+    return labels
+
+
+def _dynamic_batch(args: tuple, kwargs: dict) -> tuple:
+    def spec(x: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return {0: Dim.AUTO}
+        return None
+
+    return (
+        tuple(pytree.tree_map(spec, a) for a in args),
+        {k: pytree.tree_map(spec, v) for k, v in kwargs.items()},
+    )
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
+    shapes: Any = None
+    if dynamic:
+        dargs, dkwargs = _dynamic_batch(args, kwargs)
+        # keyword-only inputs are keyed by name; otherwise positional then keyword, in order
+        shapes = dkwargs if not args else dargs + tuple(dkwargs.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+        return ep.run_decompositions({})
+
+
+def trace_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
+    """Export ``model(*args, **kwargs)`` to a :class:`Program`.
+
+    The batch dimension (dim 0 of every tensor input) is exported as dynamic where
+    the model allows; a model that specializes it gets a graph for that batch
+    size only.  A batch of one is traced as a batch of two (by repetition) so that
+    the graph stays dynamic.
+    """
+    ex_args, ex_kwargs = args, kwargs
+    batch = _batch_size(args, kwargs)
+    if batch == 1:
+        ex_args, ex_kwargs = pytree.tree_map(_repeat2, (args, kwargs))
+    try:
+        ep = _export(model, ex_args, ex_kwargs, dynamic=True)
+    except Exception:  # noqa: BLE001 - fall back to a static trace of the real batch
+        try:
+            ep = _export(model, args, kwargs, dynamic=False)
+        except Exception as err:  # noqa: BLE001
+            _raise_trace_error(model, args, kwargs, err)
+    return _program_from(ep, args, kwargs)
+
+
+def _repeat2(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 1:
+        return torch.cat([x, x])
+    return x
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    for x in pytree.tree_leaves((args, kwargs)):
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return int(x.shape[0])
+    return None
+
+
+def _raise_trace_error(model: nn.Module, args: tuple, kwargs: dict, err: Exception) -> None:
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as eager:  # noqa: BLE001
+        shapes = [
+            f"{tuple(x.shape)} {x.dtype}"
+            for x in pytree.tree_leaves((args, kwargs))
+            if isinstance(x, torch.Tensor)
+        ]
+        raise InputError(
+            f"the model cannot run on the given input (tensor inputs: {', '.join(shapes)}): "
+            f"{type(eager).__name__}: {_first_line(eager)}. Expected an input the model's own "
+            "forward accepts."
+        ) from None
+    raise TraceError(
+        f"torch.export could not capture {type(model).__name__}: {type(err).__name__}: "
+        f"{_first_line(err)}\n"
+        "relprop needs a model that torch.export.export(model, args, strict=False) can capture. "
+        "Things to try: remove data-dependent Python control flow from forward (or use "
+        "torch.cond), return tensors (or tuples/dicts of tensors) instead of other objects, "
+        "and for Hugging Face models pass use_cache=False. The full export error is chained "
+        "below."
+    ) from err
+
+
+def _first_line(err: Exception, limit: int = 400) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _program_from(ep: Any, args: tuple, kwargs: dict) -> Program:
+    sig = ep.graph_signature
+    state: dict[str, tuple[str, Any]] = {}
+    user_inputs: list[str] = []
+    for spec in sig.input_specs:
+        name = spec.arg.name
+        kind = spec.kind.name
+        if kind == "PARAMETER":
+            state[name] = ("param", spec.target)
+        elif kind == "BUFFER":
+            state[name] = ("buffer", spec.target)
+        elif kind in ("CONSTANT_TENSOR", "CUSTOM_OBJ"):
+            state[name] = ("const", ep.constants[spec.target])
+        elif kind == "USER_INPUT":
+            user_inputs.append(name)
+        else:  # TOKEN and future kinds
+            raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
+    graph = ep.graph_module.graph
+    symbols: set = set()
+    static_batch = None
+    placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
+    for name in user_inputs:
+        val = placeholders[name].meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim() > 0:
+            size = val.shape[0]
+            if isinstance(size, torch.SymInt):
+                symbols.add(size.node.expr)
+            elif static_batch is None:
+                static_batch = int(size)
+    if symbols:
+        static_batch = None
+    return Program(
+        graph=graph,
+        in_spec=ep.call_spec.in_spec,
+        out_spec=ep.call_spec.out_spec,
+        state=state,
+        user_inputs=user_inputs,
+        input_labels=_input_labels(args, kwargs),
+        batch_symbols=symbols,
+        static_batch=static_batch,
+    )

@@ -1,0 +1,56 @@
+"""Rules and rule sets of relprop (installed as ``relprop.rules``).
+
+Rule sets (``relprop.trace(model, rules=...)``): :class:`AbsLRP` (default),
+:class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`, :class:`Gamma`, :class:`Flat`,
+:class:`WSquare`, :class:`ZBox`, and the presets :func:`EpsilonPlus`,
+:func:`EpsilonPlusFlat`, :func:`EpsilonAlpha2Beta1`, :func:`EpsilonAlpha2Beta1Flat`,
+:func:`EpsilonGammaBox`.
+
+Rules (for overrides and custom registrations): :class:`AbsRule`,
+:class:`AbsAttentionRule`, :class:`Pass`, :class:`EpsilonRule`, :class:`ZPlusRule`,
+:class:`AlphaBetaRule`, :class:`GammaRule`, :class:`FlatRule`, :class:`WSquareRule`,
+:class:`ZBoxRule`, :class:`BilinearRule`, :class:`AttentionValueRule`; write your own
+by subclassing :class:`Rule`.
+"""
+
+from .abslrp import AbsAttentionRule, AbsRule
+from .base import Context, FunctionRule, Layout, NodeInfo, Rule, stabilize, vjp
+from .lrp import (
+    AlphaBetaRule,
+    AttentionValueRule,
+    BilinearRule,
+    EpsilonRule,
+    FlatRule,
+    GammaRule,
+    Pass,
+    WSquareRule,
+    ZBoxRule,
+    ZPlusRule,
+)
+from .sets import (
+    LRP,
+    AbsLRP,
+    AlphaBeta,
+    Epsilon,
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    Flat,
+    Gamma,
+    RuleSet,
+    WSquare,
+    ZBox,
+    ZPlus,
+    as_rule,
+)
+
+__all__ = [
+    "AbsAttentionRule", "AbsLRP", "AbsRule", "AlphaBeta", "AlphaBetaRule", "AttentionValueRule",
+    "BilinearRule", "Context", "Epsilon", "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat",
+    "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonRule", "Flat", "FlatRule",
+    "FunctionRule", "Gamma", "GammaRule", "LRP", "Layout", "NodeInfo", "Pass", "Rule", "RuleSet",
+    "WSquare", "WSquareRule", "ZBox", "ZBoxRule", "ZPlus", "ZPlusRule", "as_rule", "stabilize",
+    "vjp",
+]

@@ -1,0 +1,222 @@
+"""The rule interface and the helpers every rule shares.
+
+A rule maps the relevance of one graph node's output to relevance of its tensor
+inputs.  It sees the node through a :class:`Context`: the input values, which
+of them carry relevance ("live"), the output, and :meth:`Context.call`, which
+re-runs the node's op with some inputs replaced.  Relevance tensors carry an
+extra leading *pass* dimension ``P`` (two for contrastive explanations) in
+front of the tensor's own shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+__all__ = [
+    "Context",
+    "Layout",
+    "NodeInfo",
+    "Relevance",
+    "Rule",
+    "FunctionRule",
+    "vjp",
+    "stabilize",
+    "sample_l1",
+]
+
+#: relevance of a node's output: a tensor (P, *shape), or one entry per output of a
+#: multi-output op (None where that output received no relevance)
+Relevance = Any
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the batch sits in a tensor.
+
+    The dimension ``dim`` has size ``batch`` or, packed batch-major, ``batch * k``
+    (e.g. ``(B*heads, N, D)``): then each sample owns ``k`` consecutive entries.
+    """
+
+    dim: int
+
+
+@dataclass
+class NodeInfo:
+    """What binding learned about a node, shared by all explains of one trace."""
+
+    node: Any  # torch.fx.Node
+    category: str | None
+    #: per flattened argument leaf that is a graph node: does it carry relevance?
+    live: list[bool]
+    module_path: str = ""
+    module_class: str = ""
+    first: bool = False
+    #: batch layout of the output and of each node-valued input leaf (None: no batch)
+    out_layout: Any = None
+    in_layouts: list[Any] = field(default_factory=list)
+
+
+class Context:
+    """A node as a rule sees it, at explain time."""
+
+    def __init__(
+        self,
+        info: NodeInfo,
+        nodes: list[Any],
+        leaves: list[Any],
+        spec: pytree.TreeSpec,
+        slots: list[int],
+        output: Any,
+        batch: int,
+    ) -> None:
+        self.info = info
+        self.node = info.node
+        self.op = info.node.target
+        self._leaves = leaves
+        self._spec = spec
+        #: positions in ``leaves`` of the inputs that are graph nodes
+        self.slots = slots
+        #: the graph nodes feeding the op, and their values, in slot order
+        self.input_nodes: list[Any] = [nodes[i] for i in slots]
+        self.inputs: list[Any] = [leaves[i] for i in slots]
+        self.live: list[bool] = info.live
+        self.output = output
+        self.batch = batch
+
+    @property
+    def live_inputs(self) -> list[int]:
+        """Indices (into ``inputs``) of the inputs that carry relevance."""
+        return [i for i, flag in enumerate(self.live) if flag]
+
+    def args(self) -> tuple[tuple, dict]:
+        return pytree.tree_unflatten(self._leaves, self._spec)
+
+    def call(
+        self,
+        replace: dict[int, Any] | None = None,
+        transform: Callable[[int, Any], Any] | None = None,
+    ) -> Any:
+        """Run the op again with inputs replaced.
+
+        ``replace`` maps input indices (as in ``inputs``) to new values;
+        ``transform(leaf_position, value)`` rewrites every other argument leaf
+        (parameters, constants, scalars), e.g. to take absolute weights.
+        """
+        leaves = list(self._leaves)
+        if transform is not None:
+            for pos, value in enumerate(leaves):
+                leaves[pos] = transform(pos, value)
+        for idx, value in (replace or {}).items():
+            leaves[self.slots[idx]] = value
+        args, kwargs = pytree.tree_unflatten(leaves, self._spec)
+        return self.op(*args, **kwargs)
+
+    def leaf_position(self, input_index: int) -> int:
+        return self.slots[input_index]
+
+    def normalize(self, R: Tensor, layout: Any, eps: float = 0.0) -> Tensor:
+        """Rescale ``R`` (P, *shape) per pass and per sample so that Σ|R| = 1."""
+        return R / (sample_l1(R, layout, self.batch) + eps)
+
+
+class Rule:
+    """Base class of rules.  Subclasses implement :meth:`relevance`.
+
+    ``relevance(ctx, R)`` returns one entry per ``ctx.inputs``: a tensor shaped
+    ``(P, *input.shape)`` for inputs that carry relevance, None for the others.
+    ``check(info)`` may raise :class:`relprop.RuleError` at binding time when the
+    rule cannot apply to a node.
+    """
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        raise NotImplementedError
+
+    def check(self, info: NodeInfo) -> None:
+        return None
+
+    def __call__(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        return self.relevance(ctx, R)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class FunctionRule(Rule):
+    """A rule from a plain function ``fn(ctx, R) -> list of relevances``."""
+
+    def __init__(self, fn: Callable[[Context, Relevance], list[Tensor | None]]) -> None:
+        self._fn = fn
+        self.name = getattr(fn, "__name__", "rule")
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        return self._fn(ctx, R)
+
+    def __repr__(self) -> str:
+        return f"FunctionRule({self.name})"
+
+
+def _as_list(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
+def vjp(
+    fn: Callable[..., Any], primals: Sequence[Tensor], cotangent: Relevance
+) -> list[Tensor]:
+    """Vector-Jacobian products of ``fn`` at ``primals``, one per pass.
+
+    ``cotangent`` is (P, *out.shape) (or one such entry per output, None for
+    outputs without one).  Returns, per primal, a tensor (P, *primal.shape).
+    """
+    cots = _as_list(cotangent)
+    passes = next(c.shape[0] for c in cots if c is not None)
+    with torch.enable_grad():
+        leaves = [p.detach().requires_grad_(True) for p in primals]
+        outs = _as_list(fn(*leaves))
+        pairs = [
+            (o, c)
+            for o, c in zip(outs, cots)
+            if c is not None and isinstance(o, Tensor) and o.requires_grad
+        ]
+        if not pairs:
+            return [torch.zeros((passes, *p.shape), dtype=p.dtype, device=p.device) for p in primals]
+        results: list[list[Tensor]] = [[] for _ in leaves]
+        for p in range(passes):
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs],
+                leaves,
+                [c[p] for _, c in pairs],
+                retain_graph=p < passes - 1,
+                allow_unused=True,
+            )
+            for i, g in enumerate(grads):
+                results[i].append(torch.zeros_like(leaves[i]) if g is None else g)
+    return [torch.stack(r) for r in results]
+
+
+def stabilize(z: Tensor, eps: float) -> Tensor:
+    """``z + eps * sign(z)`` with sign(0) = +1: the ε-rule denominator (Bach et al. 2015)."""
+    return z + eps * (2 * (z >= 0).to(z.dtype) - 1)
+
+
+def sample_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
+    """Σ|R| per pass and per sample, shaped to broadcast against ``R`` (P, *shape)."""
+    P = R.shape[0]
+    if layout is None or batch == 1 or R.dim() == 1:
+        dims = tuple(range(1, R.dim()))
+        return R.abs().sum(dim=dims, keepdim=True) if dims else R.abs()
+    d = 1 + layout.dim
+    moved = R.abs().movedim(d, 1)
+    total = moved.reshape(P, batch, -1).sum(-1)  # (P, B)
+    size = R.shape[d]
+    if size != batch:  # packed: batch-major groups of size // batch entries
+        total = total.repeat_interleave(size // batch, dim=1)
+    shape = [1] * R.dim()
+    shape[0], shape[d] = P, size
+    return total.reshape(shape)

@@ -1,0 +1,311 @@
+"""The classic LRP rules (Bach et al. 2015; Montavon et al. 2019, "Layer-Wise Relevance
+Propagation: An Overview") and the rules that move relevance through non-weighted ops.
+
+Weighted rules (:class:`ZPlusRule`, :class:`AlphaBetaRule`, :class:`GammaRule`,
+:class:`FlatRule`, :class:`WSquareRule`, :class:`ZBoxRule`) apply to ops with a
+weight: linear, convolution, and a matmul with a constant operand.  They all
+work through the op itself with modified weights, so one implementation covers
+every such op: for z = f(x; W), Jᵀg is the vector-Jacobian product of f.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .abslrp import apply_mask, attention_inputs
+from .base import Context, NodeInfo, Relevance, Rule, stabilize, vjp
+from .local import local_call, masked_softmax
+from .ops import MOVE, SOFTMAX, WEIGHTED, op_name
+
+__all__ = [
+    "Pass",
+    "EpsilonRule",
+    "ZPlusRule",
+    "AlphaBetaRule",
+    "GammaRule",
+    "FlatRule",
+    "WSquareRule",
+    "ZBoxRule",
+    "BilinearRule",
+    "AttentionValueRule",
+]
+
+
+class Pass(Rule):
+    """Relevance passes by the op's gradient: R_x = Jᵀ R.
+
+    Exact for data movement; identity for elementwise ops (the usual LRP choice
+    for activations and normalizations); winner-takes-all for max pooling.
+    ``inputs`` restricts relevance to those input positions (e.g. ``(0,)`` for a
+    division whose denominator is treated as a constant).
+    """
+
+    def __init__(self, inputs: Sequence[int] | None = None) -> None:
+        self.inputs = None if inputs is None else tuple(inputs)
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        live = [i for i in ctx.live_inputs if self.inputs is None or i in self.inputs]
+        out: list[Tensor | None] = [None] * len(ctx.inputs)
+        if not live:
+            return out
+        if len(ctx.live_inputs) > len(live):  # others held constant: scale by the local ratio
+            rel = _epsilon(ctx, R, live, 0.0)
+        else:
+            rel = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), [ctx.inputs[i] for i in live], R)
+        for i, r in zip(live, rel):
+            out[i] = r
+        return out
+
+
+def _epsilon(ctx: Context, R: Relevance, live: list[int], eps: float, share: float = 1.0) -> list:
+    """x ⊙ Jᵀ(R / stab(y)) for the ``live`` inputs, the others held at their values."""
+    y = ctx.output
+    g = _ratio(R, y, eps)
+    xs = [ctx.inputs[i] for i in live]
+    r = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), xs, g)
+    return [share * x * ri for x, ri in zip(xs, r)]
+
+
+def _ratio(R: Relevance, y: Any, eps: float) -> Relevance:
+    if isinstance(R, (list, tuple)):
+        return [None if r is None else r / stabilize(o, eps) for r, o in zip(R, y)]
+    return R / stabilize(y, eps)
+
+
+class EpsilonRule(Rule):
+    """LRP-ε: R_x = x ⊙ Jᵀ(R / (y + ε sign(y))) (Bach et al. 2015, Eq. 58 of Montavon 2019).
+
+    For a linear op with no bias and ε → 0 it conserves relevance; on sums and
+    average pooling it distributes relevance in proportion to the contributions.
+    """
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = epsilon
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        live = ctx.live_inputs
+        out: list[Tensor | None] = [None] * len(ctx.inputs)
+        for i, r in zip(live, _epsilon(ctx, R, live, self.epsilon)):
+            out[i] = r
+        return out
+
+
+class _Weighted(Rule):
+    """Base of the rules that rewrite the weights of a weighted op."""
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        self.epsilon = epsilon
+
+    def check(self, info: NodeInfo) -> None:
+        from relprop.errors import RuleError
+
+        if info.category not in ("dense", "conv"):
+            raise RuleError(
+                f"{type(self).__name__} applies to weighted ops (linear, convolution, matmul with a "
+                f"constant operand), but node '{info.node.name}' is {op_name(info.node.target)} "
+                f"(in module '{info.module_path}'); bind it to a weighted op or use EpsilonRule/Pass."
+            )
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        layer = _Layer(ctx)
+        out: list[Tensor | None] = [None] * len(ctx.inputs)
+        out[layer.index] = self.layer_relevance(layer, R)
+        return out
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class _Layer:
+    """A weighted op seen as z = f(x; W, b) with x the relevance-carrying input."""
+
+    def __init__(self, ctx: Context) -> None:
+        args, _ = ctx.args()
+        self.ctx = ctx
+        self.index = ctx.live_inputs[0]
+        self.x = ctx.inputs[self.index]
+        if op_name(ctx.op) in WEIGHTED:
+            self.w, self.b = args[1], (args[2] if len(args) > 2 else None)
+        else:  # matmul with one constant operand
+            self.w = ctx.inputs[1 - self.index] if len(ctx.inputs) == 2 else args[1 - self.index]
+            self.b = None
+
+    def f(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+        """The op on input x with weight w and bias b (None: no bias)."""
+        old_w, old_b = self.w, self.b
+
+        def transform(pos: int, value: Any) -> Any:
+            if value is old_w:
+                return w
+            if old_b is not None and value is old_b:
+                return b if b is not None else torch.zeros_like(old_b)
+            return value
+
+        return self.ctx.call({self.index: x}, transform)
+
+    def jt(self, w: Tensor, g: Tensor) -> Tensor:
+        """Jᵀg of x ↦ f(x; w), per pass: (P, *x.shape)."""
+        (r,) = vjp(lambda v: self.f(v, w), [self.x], g)
+        return r
+
+
+class ZPlusRule(_Weighted):
+    """LRP-z⁺: only positive contributions x_i w_ij > 0 (α1β0; Montavon 2019, Eq. 5)."""
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        return _alpha_beta(layer, R, 1.0, 0.0, self.epsilon)
+
+
+class AlphaBetaRule(_Weighted):
+    """LRP-αβ (Bach et al. 2015): α·positive − β·negative contributions, α − β = 1."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9) -> None:
+        from relprop.errors import RuleError
+
+        if abs(alpha - beta - 1.0) > 1e-12:
+            raise RuleError(f"AlphaBeta needs alpha - beta = 1 to conserve relevance; got alpha={alpha}, beta={beta}")
+        super().__init__(epsilon)
+        self.alpha, self.beta = alpha, beta
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        return _alpha_beta(layer, R, self.alpha, self.beta, self.epsilon)
+
+
+def _alpha_beta(layer: _Layer, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
+    x, w = layer.x, layer.w
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    with torch.no_grad():
+        zp = layer.f(xp, wp) + layer.f(xn, wn)
+        zn = layer.f(xp, wn) + layer.f(xn, wp)
+    gp = R / (zp + eps)
+    rel = alpha * (xp * layer.jt(wp, gp) + xn * layer.jt(wn, gp))
+    if beta:
+        gn = R / (zn - eps)
+        rel = rel - beta * (xp * layer.jt(wn, gn) + xn * layer.jt(wp, gn))
+    return rel
+
+
+class GammaRule(_Weighted):
+    """LRP-γ: weights W + γW⁺ favour positive contributions (Montavon 2019, Eq. 7)."""
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon)
+        self.gamma = gamma
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        w = layer.w + self.gamma * layer.w.clamp(min=0)
+        b = None if layer.b is None else layer.b + self.gamma * layer.b.clamp(min=0)
+        with torch.no_grad():
+            z = layer.f(layer.x, w, b)
+        return layer.x * layer.jt(w, R / stabilize(z, self.epsilon))
+
+
+class FlatRule(_Weighted):
+    """Flat rule: relevance spread uniformly over each output's receptive field."""
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        ones_x, ones_w = torch.ones_like(layer.x), torch.ones_like(layer.w)
+        with torch.no_grad():
+            z = layer.f(ones_x, ones_w)
+        return layer.jt(ones_w, R / stabilize(z, self.epsilon))
+
+
+class WSquareRule(_Weighted):
+    """w²-rule (Montavon et al. 2017): R_i = Σ_j w_ij² / Σ_i w_ij² R_j."""
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        w2 = layer.w.pow(2)
+        with torch.no_grad():
+            z = layer.f(torch.ones_like(layer.x), w2)
+        return layer.jt(w2, R / stabilize(z, self.epsilon))
+
+
+class ZBoxRule(_Weighted):
+    """z^B-rule for inputs bounded in [low, high] (Montavon et al. 2017, Eq. 8 of the overview).
+
+    ``low`` and ``high`` are numbers or tensors that broadcast against one input
+    sample (e.g. per-channel bounds of a normalized image, shaped (C, 1, 1)).
+    """
+
+    def __init__(self, low: float | Tensor, high: float | Tensor, epsilon: float = 1e-9) -> None:
+        super().__init__(epsilon)
+        self.low, self.high = low, high
+
+    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+        x, w = layer.x, layer.w
+        low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
+        high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        with torch.no_grad():
+            z = layer.f(x, w) - layer.f(low, wp) - layer.f(high, wn)
+        g = R / stabilize(z, self.epsilon)
+        return x * layer.jt(w, g) - low * layer.jt(wp, g) - high * layer.jt(wn, g)
+
+
+def _from_softmax(node: Any) -> bool:
+    """Whether a graph node is a softmax output, looking through data movement."""
+    while hasattr(node, "target"):
+        name = op_name(node.target)
+        if name in SOFTMAX:
+            return True
+        if name not in MOVE or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+class BilinearRule(Rule):
+    """A product of two relevance-carrying tensors (attention scores, gating).
+
+    An operand that is a softmax output (attention probabilities) is held
+    constant and the other receives all relevance (Ali et al. 2022, "XAI for
+    Transformers"); otherwise each operand receives half, by the ε-rule
+    (AttnLRP's uniform rule, Achtibat et al. 2024).  Both conserve relevance.
+    """
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        self.epsilon = epsilon
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        live = ctx.live_inputs
+        keep = [i for i in live if not _from_softmax(ctx.input_nodes[i])]
+        out: list[Tensor | None] = [None] * len(ctx.inputs)
+        if not keep:
+            keep = live
+        share = 1.0 / len(keep)
+        for i, r in zip(keep, _epsilon(ctx, R, keep, self.epsilon, share)):
+            out[i] = r
+        return out
+
+
+class AttentionValueRule(Rule):
+    """``scaled_dot_product_attention`` with the attention probabilities held constant.
+
+    All relevance goes to the values by the ε-rule on o = p·v; queries and keys
+    receive none (the "AH-rule" of Ali et al. 2022).  Conserves relevance.
+    """
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        self.epsilon = epsilon
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        q, k, v, mask, causal, scale, groups = attention_inputs(ctx)
+        out: list[Tensor | None] = [None] * len(ctx.inputs)
+        if not ctx.live[2]:
+            return out
+
+        def repeat(t: Tensor) -> Tensor:
+            return t.repeat_interleave(groups, dim=-3) if groups > 1 else t
+
+        with torch.no_grad():
+            p = masked_softmax(apply_mask((q * scale) @ repeat(k).transpose(-2, -1), mask, causal), -1)
+        g = R / stabilize(ctx.output, self.epsilon)
+        (r,) = vjp(lambda a: p @ repeat(a), [v], g)
+        out[2] = v * r
+        return out
+

@@ -1,0 +1,140 @@
+"""Which ATen ops do what, as far as relevance is concerned.
+
+Binding sorts every graph node into a *category*; rule sets map categories to
+rules.  Categories:
+
+- ``move``: data movement (relevance passes by the op's own gradient)
+- ``split`` / ``pool_select``: a select/slice/index that is part of a split of its
+  input (move) or one that keeps a part and drops the rest (a pooling, computes)
+- ``dense`` / ``conv``: weighted layers (linear, matmul with a constant operand,
+  convolution)
+- ``matmul``: a product of two relevance-carrying tensors (attention scores)
+- ``add``, ``scale`` (mul/div by a constant), ``mul`` (product of two relevance-
+  carrying tensors), ``div`` (division by a relevance-carrying tensor)
+- ``activation``, ``norm``, ``softmax``, ``attention``, ``maxpool``, ``avgpool``
+- ``embedding``: a lookup whose indices come from an integer input (a source)
+- ``mask``: masked_fill / where with a constant fill (moves relevance where kept)
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+
+aten = torch.ops.aten
+
+__all__ = ["CATEGORIES", "COMPUTING", "categorize", "op_name", "WEIGHTED_ARGS"]
+
+
+def _names(*names: str) -> set[str]:
+    return {f"aten.{n}" for n in names}
+
+
+MOVE = _names(
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "flatten", "unflatten",
+    "unsqueeze", "squeeze", "expand", "expand_as", "contiguous", "clone", "cat", "stack",
+    "split", "split_with_sizes", "unbind", "chunk", "alias", "_to_copy", "to", "type_as",
+    "dropout", "detach", "lift_fresh_copy", "movedim", "repeat", "pad", "constant_pad_nd",
+    "roll", "flip", "tensor_split", "unfold", "pixel_shuffle", "pixel_unshuffle",
+    "channel_shuffle", "native_dropout", "feature_dropout", "alpha_dropout",
+)
+SELECT = _names("select", "slice", "narrow", "index", "index_select", "gather")
+WEIGHTED = _names(
+    "linear", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d", "_convolution",
+)
+CONV = WEIGHTED - _names("linear")
+MATMUL = _names("matmul", "mm", "bmm", "einsum")
+ADD = _names("add", "sub", "rsub")
+MUL = _names("mul")
+DIV = _names("div")
+ACTIVATION = _names(
+    "relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid",
+    "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "prelu", "neg",
+)
+NORM = _names(
+    "_native_batch_norm_legit_no_training", "batch_norm", "layer_norm", "native_layer_norm",
+    "group_norm", "native_group_norm", "rms_norm", "instance_norm",
+)
+SOFTMAX = _names("softmax", "_softmax", "_safe_softmax")
+ATTENTION = _names("scaled_dot_product_attention")
+MAXPOOL = _names(
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "amax", "max",
+)
+AVGPOOL = _names(
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "mean", "sum",
+)
+EMBEDDING = _names("embedding")
+MASK = _names("masked_fill", "where")
+
+#: categories whose ops compute (the ones module-name and module-class overrides replace)
+COMPUTING = {
+    "pool_select", "dense", "conv", "matmul", "add", "scale", "mul", "div", "activation",
+    "norm", "softmax", "attention", "maxpool", "avgpool",
+}
+CATEGORIES = COMPUTING | {"move", "split", "embedding", "mask", "getitem"}
+
+#: for weighted ops: (input, weight, bias) argument positions
+WEIGHTED_ARGS = (0, 1, 2)
+
+
+def op_name(target: Any) -> str:
+    """``aten.linear.default`` -> ``"aten.linear"``; other callables by their name."""
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None:
+        return str(packet)
+    return getattr(target, "__name__", str(target))
+
+
+def full_op_name(target: Any) -> str:
+    """``aten.linear.default`` -> ``"aten.linear.default"``."""
+    if getattr(target, "overloadpacket", None) is not None:
+        return str(target)
+    return op_name(target)
+
+
+def categorize(node: Any, live: list[bool], split: bool) -> str | None:
+    """The category of a call_function node, given which tensor inputs are live.
+
+    ``split`` says whether a select-like node is one of a set of selects that
+    together cover their input along one dimension.  None for unknown ops.
+    """
+    if node.target is operator.getitem:
+        return "getitem"
+    name = op_name(node.target)
+    n_live = sum(live)
+    if name in MOVE:
+        return "move"
+    if name in SELECT:
+        return "split" if split else "pool_select"
+    if name in WEIGHTED:
+        if n_live == 1 and live[0]:
+            return "conv" if name in CONV else "dense"
+        return None  # relevance through the weights: no rule set covers it
+    if name in MATMUL:
+        return "matmul" if n_live > 1 else "dense"
+    if name in ADD:
+        return "add"
+    if name in MUL:
+        return "mul" if n_live > 1 else "scale"
+    if name in DIV:
+        if len(live) > 1 and live[1]:
+            return "div"
+        return "scale"
+    for category, names in (
+        ("activation", ACTIVATION),
+        ("norm", NORM),
+        ("softmax", SOFTMAX),
+        ("attention", ATTENTION),
+        ("maxpool", MAXPOOL),
+        ("avgpool", AVGPOOL),
+        ("embedding", EMBEDDING),
+        ("mask", MASK),
+    ):
+        if name in names:
+            return category
+    return None

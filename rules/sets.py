@@ -1,0 +1,283 @@
+"""Rule sets: which rule each kind of op gets.
+
+A rule set maps op categories (see :mod:`relprop.rules.ops`) to rule objects.
+:class:`AbsLRP` is relprop's default.  The classic LRP sets share one layout
+(:class:`LRP`): a *layer rule* for weighted ops, with optional replacements for
+dense layers, convolutions and the first weighted layer, and conservative rules
+for everything else.  Composites are built by naming the slots::
+
+    Epsilon(0.25, conv=AlphaBeta(1, 0), first=ZBox(-3, 3))   # "ε dense, αβ conv, z^B input"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from .abslrp import AbsAttentionRule, AbsRule
+from .base import NodeInfo, Rule
+from .lrp import (
+    AlphaBetaRule,
+    AttentionValueRule,
+    BilinearRule,
+    EpsilonRule,
+    FlatRule,
+    GammaRule,
+    Pass,
+    WSquareRule,
+    ZBoxRule,
+    ZPlusRule,
+)
+
+__all__ = [
+    "RuleSet",
+    "AbsLRP",
+    "LRP",
+    "Epsilon",
+    "ZPlus",
+    "AlphaBeta",
+    "Gamma",
+    "Flat",
+    "WSquare",
+    "ZBox",
+    "EpsilonPlus",
+    "EpsilonPlusFlat",
+    "EpsilonAlpha2Beta1",
+    "EpsilonAlpha2Beta1Flat",
+    "EpsilonGammaBox",
+    "as_rule",
+]
+
+
+class RuleSet:
+    """Base class: ``rule_for(info)`` returns the rule for a node, or None when uncovered.
+
+    ``contrastive`` is the default of ``explain(..., contrastive=None)``;
+    ``start`` says how the output relevance starts for one target: ``"onehot"``
+    (1 at the target) or ``"value"`` (the target's output value, classic LRP).
+    """
+
+    contrastive: bool = False
+    start: str = "value"
+
+    def rule_for(self, info: NodeInfo) -> Rule | None:
+        raise NotImplementedError
+
+    @property
+    def layer(self) -> Rule:
+        """The rule this set applies to weighted layers (used when a set is an override)."""
+        raise NotImplementedError
+
+    def suggestion(self) -> str:
+        """Source text of a rule that would cover an unknown computing op."""
+        return "relprop.rules.Pass()"
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+_MOVES = {"move", "split", "mask", "getitem"}
+
+
+class AbsLRP(RuleSet):
+    """absLRP (Vukadin et al. 2024): the absolute-magnitude rule at every computing op.
+
+    ``maxpool_divide=False`` gives the reference's VGG variant (no division by |y|
+    at max pooling).  Contrastive by default: the explanation is the positive
+    pass (from the target) minus the negative pass (from all other classes).
+    """
+
+    start = "onehot"
+
+    def __init__(self, maxpool_divide: bool = True, contrastive: bool = True, eps: float = 1e-9):
+        self.maxpool_divide = maxpool_divide
+        self.contrastive = contrastive
+        self.eps = eps
+        self._rule = AbsRule(eps=eps)
+        self._maxpool = AbsRule(divide=maxpool_divide, eps=eps)
+        self._attention = AbsAttentionRule(eps=eps)
+        self._pass = Pass()
+
+    @property
+    def layer(self) -> Rule:
+        return self._rule
+
+    def rule_for(self, info: NodeInfo) -> Rule | None:
+        c = info.category
+        if c in _MOVES:
+            return self._pass
+        if c == "maxpool":
+            return self._maxpool
+        if c == "attention":
+            return self._attention
+        if c is None or c == "embedding":
+            return None
+        return self._rule
+
+    def suggestion(self) -> str:
+        return "relprop.rules.AbsRule()"
+
+
+def as_rule(value: Any) -> Rule:
+    """A rule from a rule, a rule set (its layer rule), a rule class, or a function."""
+    from .base import FunctionRule
+
+    if isinstance(value, Rule):
+        return value
+    if isinstance(value, RuleSet):
+        return value.layer
+    if isinstance(value, type) and issubclass(value, Rule):
+        return value()
+    if isinstance(value, type) and issubclass(value, RuleSet):
+        return value().layer
+    if callable(value):
+        return FunctionRule(value)
+    from relprop.errors import RuleError
+
+    raise RuleError(
+        f"expected a rule (a relprop.rules.Rule, a rule set, or a function (ctx, R) -> list), "
+        f"got {value!r}"
+    )
+
+
+class LRP(RuleSet):
+    """Classic, conservative LRP: ``layer`` on weighted ops, conservative rules elsewhere.
+
+    - dense layers use ``dense`` (default ``layer``), convolutions ``conv`` (default
+      ``layer``), the first weighted layer(s) of the input ``first`` when given;
+    - sums and average pooling: ε-rule (proportional); products of two
+      relevance-carrying tensors: :class:`BilinearRule`; attention:
+      :class:`AttentionValueRule`;
+    - activations, normalizations, softmax, max pooling, scaling, selects and data
+      movement: relevance passes by the gradient (identity or winner-takes-all).
+    """
+
+    def __init__(
+        self,
+        layer: Any,
+        *,
+        dense: Any = None,
+        conv: Any = None,
+        first: Any = None,
+        epsilon: float = 1e-9,
+        contrastive: bool = False,
+    ) -> None:
+        self._layer = as_rule(layer)
+        self.dense = None if dense is None else as_rule(dense)
+        self.conv = None if conv is None else as_rule(conv)
+        self.first = None if first is None else as_rule(first)
+        self.epsilon = epsilon
+        self.contrastive = contrastive
+        self._sum = EpsilonRule(epsilon)
+        self._bilinear = BilinearRule(epsilon)
+        self._attention = AttentionValueRule(epsilon)
+        self._pass = Pass()
+        self._numerator = Pass(inputs=(0,))
+
+    @property
+    def layer(self) -> Rule:
+        return self._layer
+
+    def rule_for(self, info: NodeInfo) -> Rule | None:
+        c = info.category
+        if c in ("dense", "conv"):
+            if info.first and self.first is not None:
+                return self.first
+            slot = self.dense if c == "dense" else self.conv
+            return slot if slot is not None else self._layer
+        if c in ("add", "avgpool"):
+            return self._sum
+        if c in ("matmul", "mul"):
+            return self._bilinear
+        if c == "attention":
+            return self._attention
+        if c == "div":
+            return self._numerator
+        if c in _MOVES or c in ("pool_select", "activation", "norm", "softmax", "maxpool", "scale"):
+            return self._pass
+        return None
+
+    def __repr__(self) -> str:
+        parts = [repr(self._layer)]
+        for name in ("dense", "conv", "first"):
+            if getattr(self, name) is not None:
+                parts.append(f"{name}={getattr(self, name)!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class Epsilon(LRP):
+    """LRP-ε on weighted layers, and the same ε on sums."""
+
+    def __init__(self, epsilon: float = 1e-6, **slots: Any) -> None:
+        super().__init__(EpsilonRule(epsilon), epsilon=epsilon, **slots)
+
+
+class ZPlus(LRP):
+    """LRP-z⁺ (α1β0) on weighted layers."""
+
+    def __init__(self, **slots: Any) -> None:
+        super().__init__(ZPlusRule(), **slots)
+
+
+class AlphaBeta(LRP):
+    """LRP-αβ on weighted layers (α − β = 1)."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, **slots: Any) -> None:
+        super().__init__(AlphaBetaRule(alpha, beta), **slots)
+
+
+class Gamma(LRP):
+    """LRP-γ on weighted layers."""
+
+    def __init__(self, gamma: float = 0.25, **slots: Any) -> None:
+        super().__init__(GammaRule(gamma), **slots)
+
+
+class Flat(LRP):
+    """The flat rule on weighted layers (mostly useful as ``first=Flat()``)."""
+
+    def __init__(self, **slots: Any) -> None:
+        super().__init__(FlatRule(), **slots)
+
+
+class WSquare(LRP):
+    """The w²-rule on weighted layers (mostly useful as ``first=WSquare()``)."""
+
+    def __init__(self, **slots: Any) -> None:
+        super().__init__(WSquareRule(), **slots)
+
+
+class ZBox(LRP):
+    """The z^B-rule on weighted layers (mostly useful as ``first=ZBox(low, high)``)."""
+
+    def __init__(self, low: float | Tensor, high: float | Tensor, **slots: Any) -> None:
+        super().__init__(ZBoxRule(low, high), **slots)
+
+
+def EpsilonPlus(epsilon: float = 1e-6) -> LRP:  # noqa: N802 - preset named like a rule set
+    """ε for dense layers, z⁺ for convolutions."""
+    return Epsilon(epsilon, conv=ZPlusRule())
+
+
+def EpsilonPlusFlat(epsilon: float = 1e-6) -> LRP:  # noqa: N802
+    """ε for dense layers, z⁺ for convolutions, flat for the first layer."""
+    return Epsilon(epsilon, conv=ZPlusRule(), first=FlatRule())
+
+
+def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> LRP:  # noqa: N802
+    """ε for dense layers, α2β1 for convolutions."""
+    return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0))
+
+
+def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6) -> LRP:  # noqa: N802
+    """ε for dense layers, α2β1 for convolutions, flat for the first layer."""
+    return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0), first=FlatRule())
+
+
+def EpsilonGammaBox(  # noqa: N802
+    low: float | Tensor, high: float | Tensor, gamma: float = 0.25, epsilon: float = 1e-6
+) -> LRP:
+    """ε for dense layers, γ for convolutions, z^B for the first layer."""
+    return Epsilon(epsilon, conv=GammaRule(gamma), first=ZBoxRule(low, high))
