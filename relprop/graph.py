@@ -19,7 +19,7 @@ from torch.utils import _pytree as pytree
 from relprop.rules.sets import AbsLRP, RuleSet
 
 from . import engine, targets
-from .binding import Bound, OverrideKey, bind
+from .binding import Binding, Bound, OverrideKey, bind
 from .errors import InputError, RuleError
 from .tracing import eval_mode, normalize_inputs, signature_of, trace_program
 
@@ -183,6 +183,13 @@ class Graph:
                 "example input"
             )
         return format_summary(self._last, self.rules)
+
+    @property
+    def bindings(self) -> list[Binding]:
+        """The bound nodes of the last traced signature: node, category, rule, why."""
+        if self._last is None:
+            raise InputError("nothing traced yet: call explain(x, target) or summary(x) first")
+        return list(self._last.bindings.values())
 
     def __repr__(self) -> str:
         return f"relprop.Graph({type(self.model).__name__}, rules={self.rules!r}, strict={self.strict})"
