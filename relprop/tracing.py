@@ -73,7 +73,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         warnings.warn(
             "relprop explains the model in eval mode (dropout off, batch norm on running "
             "statistics); the model is handed back in training mode.",
-            stacklevel=4,
+            stacklevel=_user_stacklevel(),
         )
     try:
         for m, _ in flags:
@@ -82,6 +82,23 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def _user_stacklevel() -> int:
+    """The warnings stacklevel of the first frame outside relprop and contextlib."""
+    import inspect
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    level = 1
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not name.startswith(here) and not name.endswith("contextlib.py"):
+            return level - 1
+        frame = frame.f_back
+        level += 1
+    return 1
 
 
 @dataclass

@@ -144,7 +144,9 @@ class Rule:
         return self.relevance(ctx, R)
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        params = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and v is not None
+        )
         return f"{type(self).__name__}({params})"
 
 
