@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .base import Context, Layout, Relevance, Rule, sample_l1, vjp
-from .local import abs_input, drop_masked, is_masked, local_call, masked_softmax
+from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
 
 __all__ = ["AbsRule", "AbsAttentionRule", "abs_step"]
 
@@ -45,14 +45,23 @@ def abs_step(
     g: Relevance,
     layouts: Sequence[Any],
     batch: int,
+    keep: Sequence[Tensor | None] | None = None,
 ) -> list[Tensor]:
-    """One absLRP step given g = R_y / |y|: x ⊙ Jᵀg + |x| ⊙ J_absᵀg, unit L1 per sample."""
+    """One absLRP step given g = R_y / |y|: x ⊙ Jᵀg + |x| ⊙ J_absᵀg, unit L1 per sample.
+
+    ``keep`` (per input, optional) marks the entries that may receive relevance:
+    scores an attention mask removed (-inf) get exactly zero.
+    """
     r = vjp(f, xs, g)
     ra = vjp(f_abs, xs_abs, g)
-    return [
-        _unit_l1(x * a + xa * b, layout, batch)
-        for x, xa, a, b, layout in zip(xs, xs_abs, r, ra, layouts)
-    ]
+    out = []
+    for i, (x, xa, a, b, layout) in enumerate(zip(xs, xs_abs, r, ra, layouts)):
+        contribution = x * a + xa * b
+        mask = keep[i] if keep is not None else None
+        if mask is not None:
+            contribution = torch.where(mask, contribution, torch.zeros((), dtype=x.dtype))
+        out.append(_unit_l1(contribution, layout, batch))
+    return out
 
 
 class AbsRule(Rule):
@@ -79,10 +88,11 @@ class AbsRule(Rule):
             return local_call(ctx, dict(zip(live, v)), absolute=True)
 
         layouts = [ctx.info.in_layouts[i] for i in live]
-        rel = abs_step(f, f_abs, xs, xs_abs, g, layouts, ctx.batch)
+        keep = [unmasked(ctx, x) for x in xs]
+        rel = abs_step(f, f_abs, xs, xs_abs, g, layouts, ctx.batch, keep)
         out: list[Tensor | None] = [None] * len(ctx.inputs)
-        for i, x, r in zip(live, xs, rel):
-            out[i] = drop_masked(ctx, x, r)
+        for i, r in zip(live, rel):
+            out[i] = r
         return out
 
 
@@ -131,9 +141,8 @@ class AbsAttentionRule(Rule):
         (R_s,) = abs_step(
             lambda a: masked_softmax(a, -1),
             lambda a: masked_softmax(a, -1),
-            [s], [s_abs], R_p / (p.abs() + eps), [layout], B,
+            [s], [s_abs], R_p / (p.abs() + eps), [layout], B, [~is_masked(s)],
         )
-        R_s = torch.where(is_masked(s), torch.zeros((), dtype=R_s.dtype), R_s)
         # s = (q·scale) · kᵀ ; the mask is a constant offset: relevance passes to the product
         qs = q * scale
         with torch.no_grad():

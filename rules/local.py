@@ -23,7 +23,7 @@ from torch import Tensor
 from .base import Context
 from .ops import op_name
 
-__all__ = ["abs_input", "drop_masked", "is_masked", "local_call", "masked_softmax"]
+__all__ = ["abs_input", "is_masked", "local_call", "masked_softmax", "unmasked"]
 
 _ARITHMETIC = {"aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div"}
 _SOFTMAX = {"aten.softmax", "aten._softmax", "aten._safe_softmax"}
@@ -157,11 +157,11 @@ def abs_input(ctx: Context, x: Tensor) -> Tensor:
     return x.abs()
 
 
-def drop_masked(ctx: Context, x: Tensor, R: Tensor) -> Tensor:
-    """Zero relevance at softmax inputs that an attention mask removed (x = -inf or ~min)."""
+def unmasked(ctx: Context, x: Tensor) -> Tensor | None:
+    """For a softmax, the inputs an attention mask did not remove (-inf or ~min); else None."""
     if op_name(ctx.op) in _SOFTMAX:
-        return torch.where(is_masked(x), torch.zeros((), dtype=R.dtype, device=R.device), R)
-    return R
+        return ~is_masked(x)
+    return None
 
 
 def default_scale(q: Tensor, scale: float | None) -> float:

@@ -38,7 +38,7 @@ MOVE = _names(
     "split", "split_with_sizes", "unbind", "chunk", "alias", "_to_copy", "to", "type_as",
     "dropout", "detach", "lift_fresh_copy", "movedim", "repeat", "pad", "constant_pad_nd",
     "roll", "flip", "tensor_split", "unfold", "pixel_shuffle", "pixel_unshuffle",
-    "channel_shuffle", "native_dropout", "feature_dropout", "alpha_dropout",
+    "channel_shuffle", "native_dropout", "feature_dropout", "alpha_dropout", "repeat_interleave",
 )
 SELECT = _names("select", "slice", "narrow", "index", "index_select", "gather")
 WEIGHTED = _names(
