@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .base import Context, Layout, Relevance, Rule, sample_l1, vjp
 from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
+from .products import input_product
 
 __all__ = ["AbsRule", "AbsAttentionRule", "abs_step"]
 
@@ -77,6 +78,10 @@ class AbsRule(Rule):
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         g = _divide(R, ctx.output, self.eps) if self.divide else R
+        if ctx.info.category in ("dense", "conv"):
+            fast = self._weighted(ctx, g)
+            if fast is not None:
+                return fast
         live = ctx.live_inputs
         xs = [ctx.inputs[i] for i in live]
         xs_abs = [abs_input(ctx, x) for x in xs]
@@ -94,6 +99,18 @@ class AbsRule(Rule):
         for i, r in zip(live, rel):
             out[i] = r
         return out
+
+
+    def _weighted(self, ctx: Context, g: Tensor) -> list[Tensor | None] | None:
+        """x ⊙ Wᵀg + |x| ⊙ |W|ᵀg from two backward products (Eq. 12), or None."""
+        w = ctx.args()[0][1]
+        a = input_product(ctx, w, g)
+        if a is None:
+            return None
+        b = input_product(ctx, w.abs(), g)
+        x = ctx.inputs[0]
+        R = _unit_l1(x * a + x.abs() * b, ctx.info.in_layouts[0], ctx.batch)
+        return [R] + [None] * (len(ctx.inputs) - 1)
 
 
 class AbsAttentionRule(Rule):
