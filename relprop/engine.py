@@ -81,7 +81,10 @@ def backward(
     batch: int,
     record: bool = False,
 ) -> Walk:
-    """Walk the graph backwards from ``start`` (one entry per flat output)."""
+    """Walk the graph backwards from ``start`` (one entry per flat output).
+
+    Consumes ``env``: values are released as soon as no rule needs them.
+    """
     program = bound.program
     nodes = list(program.graph.nodes)
     output = nodes[-1]
@@ -92,6 +95,9 @@ def backward(
     walk = Walk(inputs={})
     placeholders = {p: i for i, p in bound.float_sources.items()}
     for n in reversed(nodes):
+        # every consumer of n comes later in the graph and has been visited: only n's own
+        # rule still reads its value, so it is dropped as soon as that rule has run
+        value = env.pop(n, None)
         if n not in rel:
             continue
         R = rel.pop(n)
@@ -114,7 +120,7 @@ def backward(
         leaves, spec = pytree.tree_flatten((n.args, n.kwargs))
         slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
         values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
-        ctx = Context(binding.info, leaves, values, spec, slots, env[n], batch)
+        ctx = Context(binding.info, leaves, values, spec, slots, value, batch)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)
         if record:
