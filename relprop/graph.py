@@ -116,7 +116,9 @@ class Graph:
         args, kwargs = normalize_inputs(inputs)
         labels = _check_inputs(self.model, args, kwargs)
         use_contrastive = self.rules.contrastive if contrastive is None else bool(contrastive)
-        with eval_mode(self.model):
+        # rules differentiate locally: leave inference mode, and copy inference tensors
+        with torch.inference_mode(False), eval_mode(self.model):
+            args, kwargs = pytree.tree_map(_normal_tensor, (args, kwargs))
             bound = self._bound(args, kwargs)
             program = bound.program
             flat = _flatten_like(args, kwargs, program.in_spec)
@@ -223,6 +225,10 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
             + ", ".join(sorted(set(bound.unbound)))
         )
     return "\n".join(lines)
+
+
+def _normal_tensor(x: Any) -> Any:
+    return x.clone() if isinstance(x, Tensor) and x.is_inference() else x
 
 
 def _zeros_like(x: Tensor) -> Tensor:

@@ -404,3 +404,15 @@ def test_untraceable_model_gets_a_trace_error() -> None:
 
     with pytest.raises(relprop.TraceError, match="torch.export could not capture DataDependent"):
         relprop.trace(DataDependent().eval()).explain(torch.ones(2, 3), 0)
+
+
+def test_explain_works_under_no_grad_and_inference_mode() -> None:
+    model, x = mlp().double(), torch.randn(2, 6, dtype=torch.float64)
+    g = relprop.trace(model)
+    ref = g.explain(x, 1)
+    with torch.no_grad():
+        assert torch.equal(g.explain(x, 1), ref)
+    with torch.inference_mode():
+        x_inf = x.clone()
+        R = g.explain(x_inf, 1)
+    assert torch.equal(R, ref)
