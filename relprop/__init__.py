@@ -6,7 +6,7 @@
     print(graph.summary())                # every node, its module and its rule
 """
 
-from . import rules
+from . import example, rules, viz
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -33,4 +33,6 @@ __all__ = [
     "rules",
     "trace",
     "unregister_rule",
+    "viz",
+    "example",
 ]
