@@ -26,12 +26,13 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from relprop.rules.base import Layout, NodeInfo, Rule
+from relprop.rules.base import NodeInfo, Rule
 from relprop.rules.lrp import Pass
-from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, op_name
+from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, is_constant, op_name
 from relprop.rules.sets import RuleSet, as_rule
 
 from .errors import InputError, MissingRuleError, RuleError
+from .layouts import batch_layouts
 from .tracing import Program
 
 __all__ = ["register_rule", "unregister_rule", "bind", "Bound", "Binding", "OverrideKey"]
@@ -125,19 +126,59 @@ def _clean_path(path: str) -> str:
     return path.replace("L['self'].", "").replace("L__self__.", "")
 
 
-def _is_split(node: fx.Node) -> bool:
-    """Whether a select/slice is one of a set that together cover its input along one dim."""
+def _equivalents(nodes: list[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
+    """Call nodes grouped with the nodes that compute the same op on the same arguments.
+
+    ``x[..., 0::2, 0::2]`` and ``x[..., 0::2, 1::2]`` export as two chains whose first
+    slices are identical; grouping them lets the second slices be seen as one split.
+    """
+    canon: dict[fx.Node, fx.Node] = {}
+    first: dict[Any, fx.Node] = {}
+    groups: dict[fx.Node, list[fx.Node]] = {}
+
+    def key(x: Any) -> Any:
+        if isinstance(x, fx.Node):
+            return ("node", canon.get(x, x))
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, *(key(v) for v in x))
+        if isinstance(x, dict):
+            return ("dict", *((k, key(v)) for k, v in sorted(x.items())))
+        try:
+            hash(x)
+        except TypeError:
+            return ("id", id(x))
+        return (type(x).__name__, x)
+
+    for n in nodes:
+        if n.op != "call_function":
+            continue
+        k = (n.target, key(n.args), key(n.kwargs))
+        c = first.setdefault(k, n)
+        canon[n] = c
+        groups.setdefault(c, []).append(n)
+    return {n: groups[c] for n, c in canon.items()}
+
+
+_SLICES = ("aten.select", "aten.slice", "aten.narrow")
+
+
+def _is_split(node: fx.Node, equivalents: dict[fx.Node, list[fx.Node]]) -> bool:
+    """Whether a select/slice is one of a set that together cover its input along one dim.
+
+    The input's consumers count together with those of nodes equivalent to the input.
+    """
     src = node.args[0]
     if not isinstance(src, fx.Node):
         return False
     val = src.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return False
+    sources = equivalents.get(src, [src])
     dims: set[int] = set()
     covered: set[int] = set()
-    for user in src.users:
+    for user in (u for s in sources for u in s.users):
         name = op_name(user.target)
-        if name not in ("aten.select", "aten.slice", "aten.narrow") or user.args[0] is not src:
+        if name not in _SLICES or user.args[0] not in sources:
             return False
         dim = user.args[1] if len(user.args) > 1 else 0
         dim = dim % val.dim()
@@ -161,6 +202,55 @@ def _is_split(node: fx.Node) -> bool:
     return covered == {-1} if not isinstance(size, int) else covered == set(range(size))
 
 
+_PADS = ("aten.pad", "aten.constant_pad_nd")
+
+
+def _undoes_pad(node: fx.Node, limit: int = 256) -> bool:
+    """Whether a slice crops away exactly what a pad upstream in the same module added.
+
+    Window attention pads its input to a multiple of the window and crops the
+    result back (Swin); the crop moves relevance, it pools nothing.
+    """
+    if op_name(node.target) != "aten.slice" or not isinstance(node.args[0], fx.Node):
+        return False
+    val = node.args[0].meta.get("val")
+    step = node.args[4] if len(node.args) > 4 else 1
+    if not isinstance(val, torch.Tensor) or step != 1:
+        return False
+    rank = val.dim()
+    dim = (node.args[1] if len(node.args) > 1 else 0) % rank
+    size = val.shape[dim]
+    if not isinstance(size, int):
+        return False
+    start, end = _slice_bounds(node, size)
+    home = _module_stack(node)[-1][0] if _module_stack(node) else None
+    seen: set[fx.Node] = set()
+    todo = [node.args[0]]
+    while todo and len(seen) < limit:
+        n = todo.pop()
+        if n in seen or n.op != "call_function":
+            continue
+        seen.add(n)
+        if home is not None and home not in {p for p, _ in _module_stack(n)}:
+            continue
+        if op_name(n.target) in _PADS and _pad_matches(n, rank, dim, size, start, end):
+            return True
+        todo.extend(n.all_input_nodes)
+    return False
+
+
+def _pad_matches(pad: fx.Node, rank: int, dim: int, size: int, start: int, end: int) -> bool:
+    out = pad.meta.get("val")
+    widths = list(pad.args[1]) if len(pad.args) > 1 else []
+    i = rank - 1 - dim
+    if not isinstance(out, torch.Tensor) or out.dim() != rank or out.shape[dim] != size:
+        return False
+    if len(widths) < 2 * i + 2:
+        return False
+    left, right = widths[2 * i], widths[2 * i + 1]
+    return bool(left or right) and (start, end) == (left, size - right)
+
+
 def _slice_bounds(node: fx.Node, size: int | None) -> tuple[int, Any]:
     args = list(node.args) + [None] * 5
     if op_name(node.target) == "aten.narrow":
@@ -174,21 +264,6 @@ def _slice_bounds(node: fx.Node, size: int | None) -> tuple[int, Any]:
     start = start + size if start < 0 else start
     end = size if end is None else (end + size if end < 0 else min(end, size))
     return (max(start, 0), end)
-
-
-def _layout(val: Any, symbols: set, static_batch: int | None) -> Layout | None:
-    if not isinstance(val, torch.Tensor):
-        return None
-    for d, size in enumerate(val.shape):
-        if isinstance(size, torch.SymInt):
-            expr = size.node.expr
-            if expr in symbols or any(s in symbols for s in getattr(expr, "free_symbols", ())):
-                return Layout(d)
-    if static_batch is not None and static_batch > 1:
-        for d, size in enumerate(val.shape):
-            if isinstance(size, int) and size % static_batch == 0:
-                return Layout(d)
-    return None
 
 
 def _leaves(node: fx.Node) -> list[Any]:
@@ -231,6 +306,8 @@ def bind(
             token_sources[n] = int_origin[n.args[1]]
             live.add(n)
             continue
+        if is_constant(n.target):
+            continue
         if any(a in live for a in ins) and _floating(n.meta.get("val")):
             live.add(n)
 
@@ -260,10 +337,11 @@ def bind(
 
     # first weighted layers: no weighted op upstream of their live input
     after_weighted: set[fx.Node] = set()
-    sym, static = program.batch_symbols, program.static_batch
+    layouts = batch_layouts(nodes, live, program.batch_symbols, program.static_batch)
     bindings: dict[fx.Node, Binding] = {}
     unbound: list[str] = []
     norm_overrides = _merge(overrides)
+    equivalents = _equivalents(nodes)
     for n in nodes:
         if n.op != "call_function" or n not in live:
             continue
@@ -271,7 +349,7 @@ def bind(
         node_leaves = [x for x in leaves if isinstance(x, fx.Node)]
         flags = [x in live for x in node_leaves]
         upstream = any(x in after_weighted for x in node_leaves if x in live)
-        split = op_name(n.target) in SELECT and _is_split(n)
+        split = op_name(n.target) in SELECT and (_is_split(n, equivalents) or _undoes_pad(n))
         category = categorize(n, flags, split) if n not in token_sources else "embedding"
         if category in ("dense", "conv") or upstream:
             after_weighted.add(n)
@@ -286,8 +364,8 @@ def bind(
             module_path=path,
             module_class=cls.rsplit(".", 1)[-1],
             first=category in ("dense", "conv") and not upstream,
-            out_layout=_layout(_first_val(n), sym, static),
-            in_layouts=[_layout(x.meta.get("val"), sym, static) for x in node_leaves],
+            out_layout=layouts.get(n),
+            in_layouts=[layouts.get(x) for x in node_leaves],
         )
         if n.target is operator.getitem:
             bindings[n] = Binding(info, Pass(), "structural")
@@ -301,13 +379,6 @@ def bind(
         rule.check(info)
         bindings[n] = Binding(info, rule, source)
     return Bound(program, bindings, float_sources, token_sources, unbound)
-
-
-def _first_val(n: fx.Node) -> Any:
-    val = n.meta.get("val")
-    if isinstance(val, (tuple, list)):
-        return next((v for v in val if isinstance(v, torch.Tensor)), None)
-    return val
 
 
 def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:

@@ -39,11 +39,15 @@ Relevance = Any
 class Layout:
     """Where the batch sits in a tensor.
 
-    The dimension ``dim`` has size ``batch`` or, packed batch-major, ``batch * k``
-    (e.g. ``(B*heads, N, D)``): then each sample owns ``k`` consecutive entries.
+    The dimension ``dim`` has size ``batch``, or packs the batch with other
+    entries into ``outer * batch * inner`` entries, row-major: entry ``e`` belongs
+    to sample ``(e // inner) % batch``.  ``inner=None`` means batch-major packing
+    (``inner = size // batch``, e.g. ``(B*heads, N, D)``); token-major packing
+    (``(N*B, E)``, as ``nn.MultiheadAttention`` makes) has ``inner=1``.
     """
 
     dim: int
+    inner: int | None = 1
 
 
 @dataclass
@@ -214,11 +218,14 @@ def sample_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
         dims = tuple(range(1, R.dim()))
         return R.abs().sum(dim=dims, keepdim=True) if dims else R.abs()
     d = 1 + layout.dim
-    moved = R.abs().movedim(d, 1)
-    total = moved.reshape(P, batch, -1).sum(-1)  # (P, B)
     size = R.shape[d]
-    if size != batch:  # packed: batch-major groups of size // batch entries
-        total = total.repeat_interleave(size // batch, dim=1)
+    inner = size // batch if layout.inner is None else layout.inner
+    outer = size // (batch * inner)
+    moved = R.abs().movedim(d, -1)
+    total = moved.reshape(P, -1, outer, batch, inner).sum(dim=(1, 2, 4))  # (P, B)
+    if size != batch:  # one total per entry of the packed dimension
+        owner = (torch.arange(size, device=R.device) // inner) % batch
+        total = total[:, owner]
     shape = [1] * R.dim()
     shape[0], shape[d] = P, size
     return total.reshape(shape)

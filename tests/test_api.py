@@ -416,3 +416,29 @@ def test_explain_works_under_no_grad_and_inference_mode() -> None:
         x_inf = x.clone()
         R = g.explain(x_inf, 1)
     assert torch.equal(R, ref)
+
+
+class TokenMajorPacked(nn.Module):
+    """A Linear on a token-major (N*B, E) tensor, as nn.MultiheadAttention's out_proj gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.head = nn.Linear(4, 4), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, e = x.shape
+        h = self.lin(x.transpose(0, 1).reshape(n * b, e)).view(n, b, e).transpose(0, 1)
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize("model_fn", [TokenMajorPacked, lambda: nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)])
+def test_packed_batches_keep_samples_independent(model_fn) -> None:
+    torch.manual_seed(4)
+    model = model_fn().double().eval()
+    if isinstance(model, nn.TransformerEncoderLayer):
+        model = nn.Sequential(model, nn.Flatten(), nn.Linear(12, 3)).double().eval()
+    x = torch.randn(3, 3, 4, dtype=torch.float64)
+    g = relprop.trace(model)
+    batch = g.explanation(x, [0, 1, 2]).passes[0]
+    alone = torch.cat([g.explanation(x[i : i + 1], i).passes[0] for i in range(3)], dim=1)
+    assert torch.allclose(batch, alone, atol=1e-12)

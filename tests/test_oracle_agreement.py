@@ -281,14 +281,6 @@ def _unfused(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     return unfused
 
 
-#: nn.MultiheadAttention feeds out_proj a (tokens * batch, dim) tensor, token-major;
-#: relprop normalizes per sample as if every packed dimension were batch-major.
-MHA_PACKING = pytest.mark.xfail(
-    strict=True,
-    reason="relprop bug: sample normalization on a token-major packed (N*B, E) tensor "
-    "(nn.MultiheadAttention's out_proj input) mixes the samples of a batch",
-)
-
 CASES: dict[str, Case] = {
     "small_vgg[maxpool_divide=False]": Case(small_vgg, 16, maxpool_divide=False),
     "small_vgg[maxpool_divide=True]": Case(small_vgg, 16, maxpool_divide=True),
@@ -310,7 +302,7 @@ def _model_and_input(case: Case) -> tuple[nn.Module, Tensor]:
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=MHA_PACKING) if n == "small_vit_mha" else n for n in CASES],
+    list(CASES),
 )
 def test_relprop_matches_oracle(name: str) -> None:
     """Positive pass, negative pass and combined map agree per sample with the oracle."""
