@@ -431,7 +431,9 @@ class TokenMajorPacked(nn.Module):
         return self.head(h.flatten(1))
 
 
-@pytest.mark.parametrize("model_fn", [TokenMajorPacked, lambda: nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)])
+@pytest.mark.parametrize(
+    "model_fn", [TokenMajorPacked, lambda: nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)]
+)
 def test_packed_batches_keep_samples_independent(model_fn) -> None:
     torch.manual_seed(4)
     model = model_fn().double().eval()
