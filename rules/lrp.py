@@ -36,12 +36,21 @@ __all__ = [
 
 
 class Pass(Rule):
-    """Relevance passes by the op's gradient: R_x = Jᵀ R.
+    """Relevance passes through the op unchanged.
 
-    Exact for data movement; identity for elementwise ops (the usual LRP choice
-    for activations and normalizations); winner-takes-all for max pooling.
+    - Elementwise ops (categories ``activation``, ``norm``, ``softmax``, ``scale``):
+      the identity rule R_x = R (the identity rule of AttnLRP for elementwise
+      non-linearities, Achtibat et al. 2024).  It conserves relevance, unlike the
+      gradient (GELU', w/σ of a norm, c of a scale, −1 of ``neg``).  A scale that
+      broadcasts its input to a larger shape splits R in proportion to the
+      contributions (the ε-rule with ε = 0, Bach et al. 2015, Eq. 58).
+    - Everything else (data movement, max pooling, selects, ops without a rule):
+      by the op's gradient, R_x = Jᵀ R: exact for data movement, winner-takes-all
+      for max pooling.
+
     ``inputs`` restricts relevance to those input positions (e.g. ``(0,)`` for a
-    division whose denominator is treated as a constant).
+    division whose denominator is treated as a constant); the others are held at
+    their values and R is split by the ε-rule with ε = 0.
     """
 
     def __init__(self, inputs: Sequence[int] | None = None) -> None:
@@ -52,13 +61,23 @@ class Pass(Rule):
         out: list[Tensor | None] = [None] * len(ctx.inputs)
         if not live:
             return out
-        if len(ctx.live_inputs) > len(live):  # others held constant: scale by the local ratio
+        if ctx.info.category in _ELEMENTWISE and len(ctx.live_inputs) == 1:
+            first = R[0] if isinstance(R, (list, tuple)) else R
+            if first is not None and first.shape[1:] == ctx.inputs[live[0]].shape:
+                out[live[0]] = first
+                return out
+            rel = _epsilon(ctx, R, live, 0.0)
+        elif len(ctx.live_inputs) > len(live):  # others held constant: scale by the local ratio
             rel = _epsilon(ctx, R, live, 0.0)
         else:
             rel = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), [ctx.inputs[i] for i in live], R)
         for i, r in zip(live, rel):
             out[i] = r
         return out
+
+
+#: categories whose ops act elementwise: :class:`Pass` is the identity there
+_ELEMENTWISE = frozenset({"activation", "norm", "softmax", "scale"})
 
 
 def _epsilon(ctx: Context, R: Relevance, live: list[int], eps: float, share: float = 1.0) -> list:
@@ -71,13 +90,21 @@ def _epsilon(ctx: Context, R: Relevance, live: list[int], eps: float, share: flo
 
 
 def _ratio(R: Relevance, y: Any, eps: float) -> Relevance:
+    """R / (y + ε sign y); with ε = 0, zero where y = 0 (no contribution, no relevance)."""
     if isinstance(R, (list, tuple)):
-        return [None if r is None else r / stabilize(o, eps) for r, o in zip(R, y)]
-    return R / stabilize(y, eps)
+        return [None if r is None else _divide(r, o, eps) for r, o in zip(R, y)]
+    return _divide(R, y, eps)
+
+
+def _divide(R: Tensor, y: Tensor, eps: float) -> Tensor:
+    den = stabilize(y, eps)
+    if eps:
+        return R / den
+    return torch.where(den == 0, torch.zeros((), dtype=R.dtype, device=R.device), R / den)
 
 
 class EpsilonRule(Rule):
-    """LRP-ε: R_x = x ⊙ Jᵀ(R / (y + ε sign(y))) (Bach et al. 2015, Eq. 58 of Montavon 2019).
+    """LRP-ε: R_x = x ⊙ Jᵀ(R / (y + ε sign(y))) (Bach et al. 2015, Eq. 58).
 
     For a linear op with no bias and ε → 0 it conserves relevance; on sums and
     average pooling it distributes relevance in proportion to the contributions.
@@ -161,7 +188,12 @@ class ZPlusRule(_Weighted):
 
 
 class AlphaBetaRule(_Weighted):
-    """LRP-αβ (Bach et al. 2015): α·positive − β·negative contributions, α − β = 1."""
+    """LRP-αβ (Bach et al. 2015): α·positive − β·negative contributions, α − β = 1.
+
+    R_i = Σ_j (α (x_i w_ij)⁺ / z⁺_j − β (x_i w_ij)⁻ / z⁻_j) R_j, bias excluded.  Conserves
+    relevance only at units with contributions of both signs: a unit with no negative
+    (positive) contribution passes on α·R_j (−β·R_j).
+    """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9) -> None:
         from relprop.errors import RuleError

@@ -150,8 +150,10 @@ class LRP(RuleSet):
     - sums and average pooling: ε-rule (proportional); products of two
       relevance-carrying tensors: :class:`BilinearRule`; attention:
       :class:`AttentionValueRule`;
-    - activations, normalizations, softmax, max pooling, scaling, selects and data
-      movement: relevance passes by the gradient (identity or winner-takes-all).
+    - activations, normalizations, softmax and scaling by a constant: the identity
+      rule, R_x = R (:class:`Pass`; conservative, unlike their gradients);
+    - max pooling, selects and data movement: relevance passes by the gradient
+      (winner-takes-all, or moved unchanged).
     """
 
     def __init__(
