@@ -128,10 +128,16 @@ def as_rule(value: Any) -> Rule:
         return value
     if isinstance(value, RuleSet):
         return value.layer
-    if isinstance(value, type) and issubclass(value, Rule):
-        return value()
-    if isinstance(value, type) and issubclass(value, RuleSet):
-        return value().layer
+    if isinstance(value, type) and issubclass(value, (Rule, RuleSet)):
+        try:
+            made = value()
+        except TypeError as err:
+            from relprop.errors import RuleError
+
+            raise RuleError(
+                f"{value.__name__} needs arguments ({err}); pass an instance, e.g. {value.__name__}(...)"
+            ) from None
+        return made if isinstance(made, Rule) else made.layer
     if callable(value):
         return FunctionRule(value)
     from relprop.errors import RuleError
@@ -200,6 +206,9 @@ class LRP(RuleSet):
         if c in _MOVES or c in ("pool_select", "activation", "norm", "softmax", "maxpool", "scale"):
             return self._pass
         return None
+
+    def suggestion(self) -> str:
+        return "relprop.rules.EpsilonRule()"
 
     def __repr__(self) -> str:
         parts = [repr(self._layer)]
