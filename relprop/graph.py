@@ -82,6 +82,11 @@ class Graph:
     def _bound(self, args: tuple, kwargs: dict) -> Bound:
         key = signature_of(self.model, args, kwargs)
         bound = self._cache.get(key)
+        batch = _batch(pytree.tree_leaves((args, kwargs)))
+        if bound is not None and bound.program.static_batch not in (None, batch):
+            # the model fixed the batch size when it was traced: one trace per batch size
+            key = (*key, batch)
+            bound = self._cache.get(key)
         if bound is None:
             program = trace_program(self.model, args, kwargs)
             self.trace_count += 1

@@ -171,13 +171,15 @@ def trace_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
     if batch == 1:
         ex_args, ex_kwargs = pytree.tree_map(_repeat2, (args, kwargs))
     try:
-        ep = _export(model, ex_args, ex_kwargs, dynamic=True)
+        program = _program_from(_export(model, ex_args, ex_kwargs, dynamic=True), args, kwargs)
+        if program.static_batch is not None and batch == 1:
+            raise TraceError("the model fixed the batch size of the repeated input")
     except Exception:  # noqa: BLE001 - fall back to a static trace of the real batch
         try:
-            ep = _export(model, args, kwargs, dynamic=False)
+            program = _program_from(_export(model, args, kwargs, dynamic=False), args, kwargs)
         except Exception as err:  # noqa: BLE001
             _raise_trace_error(model, args, kwargs, err)
-    return _program_from(ep, args, kwargs)
+    return program
 
 
 def _repeat2(x: Any) -> Any:
@@ -250,9 +252,9 @@ def _program_from(ep: Any, args: tuple, kwargs: dict) -> Program:
         val = placeholders[name].meta.get("val")
         if isinstance(val, torch.Tensor) and val.dim() > 0:
             size = val.shape[0]
-            if isinstance(size, torch.SymInt):
+            if isinstance(size, torch.SymInt) and not size.node.expr.is_number:
                 symbols.add(size.node.expr)
-            elif static_batch is None:
+            elif static_batch is None:  # an int, or a symbol export specialized to a number
                 static_batch = int(size)
     if symbols:
         static_batch = None

@@ -5,7 +5,8 @@ rules.  Categories:
 
 - ``move``: data movement (relevance passes by the op's own gradient)
 - ``split`` / ``pool_select``: a select/slice/index that is part of a split of its
-  input (move) or one that keeps a part and drops the rest (a pooling, computes)
+  input, or a crop that removes exactly what a pad upstream added (move), or one
+  that keeps a part and drops the rest (a pooling, computes)
 - ``dense`` / ``conv``: weighted layers (linear, matmul with a constant operand,
   convolution)
 - ``matmul``: a product of two relevance-carrying tensors (attention scores)
@@ -14,6 +15,9 @@ rules.  Categories:
 - ``activation``, ``norm``, ``softmax``, ``attention``, ``maxpool``, ``avgpool``
 - ``embedding``: a lookup whose indices come from an integer input (a source)
 - ``mask``: masked_fill / where with a constant fill (moves relevance where kept)
+
+Ops in ``CONSTANT`` (``new_zeros``, ``zeros_like``, ...) read only their input's
+shape: binding keeps their outputs off the relevance path (e.g. Swin's window mask).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 aten = torch.ops.aten
 
-__all__ = ["CATEGORIES", "COMPUTING", "categorize", "op_name", "WEIGHTED_ARGS"]
+__all__ = ["CATEGORIES", "COMPUTING", "categorize", "is_constant", "op_name", "WEIGHTED_ARGS"]
 
 
 def _names(*names: str) -> set[str]:
@@ -69,6 +73,12 @@ AVGPOOL = _names(
     "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "mean", "sum",
 )
 EMBEDDING = _names("embedding")
+#: ops whose output depends on the shape, dtype or device of their input, never on its
+#: values (``x.new_zeros(...)``, ``torch.zeros_like(x)``): their output carries no relevance
+CONSTANT = _names(
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_empty_strided", "zeros_like",
+    "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like",
+)
 MASK = _names("masked_fill", "where")
 
 #: categories whose ops compute (the ones module-name and module-class overrides replace)
@@ -88,6 +98,11 @@ def op_name(target: Any) -> str:
     if packet is not None:
         return str(packet)
     return getattr(target, "__name__", str(target))
+
+
+def is_constant(target: Any) -> bool:
+    """Whether an op's output ignores its inputs' values (it then carries no relevance)."""
+    return op_name(target) in CONSTANT
 
 
 def full_op_name(target: Any) -> str:
