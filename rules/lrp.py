@@ -77,7 +77,7 @@ class Pass(Rule):
 
 
 #: categories whose ops act elementwise: :class:`Pass` is the identity there
-_ELEMENTWISE = frozenset({"activation", "norm", "softmax", "scale"})
+_ELEMENTWISE = frozenset({"activation", "norm", "softmax", "scale", "rescale"})
 
 
 def _epsilon(ctx: Context, R: Relevance, live: list[int], eps: float, share: float = 1.0) -> list:

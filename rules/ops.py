@@ -10,8 +10,10 @@ rules.  Categories:
 - ``dense`` / ``conv``: weighted layers (linear, matmul with a constant operand,
   convolution)
 - ``matmul``: a product of two relevance-carrying tensors (attention scores)
-- ``add``, ``scale`` (mul/div by a constant), ``mul`` (product of two relevance-
-  carrying tensors), ``div`` (division by a relevance-carrying tensor)
+- ``add``, ``scale`` (mul/div by a constant tensor, e.g. a layer-scale weight),
+  ``rescale`` (mul/div by a plain number, e.g. attention's q·scale: relevance passes
+  unchanged, as DESIGN.md prescribes for q·scale), ``mul`` (product of two
+  relevance-carrying tensors), ``div`` (division by a relevance-carrying tensor)
 - ``activation``, ``norm``, ``softmax``, ``attention``, ``maxpool``, ``avgpool``
 - ``embedding``: a lookup whose indices come from an integer input (a source)
 - ``mask``: masked_fill / where with a constant fill (moves relevance where kept)
@@ -86,7 +88,7 @@ COMPUTING = {
     "pool_select", "dense", "conv", "matmul", "add", "scale", "mul", "div", "activation",
     "norm", "softmax", "attention", "maxpool", "avgpool",
 }
-CATEGORIES = COMPUTING | {"move", "split", "embedding", "mask", "getitem"}
+CATEGORIES = COMPUTING | {"move", "split", "embedding", "mask", "getitem", "rescale"}
 
 #: for weighted ops: (input, weight, bias) argument positions
 WEIGHTED_ARGS = (0, 1, 2)
@@ -134,12 +136,13 @@ def categorize(node: Any, live: list[bool], split: bool) -> str | None:
         return "matmul" if n_live > 1 else "dense"
     if name in ADD:
         return "add"
-    if name in MUL:
-        return "mul" if n_live > 1 else "scale"
-    if name in DIV:
-        if len(live) > 1 and live[1]:
+    if name in MUL or name in DIV:
+        if name in DIV and len(live) > 1 and live[1]:
             return "div"
-        return "scale"
+        if n_live > 1:
+            return "mul"
+        numbers = [a for a in node.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        return "rescale" if numbers else "scale"
     for category, names in (
         ("activation", ACTIVATION),
         ("norm", NORM),

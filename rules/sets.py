@@ -106,7 +106,7 @@ class AbsLRP(RuleSet):
 
     def rule_for(self, info: NodeInfo) -> Rule | None:
         c = info.category
-        if c in _MOVES:
+        if c in _MOVES or c == "rescale":
             return self._pass
         if c == "maxpool":
             return self._maxpool
@@ -203,7 +203,7 @@ class LRP(RuleSet):
             return self._attention
         if c == "div":
             return self._numerator
-        if c in _MOVES or c in ("pool_select", "activation", "norm", "softmax", "maxpool", "scale"):
+        if c in _MOVES or c in ("pool_select", "activation", "norm", "softmax", "maxpool", "scale", "rescale"):
             return self._pass
         return None
 
