@@ -270,28 +270,23 @@ def _leaves(node: fx.Node) -> list[Any]:
     return torch.utils._pytree.tree_leaves((node.args, node.kwargs))
 
 
-def bind(
-    program: Program,
-    model: nn.Module,
-    rule_set: RuleSet,
-    overrides: Mapping[OverrideKey, Any],
-    strict: bool,
-) -> Bound:
-    graph = program.graph
-    nodes = list(graph.nodes)
-    placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
-    user = [placeholders[name] for name in program.user_inputs]
+def _live_nodes(
+    program: Program, nodes: list[fx.Node]
+) -> tuple[dict[int, fx.Node], dict[fx.Node, int], set[fx.Node]]:
+    """Relevance sources and the nodes that carry relevance (floats computed from a source).
 
-    # relevance sources: float user inputs, and embeddings indexed by integer user inputs
+    Sources are float user inputs, and embedding lookups indexed by integer user inputs.
+    """
+    placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
     float_sources: dict[int, fx.Node] = {}
     int_origin: dict[fx.Node, int] = {}
-    for i, p in enumerate(user):
-        val = p.meta.get("val")
+    for i, name in enumerate(program.user_inputs):
+        val = placeholders[name].meta.get("val")
         if isinstance(val, torch.Tensor):
             if val.is_floating_point():
-                float_sources[i] = p
+                float_sources[i] = placeholders[name]
             elif not val.is_complex():
-                int_origin[p] = i
+                int_origin[placeholders[name]] = i
     token_sources: dict[fx.Node, int] = {}
     live: set[fx.Node] = set(float_sources.values())
     for n in nodes:
@@ -310,9 +305,14 @@ def bind(
             continue
         if any(a in live for a in ins) and _floating(n.meta.get("val")):
             live.add(n)
+    return float_sources, token_sources, live
 
-    # relevant: live and reaching the output
-    output = next(n for n in nodes if n.op == "output")
+
+def _relevant_nodes(
+    program: Program, nodes: list[fx.Node], live: set[fx.Node], token_sources: dict[fx.Node, int]
+) -> set[fx.Node]:
+    """Live nodes on a path to the output; an error if there are none."""
+    output = nodes[-1]
     relevant: set[fx.Node] = set()
     stack = [a for a in output.all_input_nodes if a in live]
     while stack:
@@ -320,20 +320,32 @@ def bind(
         if n in relevant:
             continue
         relevant.add(n)
-        if n in token_sources:
-            continue
-        stack.extend(a for a in n.all_input_nodes if a in live)
+        if n not in token_sources:
+            stack.extend(a for a in n.all_input_nodes if a in live)
     if not relevant:
+        placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
         kinds = ", ".join(
-            f"{program.input_labels[i] if i < len(program.input_labels) else i}: "
-            f"{p.meta.get('val').dtype}"
-            for i, p in enumerate(user)
-            if isinstance(p.meta.get("val"), torch.Tensor)
+            f"{label}: {placeholders[name].meta['val'].dtype}"
+            for label, name in zip(program.input_labels, program.user_inputs)
+            if isinstance(placeholders[name].meta.get("val"), torch.Tensor)
         )
         raise InputError(
             "no input of the model can receive relevance: expected a floating-point input, or "
             f"integer token ids that reach an embedding lookup; got {kinds or 'no tensor inputs'}."
         )
+    return relevant
+
+
+def bind(
+    program: Program,
+    model: nn.Module,
+    rule_set: RuleSet,
+    overrides: Mapping[OverrideKey, Any],
+    strict: bool,
+) -> Bound:
+    nodes = list(program.graph.nodes)
+    float_sources, token_sources, live = _live_nodes(program, nodes)
+    relevant = _relevant_nodes(program, nodes, live, token_sources)
 
     # first weighted layers: no weighted op upstream of their live input
     after_weighted: set[fx.Node] = set()
