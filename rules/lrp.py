@@ -38,7 +38,7 @@ __all__ = [
 class Pass(Rule):
     """Relevance passes through the op unchanged.
 
-    - Elementwise ops (categories ``activation``, ``norm``, ``softmax``, ``scale``):
+    - Elementwise ops (categories ``activation``, ``norm``, ``softmax``, ``scale``, ``rescale``):
       the identity rule R_x = R (the identity rule of AttnLRP for elementwise
       non-linearities, Achtibat et al. 2024).  It conserves relevance, unlike the
       gradient (GELU', w/σ of a norm, c of a scale, −1 of ``neg``).  A scale that
