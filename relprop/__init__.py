@@ -4,9 +4,13 @@
     graph = relprop.trace(model)          # rule set: relprop.rules.AbsLRP()
     R = graph.explain(x, target)          # relevance shaped like x
     print(graph.summary())                # every node, its module and its rule
+
+Hugging Face models take dict inputs (``graph.explain(dict(enc), target)``, token
+relevance shaped (batch, tokens)); decoder LMs take a next-token target,
+``relprop.targets.next_token(token_id)``.
 """
 
-from . import example, rules, viz
+from . import example, rules, targets, text, viz
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -17,6 +21,7 @@ from .errors import (
     TraceError,
 )
 from .graph import Explanation, Graph, trace
+from .targets import next_token
 
 __version__ = "0.1.0"
 
@@ -29,10 +34,13 @@ __all__ = [
     "RuleError",
     "TargetError",
     "TraceError",
+    "next_token",
     "register_rule",
     "rules",
+    "targets",
     "trace",
     "unregister_rule",
+    "text",
     "viz",
     "example",
 ]

@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from relprop.rules.base import NodeInfo, Rule
 from relprop.rules.lrp import Pass
-from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, is_constant, op_name
+from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, is_constant, is_statistic, op_name
 from relprop.rules.sets import RuleSet, as_rule
 
 from .errors import InputError, MissingRuleError, RuleError
@@ -106,6 +106,10 @@ class Bound:
     token_sources: dict[fx.Node, int]
     #: ops passed by their gradient for want of a rule (strict=False)
     unbound: list[str] = field(default_factory=list)
+    #: every embedding lookup on the relevance path (token sources included) -> module path
+    embeddings: dict[fx.Node, str] = field(default_factory=dict)
+    #: token sources whose indices are the user input itself (vocabulary checks apply)
+    direct_tokens: set[fx.Node] = field(default_factory=set)
 
 
 def _floating(val: Any) -> bool:
@@ -166,6 +170,9 @@ def _is_split(node: fx.Node, equivalents: dict[fx.Node, list[fx.Node]]) -> bool:
     """Whether a select/slice is one of a set that together cover its input along one dim.
 
     The input's consumers count together with those of nodes equivalent to the input.
+    Consumers that read the whole tensor do not matter: in rotary embeddings
+    ``x * cos + cat(-x[..., d/2:], x[..., :d/2]) * sin`` the two slices split ``x``
+    (they move relevance) although ``x`` also feeds the product with ``cos``.
     """
     src = node.args[0]
     if not isinstance(src, fx.Node):
@@ -179,7 +186,7 @@ def _is_split(node: fx.Node, equivalents: dict[fx.Node, list[fx.Node]]) -> bool:
     for user in (u for s in sources for u in s.users):
         name = op_name(user.target)
         if name not in _SLICES or user.args[0] not in sources:
-            return False
+            continue  # a consumer of the whole tensor: it neither splits nor pools
         dim = user.args[1] if len(user.args) > 1 else 0
         dim = dim % val.dim()
         dims.add(dim)
@@ -270,24 +277,62 @@ def _leaves(node: fx.Node) -> list[Any]:
     return torch.utils._pytree.tree_leaves((node.args, node.kwargs))
 
 
+#: ops an index tensor may pass through and still be "the token ids" of a user input
+_INDEX_MOVES = {
+    "aten.view", "aten._unsafe_view", "aten.reshape", "aten.flatten", "aten.unsqueeze",
+    "aten.squeeze", "aten.expand", "aten.contiguous", "aten.clone", "aten._to_copy", "aten.to",
+    "aten.alias", "aten.detach", "aten.lift_fresh_copy",
+}
+
+
+def _direct_input(index: Any, inputs: dict[fx.Node, int]) -> int | None:
+    """The user input an index tensor is, up to data movement (else None)."""
+    while isinstance(index, fx.Node):
+        if index in inputs:
+            return inputs[index]
+        if index.op != "call_function" or op_name(index.target) not in _INDEX_MOVES:
+            return None
+        index = index.args[0] if index.args else None
+    return None
+
+
+def _is_lookup(n: fx.Node) -> bool:
+    """An embedding lookup: ``aten.embedding(weight, indices)`` with integer indices."""
+    if op_name(n.target) != "aten.embedding" or len(n.args) < 2:
+        return False
+    weight, index = n.args[0], n.args[1]
+    return isinstance(weight, fx.Node) and isinstance(index, fx.Node) and not _floating(index.meta.get("val"))
+
+
 def _live_nodes(
     program: Program, nodes: list[fx.Node]
-) -> tuple[dict[int, fx.Node], dict[fx.Node, int], set[fx.Node]]:
+) -> tuple[dict[int, fx.Node], dict[fx.Node, int], set[fx.Node], set[fx.Node]]:
     """Relevance sources and the nodes that carry relevance (floats computed from a source).
 
-    Sources are float user inputs, and embedding lookups indexed by integer user inputs.
+    Sources are float user inputs and embedding lookups.  A lookup whose indices are an
+    integer user input (up to data movement) is a *token* source: its relevance, summed
+    over the hidden dimension, is that input's relevance.  Only where no lookup reads any
+    input directly (ids offset or taken modulo first) are the lookups indexed by ints
+    computed from an input its token sources, so that position ids computed from the ids
+    or from an attention mask never count as tokens.  Every other lookup (position ids,
+    token types from a buffer, ...) is a source too, so that the relevance it receives is
+    not lost, but it is reported only as an embedding
+    (``Explanation.embeddings``), never as tokens.
     """
     placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
     float_sources: dict[int, fx.Node] = {}
-    int_origin: dict[fx.Node, int] = {}
+    int_inputs: dict[fx.Node, int] = {}
     for i, name in enumerate(program.user_inputs):
         val = placeholders[name].meta.get("val")
         if isinstance(val, torch.Tensor):
             if val.is_floating_point():
                 float_sources[i] = placeholders[name]
             elif not val.is_complex():
-                int_origin[placeholders[name]] = i
+                int_inputs[placeholders[name]] = i
     token_sources: dict[fx.Node, int] = {}
+    derived: dict[fx.Node, int] = {}  # lookups indexed by ints computed from a user input
+    int_origin = dict(int_inputs)
+    embeddings: set[fx.Node] = set()
     live: set[fx.Node] = set(float_sources.values())
     for n in nodes:
         if n.op != "call_function":
@@ -297,19 +342,28 @@ def _live_nodes(
             origins = [int_origin[a] for a in ins if a in int_origin]
             if origins and not _floating(n.meta.get("val")):
                 int_origin[n] = origins[0]
-        if op_name(n.target) == "aten.embedding" and len(n.args) > 1 and n.args[1] in int_origin:
-            token_sources[n] = int_origin[n.args[1]]
+        if _is_lookup(n) and n.args[0] not in live:
+            origin = _direct_input(n.args[1], int_inputs)
+            if origin is not None:
+                token_sources[n] = origin
+            elif n.args[1] in int_origin:
+                derived[n] = int_origin[n.args[1]]
+            embeddings.add(n)
             live.add(n)
             continue
-        if is_constant(n.target):
+        if is_constant(n.target) or is_statistic(n):
             continue
         if any(a in live for a in ins) and _floating(n.meta.get("val")):
             live.add(n)
-    return float_sources, token_sources, live
+    # no lookup reads an input directly (ids offset, taken modulo, ...): the lookups indexed
+    # by ints computed from the inputs are the tokens
+    if not token_sources:
+        token_sources.update(derived)
+    return float_sources, token_sources, live, embeddings
 
 
 def _relevant_nodes(
-    program: Program, nodes: list[fx.Node], live: set[fx.Node], token_sources: dict[fx.Node, int]
+    program: Program, nodes: list[fx.Node], live: set[fx.Node], sources: Any
 ) -> set[fx.Node]:
     """Live nodes on a path to the output; an error if there are none."""
     output = nodes[-1]
@@ -320,20 +374,24 @@ def _relevant_nodes(
         if n in relevant:
             continue
         relevant.add(n)
-        if n not in token_sources:
+        if n not in sources:
             stack.extend(a for a in n.all_input_nodes if a in live)
     if not relevant:
-        placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
-        kinds = ", ".join(
-            f"{label}: {placeholders[name].meta['val'].dtype}"
-            for label, name in zip(program.input_labels, program.user_inputs)
-            if isinstance(placeholders[name].meta.get("val"), torch.Tensor)
-        )
-        raise InputError(
-            "no input of the model can receive relevance: expected a floating-point input, or "
-            f"integer token ids that reach an embedding lookup; got {kinds or 'no tensor inputs'}."
-        )
+        _no_input(program, nodes)
     return relevant
+
+
+def _no_input(program: Program, nodes: list[fx.Node]) -> None:
+    placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
+    kinds = ", ".join(
+        f"{label}: {placeholders[name].meta['val'].dtype}"
+        for label, name in zip(program.input_labels, program.user_inputs)
+        if isinstance(placeholders[name].meta.get("val"), torch.Tensor)
+    )
+    raise InputError(
+        "no input of the model can receive relevance: expected a floating-point input, or "
+        f"integer token ids that reach an embedding lookup; got {kinds or 'no tensor inputs'}."
+    )
 
 
 def bind(
@@ -344,8 +402,13 @@ def bind(
     strict: bool,
 ) -> Bound:
     nodes = list(program.graph.nodes)
-    float_sources, token_sources, live = _live_nodes(program, nodes)
-    relevant = _relevant_nodes(program, nodes, live, token_sources)
+    float_sources, token_sources, live, lookups = _live_nodes(program, nodes)
+    relevant = _relevant_nodes(program, nodes, live, lookups)
+    if not any(n in relevant for n in [*token_sources, *float_sources.values()]):
+        _no_input(program, nodes)
+    embeddings = {n: _embedding_path(n) for n in nodes if n in lookups and n in relevant}
+    inputs = {n: i for i, name in enumerate(program.user_inputs) for n in nodes if n.name == name}
+    direct = {n for n in token_sources if _direct_input(n.args[1], inputs) is not None}
 
     # first weighted layers: no weighted op upstream of their live input
     after_weighted: set[fx.Node] = set()
@@ -362,10 +425,10 @@ def bind(
         flags = [x in live for x in node_leaves]
         upstream = any(x in after_weighted for x in node_leaves if x in live)
         split = op_name(n.target) in SELECT and (_is_split(n, equivalents) or _undoes_pad(n))
-        category = categorize(n, flags, split) if n not in token_sources else "embedding"
+        category = categorize(n, flags, split) if n not in lookups else "embedding"
         if category in ("dense", "conv") or upstream:
             after_weighted.add(n)
-        if n not in relevant or n in token_sources:
+        if n not in relevant or n in lookups:
             continue
         stack_ = _module_stack(n)
         path, cls = (_clean_path(stack_[-1][0]), stack_[-1][1]) if stack_ else ("", "")
@@ -390,7 +453,13 @@ def bind(
             unbound.append(full_op_name(n.target))
         rule.check(info)
         bindings[n] = Binding(info, rule, source)
-    return Bound(program, bindings, float_sources, token_sources, unbound)
+    return Bound(program, bindings, float_sources, token_sources, unbound, embeddings, direct)
+
+
+def _embedding_path(node: fx.Node) -> str:
+    """The module path of an embedding lookup (its node name where it has none)."""
+    stack = _module_stack(node)
+    return _clean_path(stack[-1][0]) if stack else node.name
 
 
 def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:

@@ -64,6 +64,9 @@ class Walk:
     records: dict[str, list[Tensor | None]] = field(default_factory=dict)
     #: node name -> relevance of the node's output (recorded walks)
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: embedding module path -> relevance of the lookup's output summed over the hidden
+    #: dimension, (P, *indices.shape)
+    embeddings: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _add(store: dict[fx.Node, Any], node: fx.Node, R: Any, index: int | None = None) -> None:
@@ -106,10 +109,16 @@ def backward(
         if n in placeholders:
             walk.inputs[placeholders[n]] = R
             continue
-        if n in bound.token_sources:
-            i = bound.token_sources[n]
+        if n in bound.embeddings:
             tokens = R.sum(-1)
-            walk.inputs[i] = tokens if i not in walk.inputs else walk.inputs[i] + tokens
+            path = bound.embeddings[n]
+            if path in walk.embeddings and walk.embeddings[path].shape == tokens.shape:
+                walk.embeddings[path] = walk.embeddings[path] + tokens
+            else:  # one module looked up twice with differently shaped indices
+                walk.embeddings[path if path not in walk.embeddings else f"{path}:{n.name}"] = tokens
+            if n in bound.token_sources:
+                i = bound.token_sources[n]
+                walk.inputs[i] = tokens if i not in walk.inputs else walk.inputs[i] + tokens
             continue
         binding = bound.bindings.get(n)
         if binding is None:
@@ -132,7 +141,7 @@ def backward(
 
 
 def _is_source(bound: Bound, node: fx.Node) -> bool:
-    return node in bound.token_sources or node in bound.float_sources.values()
+    return node in bound.embeddings or node in bound.float_sources.values()
 
 
 def _check(binding: Any, ctx: Context, result: Any) -> None:

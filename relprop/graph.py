@@ -34,6 +34,27 @@ class Explanation:
     relevance of every input that received some (keyed like the input: position
     for tuples, name for dicts); ``passes`` the same before the contrastive
     passes are combined, with the pass dimension first.
+
+    Token ids (integer inputs): a token's relevance is read at the output of the
+    embedding lookup indexed by those ids (the word embeddings) and summed over
+    the hidden dimension.  Other lookups on the way — position embeddings (indexed
+    by a buffer or by positions computed from the ids), token-type embeddings —
+    receive relevance too; they are not tokens, so they are not added to the token
+    relevance.  ``embeddings`` holds the relevance of *every* lookup, keyed by the
+    module path of the embedding (``"bert.embeddings.position_embeddings"``),
+    shaped like the lookup's indices: (batch, tokens), or (1, tokens) summed over
+    the batch where one index tensor is shared by the whole batch (position ids).
+    With a conservative rule set, the output relevance is the sum over all entries
+    of ``embeddings`` (plus what biases absorb).  The word embeddings' entry equals
+    the token relevance.
+
+    Padding: for dict inputs with an ``attention_mask`` shaped like the token ids,
+    the token relevance in ``relevance`` and ``inputs`` (and the entries of
+    ``embeddings`` shaped like the mask) is set to exactly 0 where the mask is 0.
+    The models relprop is tested on already give padded positions exactly 0 by
+    their own attention masks (tests/test_transformers.py checks ``passes``); the
+    zeroing is a guarantee on top.  ``passes`` and the (1, tokens) entries of shared
+    lookups are left as the walk produced them.
     """
 
     relevance: Any
@@ -46,6 +67,9 @@ class Explanation:
     records: dict[str, list[Tensor | None]] = field(default_factory=dict)
     #: node name -> relevance of the node's output (``record=True`` only)
     node_relevance: dict[str, Any] = field(default_factory=dict)
+    #: embedding module path -> relevance of that lookup, summed over the hidden dimension
+    #: and shaped like its indices (see below)
+    embeddings: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Graph:
@@ -104,8 +128,16 @@ class Graph:
 
         Returns a tensor shaped like a tensor input (or (batch, tokens) for token
         ids), a tuple for tuple inputs (None where an input received none), and for
-        dict inputs the relevance of the first entry that received some (all of them
-        are in :meth:`explanation`'s ``inputs``).
+        dict inputs the relevance of ``input_ids`` if it received some, else of the
+        first entry that did (all of them are in :meth:`explanation`'s ``inputs``).
+
+        Token ids get the relevance of their word-embedding lookup summed over the
+        hidden dimension, shaped (batch, tokens), exactly 0 where a given
+        ``attention_mask`` is 0; position and token-type embeddings are reported
+        separately, in :meth:`explanation`'s ``embeddings`` (see :class:`Explanation`).
+        For a decoder language model pass ``use_cache=False`` (in the config or the
+        inputs) and a target that selects one logit, e.g.
+        ``relprop.targets.next_token(token_id)``.
         """
         return self.explanation(inputs, target, contrastive=contrastive).relevance
 
@@ -128,6 +160,7 @@ class Graph:
             program = bound.program
             flat = _flatten_like(args, kwargs, program.in_spec)
             batch = _batch(flat)
+            _check_token_ids(bound, self.model, flat)
             env = engine.forward(bound, self.model, flat)
             out_node = list(program.graph.nodes)[-1]
             flat_out = list(pytree.tree_leaves(env[out_node]))
@@ -150,14 +183,25 @@ class Graph:
     ) -> Explanation:
         passes: dict[Any, Tensor] = {}
         combined: dict[Any, Tensor] = {}
+
+        def combine(R: Tensor) -> Tensor:
+            return R[0] - R[1] if start.passes == 2 else R[0]
+
+        mask = _attention_mask(inputs)
         for i, R in walk.inputs.items():
             key = labels[i]
             passes[key] = R
-            combined[key] = R[0] - R[1] if start.passes == 2 else R[0]
+            combined[key] = combine(R)
+            value = inputs.get(key) if isinstance(inputs, Mapping) and isinstance(key, str) else None
+            if mask is not None and isinstance(value, Tensor) and not value.is_floating_point():
+                combined[key] = _zero_padding(combined[key], mask)
+        embeddings = {path: combine(R) for path, R in walk.embeddings.items()}
+        if mask is not None:
+            embeddings = {k: _zero_padding(v, mask) for k, v in embeddings.items()}
         if isinstance(inputs, Tensor):
             relevance: Any = combined.get(labels[0], _zeros_like(inputs))
         elif isinstance(inputs, Mapping):
-            first = next((k for k in labels if k in combined), None)
+            first = "input_ids" if "input_ids" in combined else next((k for k in labels if k in combined), None)
             relevance = combined[first] if first is not None else None
         else:
             relevance = tuple(combined.get(k) for k in labels)
@@ -170,6 +214,7 @@ class Graph:
             contrastive=start.passes == 2,
             records=walk.records,
             node_relevance=walk.outputs,
+            embeddings=embeddings,
         )
 
     # -- inspection ------------------------------------------------------------------------
@@ -211,8 +256,9 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
             if n in bound.float_sources.values():
                 rows.append((n.name, "input", "", "source", "relevance read here", ""))
             continue
-        if n in bound.token_sources:
-            rows.append((n.name, full_op_name(n.target), "", "embedding", "token relevance read here", ""))
+        if n in bound.embeddings:
+            what = "token relevance read here" if n in bound.token_sources else "embedding relevance read here"
+            rows.append((n.name, full_op_name(n.target), bound.embeddings[n], "embedding", what, ""))
             continue
         b = bound.bindings.get(n)
         if b is None:
@@ -230,6 +276,48 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
             + ", ".join(sorted(set(bound.unbound)))
         )
     return "\n".join(lines)
+
+
+def _attention_mask(inputs: Any) -> Tensor | None:
+    """The ``attention_mask`` of dict inputs (an integer or bool tensor), else None."""
+    if not isinstance(inputs, Mapping):
+        return None
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, Tensor) and not mask.is_floating_point() and mask.dim() == 2:
+        return mask
+    return None
+
+
+def _zero_padding(R: Tensor, mask: Tensor) -> Tensor:
+    """R with exactly 0 where the attention mask is 0 (only where R is shaped like the mask)."""
+    if R.shape != mask.shape:
+        return R
+    return torch.where(mask.to(R.device) != 0, R, torch.zeros((), dtype=R.dtype, device=R.device))
+
+
+def _check_token_ids(bound: Bound, model: nn.Module, flat: list[Any]) -> None:
+    """Token ids outside a word embedding's vocabulary: a tokenizer that does not fit the model."""
+    program = bound.program
+    for node, i in bound.token_sources.items():
+        if node not in bound.direct_tokens:
+            continue
+        weight = node.args[0]
+        kind, ref = program.state.get(getattr(weight, "name", ""), ("", None))
+        if kind not in ("param", "buffer"):
+            continue
+        size = (model.get_parameter(ref) if kind == "param" else model.get_buffer(ref)).shape[0]
+        ids = flat[i]
+        if not isinstance(ids, Tensor) or ids.numel() == 0:
+            continue
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= size:
+            bad = high if high >= size else low
+            path = bound.embeddings.get(node, node.name)
+            raise InputError(
+                f"input {program.input_labels[i]!r} holds token id {bad}, but the model's "
+                f"vocabulary (embedding '{path}') has {size} entries, so ids must be in "
+                f"0..{size - 1}: the tokenizer does not match the model (vocabulary size {size})."
+            )
 
 
 def _normal_tensor(x: Any) -> Any:
@@ -259,6 +347,11 @@ def _check_inputs(model: nn.Module, args: tuple, kwargs: dict) -> list[Any]:
             raise InputError(f"{name} is a scalar; expected a batch (batch first)")
         if x.shape[0] == 0:
             raise InputError(f"{name} is an empty batch (shape {tuple(x.shape)}); expected at least one sample")
+        if x.numel() == 0:
+            raise InputError(
+                f"{name} is empty (shape {tuple(x.shape)}): nothing to explain; expected at least "
+                "one entry (token) per sample, e.g. an empty string tokenized without special tokens"
+            )
         if x.is_floating_point() and not torch.isfinite(x).all():
             bad = "NaN" if torch.isnan(x).any() else "Inf"
             raise InputError(f"{name} contains {bad}; expected finite values")

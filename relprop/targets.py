@@ -6,7 +6,8 @@
 - an int, or a sequence / 1-D integer tensor with one class per sample;
 - a float tensor shaped like the main output: the initial relevance, as-is;
 - a callable ``output -> selected scores`` for outputs that are not
-  (batch, classes), e.g. ``lambda out: out.logits[:, -1, token_id]``.
+  (batch, classes), e.g. ``lambda out: out.logits[:, -1, token_id]``, or the
+  same made by :func:`next_token` (``relprop.targets.next_token(token_id)``).
 
 The *main* output is the model's output tensor, the first element of a tuple, or
 the ``logits`` entry of a dict / Hugging Face ``ModelOutput``.  One pass starts
@@ -27,7 +28,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import TargetError
 
-__all__ = ["Start", "start_relevance", "main_output_index"]
+__all__ = ["NextToken", "Start", "main_output_index", "next_token", "start_relevance"]
 
 
 @dataclass
@@ -126,6 +127,8 @@ def _callable_selection(
         ]
         try:
             scores = target(pytree.tree_unflatten(leaves, spec))
+        except TargetError:
+            raise
         except Exception as err:  # noqa: BLE001 - user code: report what failed
             raise TargetError(f"the target callable failed on the model output: {err!r}") from err
         if not isinstance(scores, Tensor) or not scores.requires_grad:
@@ -212,3 +215,89 @@ def start_relevance(
     else:
         positive = [None if w is None else w * v.detach() for w, v in zip(weights, flat)]
     return Start([None if p is None else p[None] for p in positive], classes, 1)
+
+
+class NextToken:
+    """Target of a decoder language model: the logit of ``token_id`` at one position.
+
+    Made by :func:`next_token`; calling it on the model output returns one score
+    per sample, ``logits[b, position_b, token_b]``.
+    """
+
+    def __init__(self, token_id: Any, position: int = -1, attention_mask: Tensor | None = None) -> None:
+        self.token_id = token_id
+        self.position = position
+        self.attention_mask = attention_mask
+
+    def __call__(self, out: Any) -> Tensor:
+        logits = _logits(out)
+        if logits.dim() != 3:
+            raise TargetError(
+                f"next_token expects logits shaped (batch, tokens, vocabulary); the model's output "
+                f"is shaped {tuple(logits.shape)}"
+            )
+        batch, length, vocab = logits.shape
+        ids = torch.as_tensor(self.token_id, device=logits.device)
+        if ids.is_floating_point() or ids.dim() > 1 or (ids.dim() == 1 and len(ids) != batch):
+            raise TargetError(
+                f"next_token needs one int token id, or one per sample ({batch}); got {self.token_id!r}"
+            )
+        ids = ids.to(torch.long).expand(batch)
+        bad = (ids < 0) | (ids >= vocab)
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise TargetError(
+                f"next_token: token id {int(ids[j])} (sample {j}) is outside the model's vocabulary "
+                f"of {vocab} tokens; expected 0 <= token_id < {vocab}"
+            )
+        if self.attention_mask is not None:
+            mask = self.attention_mask.to(logits.device)
+            if mask.shape != (batch, length):
+                raise TargetError(
+                    f"next_token: attention_mask shaped {tuple(mask.shape)} does not fit the logits "
+                    f"{tuple(logits.shape)}"
+                )
+            steps = torch.arange(length, device=logits.device).expand(batch, length)
+            positions = torch.where(mask != 0, steps, -1).amax(dim=1).clamp_min(0)
+        else:
+            if not -length <= self.position < length:
+                raise TargetError(f"next_token: position {self.position} is outside {length} tokens")
+            positions = torch.full((batch,), self.position % length, device=logits.device)
+        rows = torch.arange(batch, device=logits.device)
+        return logits[rows, positions, ids]
+
+    def __repr__(self) -> str:
+        return f"next_token({self.token_id!r}, position={self.position})"
+
+
+def _logits(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TargetError(f"next_token cannot find logits in the model output {type(out).__name__}")
+
+
+def next_token(
+    token_id: int | Sequence[int] | Tensor, *, position: int = -1, attention_mask: Tensor | None = None
+) -> NextToken:
+    """A target for decoder language models: the next-token logit of ``token_id``.
+
+    ``graph.explain(inputs, relprop.targets.next_token(token_id))`` explains
+    ``out.logits[:, -1, token_id]``, the score of ``token_id`` as the token that
+    follows the input; it is the same as ``target=lambda out: out.logits[:, -1, token_id]``.
+
+    - ``token_id``: one id for all samples, or one per sample (sequence or 1-D tensor).
+    - ``position``: the position whose prediction is explained (default the last);
+      with left padding (``tokenizer.padding_side = "left"``) the last position is
+      every sample's last real token.
+    - ``attention_mask``: with right padding, pass the batch's attention mask and
+      each sample's last unpadded position is used instead of ``position``.
+
+    Token ids outside the vocabulary raise :class:`relprop.TargetError`.
+    """
+    return NextToken(token_id, position, attention_mask)

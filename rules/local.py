@@ -36,10 +36,15 @@ def is_masked(x: Tensor) -> Tensor:
 
 
 def masked_softmax(x: Tensor, dim: int) -> Tensor:
-    """softmax with max and denominator treated as constants (DESIGN.md, "Softmax")."""
+    """softmax with max and denominator treated as constants (DESIGN.md, "Softmax").
+
+    A row that a mask removed entirely (a padded query under a causal mask) is all
+    zeros, as ``scaled_dot_product_attention`` computes it, not 0/0.
+    """
     m = x.detach().amax(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).min)
     e = torch.exp(x - m)
-    return e / e.detach().sum(dim=dim, keepdim=True)
+    den = e.detach().sum(dim=dim, keepdim=True)
+    return e / torch.where(den > 0, den, torch.ones((), dtype=den.dtype, device=den.device))
 
 
 def _abs_arguments(ctx: Context) -> Callable[[int, Any], Any]:

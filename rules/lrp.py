@@ -19,7 +19,7 @@ from torch import Tensor
 from .abslrp import apply_mask, attention_inputs
 from .base import Context, NodeInfo, Relevance, Rule, stabilize, vjp
 from .local import local_call, masked_softmax
-from .ops import MOVE, SOFTMAX, WEIGHTED, op_name
+from .ops import MOVE, SOFTMAX, WEIGHTED, op_name, weighted_args
 
 __all__ = [
     "Pass",
@@ -155,8 +155,9 @@ class _Layer:
         self.ctx = ctx
         self.index = ctx.live_inputs[0]
         self.x = ctx.inputs[self.index]
-        if op_name(ctx.op) in WEIGHTED:
-            self.w, self.b = args[1], (args[2] if len(args) > 2 else None)
+        if op_name(ctx.op) in WEIGHTED:  # addmm(bias, x, W): positions from weighted_args
+            _, iw, ib = weighted_args(ctx.op)
+            self.w, self.b = args[iw], (args[ib] if len(args) > ib else None)
         else:  # matmul with one constant operand
             self.w = ctx.inputs[1 - self.index] if len(ctx.inputs) == 2 else args[1 - self.index]
             self.b = None

@@ -11,11 +11,25 @@ rules.  Categories:
   convolution)
 - ``matmul``: a product of two relevance-carrying tensors (attention scores)
 - ``add``, ``scale`` (mul/div by a constant tensor, e.g. a layer-scale weight),
-  ``rescale`` (mul/div by a plain number, e.g. attention's q·scale: relevance passes
-  unchanged, as DESIGN.md prescribes for q·scale), ``mul`` (product of two
+  ``rescale`` (mul/div by a plain number, e.g. attention's q·scale, or by a
+  normalization statistic, see below: relevance passes
+  unchanged, as DESIGN.md prescribes for q·scale; ``neg`` is the rescaling by -1, as in
+  the rotary embeddings' ``rotate_half``), ``mul`` (product of two
   relevance-carrying tensors), ``div`` (division by a relevance-carrying tensor)
 - ``activation``, ``norm``, ``softmax``, ``attention``, ``maxpool``, ``avgpool``
 - ``embedding``: a lookup whose indices come from an integer input (a source)
+- ``statistic`` ops (``STATISTIC``: square roots, reciprocals, variances, powers with a
+  negative or fractional exponent) are normalization statistics: like ``CONSTANT``
+  ops their outputs carry no relevance, so ``x * rsqrt(mean(x²) + eps)`` (RMSNorm
+  written out, as Hugging Face Llama does) or ``(x - u) / sqrt(var + eps)`` is a
+  scaling of ``x`` by a constant, exactly DESIGN.md's rule for normalization
+  statistics.  Models use roots of a live tensor for nothing else in practice; a
+  positive integer power (``x ** 2``, ``x ** 3`` in a tanh-GELU) still computes.
+  The multiplication or division by such a statistic is a ``rescale`` (a positive
+  number per row): relevance passes unchanged, so the written-out RMSNorm
+  ``w * (x * rsqrt(mean(x²) + eps))`` explains exactly like ``aten.rms_norm``.
+- weighted ops whose live input is not argument 0 (``addmm(bias, x, W)``, as
+  GPT-2's ``Conv1D`` exports) are listed in ``WEIGHTED_LAYOUT``.
 - ``mask``: masked_fill / where with a constant fill (moves relevance where kept)
 
 Ops in ``CONSTANT`` (``new_zeros``, ``zeros_like``, ...) read only their input's
@@ -31,7 +45,10 @@ import torch
 
 aten = torch.ops.aten
 
-__all__ = ["CATEGORIES", "COMPUTING", "categorize", "is_constant", "op_name", "WEIGHTED_ARGS"]
+__all__ = [
+    "CATEGORIES", "COMPUTING", "categorize", "is_constant", "is_statistic", "op_name",
+    "WEIGHTED_ARGS", "WEIGHTED_LAYOUT", "weighted_args",
+]
 
 
 def _names(*names: str) -> set[str]:
@@ -48,17 +65,19 @@ MOVE = _names(
 )
 SELECT = _names("select", "slice", "narrow", "index", "index_select", "gather")
 WEIGHTED = _names(
-    "linear", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
+    "linear", "addmm", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
     "conv_transpose2d", "conv_transpose3d", "_convolution",
 )
-CONV = WEIGHTED - _names("linear")
+CONV = WEIGHTED - _names("linear", "addmm")
 MATMUL = _names("matmul", "mm", "bmm", "einsum")
 ADD = _names("add", "sub", "rsub")
 MUL = _names("mul")
 DIV = _names("div")
+#: multiplication by a plain number written as its own op
+RESCALE = _names("neg")
 ACTIVATION = _names(
     "relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid",
-    "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "prelu", "neg",
+    "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "prelu", "pow",
 )
 NORM = _names(
     "_native_batch_norm_legit_no_training", "batch_norm", "layer_norm", "native_layer_norm",
@@ -82,6 +101,8 @@ CONSTANT = _names(
     "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like",
 )
 MASK = _names("masked_fill", "where")
+#: normalization statistics: their outputs carry no relevance (see the module docstring)
+STATISTIC = _names("rsqrt", "sqrt", "reciprocal", "var", "std", "var_mean", "std_mean")
 
 #: categories whose ops compute (the ones module-name and module-class overrides replace)
 COMPUTING = {
@@ -92,6 +113,29 @@ CATEGORIES = COMPUTING | {"move", "split", "embedding", "mask", "getitem", "resc
 
 #: for weighted ops: (input, weight, bias) argument positions
 WEIGHTED_ARGS = (0, 1, 2)
+#: weighted ops whose arguments are not (input, weight, bias): op -> their positions
+WEIGHTED_LAYOUT = {"aten.addmm": (1, 2, 0)}
+
+
+def weighted_args(target: Any) -> tuple[int, int, int]:
+    """(input, weight, bias) argument positions of a weighted op."""
+    return WEIGHTED_LAYOUT.get(op_name(target), WEIGHTED_ARGS)
+
+
+def is_statistic(node: Any) -> bool:
+    """Whether a node computes a normalization statistic (its output carries no relevance).
+
+    Roots, reciprocals and variances always; ``pow`` when its exponent is a plain
+    number that is negative or not an integer (``x ** -0.5``, ``x ** 0.5``).
+    """
+    name = op_name(node.target)
+    if name in STATISTIC:
+        return True
+    if name == "aten.pow" and len(node.args) > 1:
+        e = node.args[1]
+        if isinstance(e, (int, float)) and not isinstance(e, bool):
+            return e < 0 or float(e) != int(e)
+    return False
 
 
 def op_name(target: Any) -> str:
@@ -114,6 +158,29 @@ def full_op_name(target: Any) -> str:
     return op_name(target)
 
 
+def _slot_of(node: Any, position: int) -> int | None:
+    """Index among the node's graph-node arguments (the ``live`` flags) of argument ``position``."""
+    from torch import fx
+    from torch.utils import _pytree as pytree
+
+    if position >= len(node.args) or not isinstance(node.args[position], fx.Node):
+        return None
+    before = pytree.tree_leaves(list(node.args[:position]))
+    return sum(isinstance(x, fx.Node) for x in before)
+
+
+def _by_statistic(node: Any) -> bool:
+    """Whether a mul/div scales by a normalization statistic (looking through data movement)."""
+    from torch import fx
+
+    for operand in node.args[:2]:
+        while isinstance(operand, fx.Node) and op_name(operand.target) in MOVE and operand.args:
+            operand = operand.args[0]
+        if isinstance(operand, fx.Node) and operand.op == "call_function" and is_statistic(operand):
+            return True
+    return False
+
+
 def categorize(node: Any, live: list[bool], split: bool) -> str | None:
     """The category of a call_function node, given which tensor inputs are live.
 
@@ -129,20 +196,24 @@ def categorize(node: Any, live: list[bool], split: bool) -> str | None:
     if name in SELECT:
         return "split" if split else "pool_select"
     if name in WEIGHTED:
-        if n_live == 1 and live[0]:
+        position = weighted_args(node.target)[0]
+        slot = _slot_of(node, position)
+        if n_live == 1 and slot is not None and live[slot]:
             return "conv" if name in CONV else "dense"
         return None  # relevance through the weights: no rule set covers it
     if name in MATMUL:
         return "matmul" if n_live > 1 else "dense"
     if name in ADD:
         return "add"
+    if name in RESCALE:
+        return "rescale"
     if name in MUL or name in DIV:
         if name in DIV and len(live) > 1 and live[1]:
             return "div"
         if n_live > 1:
             return "mul"
         numbers = [a for a in node.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
-        return "rescale" if numbers else "scale"
+        return "rescale" if numbers or _by_statistic(node) else "scale"
     for category, names in (
         ("activation", ACTIVATION),
         ("norm", NORM),

@@ -1,0 +1,445 @@
+"""Hugging Face transformers: token relevance for sequence classifiers and decoder LMs.
+
+Small random configs (no downloads), float64.  For every model and for absLRP
+and a conservative set (LRP-ε): strict binding covers every node, relevance is
+(batch, tokens), finite, non-zero per sample, exactly 0 at padded positions
+(already in the raw walk, before relprop's own zeroing by the attention mask),
+and each sample of the batch is explained as if it were alone.  On BERT the
+conservative set conserves the target logit end to end: Σ over every embedding
+lookup (word, position, token type) = the logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop import rules
+
+pytestmark = pytest.mark.slow
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 100
+TOKENS = 8
+PAD = 3  # padded positions of the second sample
+TOKEN = 7  # the next token explained for decoders
+
+
+@dataclass
+class Case:
+    model: nn.Module
+    decoder: bool
+    #: module path of the word embeddings, and of the other lookups that must get relevance
+    words: str
+    others: tuple[str, ...] = ()
+
+
+def _encoder_config(cls: Any, **extra: Any) -> Any:
+    return cls(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+        **extra,
+    )
+
+
+def _bert() -> Case:
+    model = transformers.BertForSequenceClassification(_encoder_config(transformers.BertConfig))
+    return Case(
+        model, False, "bert.embeddings.word_embeddings",
+        ("bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings"),
+    )
+
+
+def _distilbert() -> Case:
+    config = transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+        max_position_embeddings=32, num_labels=3,
+    )
+    model = transformers.DistilBertForSequenceClassification(config)
+    return Case(
+        model, False, "distilbert.embeddings.word_embeddings",
+        ("distilbert.embeddings.position_embeddings",),
+    )
+
+
+def _roberta() -> Case:
+    # position ids are computed from the token ids: that lookup must not count as tokens
+    model = transformers.RobertaForSequenceClassification(
+        _encoder_config(transformers.RobertaConfig, pad_token_id=1)
+    )
+    return Case(
+        model, False, "roberta.embeddings.word_embeddings",
+        ("roberta.embeddings.position_embeddings",),
+    )
+
+
+def _electra() -> Case:
+    model = transformers.ElectraForSequenceClassification(
+        _encoder_config(transformers.ElectraConfig, embedding_size=16)
+    )
+    return Case(model, False, "electra.embeddings.word_embeddings", ("electra.embeddings.position_embeddings",))
+
+
+def _albert() -> Case:
+    model = transformers.AlbertForSequenceClassification(
+        _encoder_config(transformers.AlbertConfig, embedding_size=16)
+    )
+    return Case(model, False, "albert.embeddings.word_embeddings", ("albert.embeddings.position_embeddings",))
+
+
+def _deberta() -> Case:
+    config = _encoder_config(
+        transformers.DebertaV2Config,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=8,
+        max_relative_positions=16,
+    )
+    model = transformers.DebertaV2ForSequenceClassification(config)
+    return Case(model, False, "deberta.embeddings.word_embeddings")
+
+
+def _gpt2() -> Case:
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, use_cache=False,
+        bos_token_id=0, eos_token_id=0,
+    )
+    return Case(transformers.GPT2LMHeadModel(config), True, "transformer.wte", ("transformer.wpe",))
+
+
+def _llama() -> Case:
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32, use_cache=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return Case(transformers.LlamaForCausalLM(config), True, "model.embed_tokens")
+
+
+MODELS: dict[str, Callable[[], Case]] = {
+    "bert": _bert,
+    "distilbert": _distilbert,
+    "roberta": _roberta,
+    "electra": _electra,
+    "albert": _albert,
+    "deberta_v2": _deberta,
+    "gpt2": _gpt2,
+    "llama": _llama,
+}
+
+RULE_SETS: dict[str, Callable[[], Any]] = {
+    "abslrp": rules.AbsLRP,
+    "epsilon": lambda: rules.Epsilon(1e-9),
+}
+
+
+def _inputs(decoder: bool, left: bool = True) -> dict[str, Tensor]:
+    """A batch of two; the second sample padded (encoders: right, decoders: left by default)."""
+    ids = torch.randint(4, VOCAB, (2, TOKENS))
+    mask = torch.ones(2, TOKENS, dtype=torch.long)
+    pad = slice(0, PAD) if decoder and left else slice(TOKENS - PAD, TOKENS)
+    ids[1, pad], mask[1, pad] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _target(case: Case) -> Any:
+    return relprop.targets.next_token(TOKEN) if case.decoder else [0, 2]
+
+
+def _padded(case: Case, left: bool = True) -> slice:
+    return slice(0, PAD) if case.decoder and left else slice(TOKENS - PAD, TOKENS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def case(request: pytest.FixtureRequest) -> Case:
+    torch.manual_seed(0)
+    built = MODELS[request.param]()
+    built.model.double().eval()
+    return built
+
+
+def _alone(inputs: dict[str, Tensor], i: int) -> dict[str, Tensor]:
+    return {k: v[i : i + 1] for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("rule_set", list(RULE_SETS))
+def test_model(case: Case, rule_set: str) -> None:
+    torch.manual_seed(1)
+    inputs = _inputs(case.decoder)
+    graph = relprop.trace(case.model, rules=RULE_SETS[rule_set](), strict=True)
+    expl = graph.explanation(inputs, _target(case))
+    R = expl.relevance
+
+    # strict: every node on the relevance path has a rule; nothing passed by gradient
+    summary = graph.summary()
+    assert "passed by their gradient" not in summary
+    assert all(b.source in ("default", "structural") for b in graph.bindings)
+
+    # (batch, tokens), finite, non-zero for every sample, the word embeddings' relevance
+    assert isinstance(R, Tensor) and R.shape == (2, TOKENS) and R.dtype == torch.float64
+    assert torch.isfinite(R).all()
+    assert (R.abs().sum(1) > 0).all()
+    assert torch.equal(R, expl.inputs["input_ids"])
+    assert torch.equal(R, expl.embeddings[case.words])
+
+    # padding: exactly zero, already in the walk (the model's own masking gives it)
+    pad = _padded(case)
+    assert torch.all(R[1, pad] == 0)
+    assert torch.all(expl.passes["input_ids"][:, 1, pad] == 0)
+    assert (R[0] != 0).all()
+
+    # position / token-type lookups receive relevance, reported apart from the tokens
+    for path in case.others:
+        assert path in expl.embeddings, (path, list(expl.embeddings))
+        assert torch.isfinite(expl.embeddings[path]).all() and expl.embeddings[path].abs().sum() > 0
+
+    # each sample explained as if alone
+    for i in range(2):
+        alone = graph.explanation(_alone(inputs, i), _target(case) if case.decoder else _target(case)[i])
+        got, want = alone.passes["input_ids"][:, 0], expl.passes["input_ids"][:, i]
+        error = (got - want).abs().sum(-1) / want.abs().sum(-1)
+        assert (error < 1e-6).all(), (i, error)
+        assert torch.equal(alone.relevance[0] == 0, R[i] == 0)
+
+
+def test_bert_epsilon_conserves_the_logit() -> None:
+    """LRP-ε (ε = 1e-9, biases zeroed): Σ over all embedding lookups = the target logit.
+
+    Tokens carry the word embeddings' share; the rest went to the position and
+    token-type embeddings (reported in ``Explanation.embeddings``).  Position ids
+    are one (1, tokens) tensor shared by the batch: that lookup's relevance is the
+    batch's sum, so conservation is checked per sample on single samples and on
+    the batch total.
+    """
+    torch.manual_seed(0)
+    case = _bert()
+    model = case.model.double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    torch.manual_seed(2)
+    inputs = _inputs(False)
+    inputs["token_type_ids"] = torch.randint(0, 2, (2, TOKENS))
+    graph = relprop.trace(model, rules=rules.Epsilon(1e-9))
+    targets = [1, 2]
+    with torch.no_grad():
+        logits = model(**inputs).logits[torch.arange(2), targets]
+    expl = graph.explanation(inputs, targets)
+    assert set(expl.embeddings) == {case.words, *case.others}
+    total = sum(v.sum() for v in expl.embeddings.values())
+    torch.testing.assert_close(total, logits.sum(), rtol=1e-6, atol=1e-10)
+    # the tokens do not hold all of it: the other lookups receive a real share
+    assert not torch.isclose(expl.relevance.sum(), logits.sum(), rtol=1e-3)
+    for i in range(2):
+        one = graph.explanation(_alone(inputs, i), targets[i])
+        got = sum(v.sum() for v in one.embeddings.values())
+        torch.testing.assert_close(got, logits[i], rtol=1e-6, atol=1e-10)
+        assert torch.equal(one.relevance, one.inputs["input_ids"])
+
+
+def test_next_token_helper_equals_the_lambda() -> None:
+    torch.manual_seed(0)
+    case = _gpt2()
+    case.model.double().eval()
+    inputs = _inputs(True)
+    graph = relprop.trace(case.model)
+    by_helper = graph.explain(inputs, relprop.targets.next_token(TOKEN))
+    by_lambda = graph.explain(inputs, lambda out: out.logits[:, -1, TOKEN])
+    assert torch.equal(by_helper, by_lambda)
+    # one token per sample
+    per_sample = graph.explain(inputs, relprop.targets.next_token([TOKEN, 11]))
+    assert torch.allclose(per_sample[0], by_helper[0], rtol=1e-10, atol=0)
+    assert not torch.allclose(per_sample[1], by_helper[1])
+    assert "next_token" in relprop.targets.__all__ and relprop.targets.next_token.__doc__
+    assert relprop.next_token is relprop.targets.next_token
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_decoder_right_padding(name: str) -> None:
+    """Right padding: next_token(attention_mask=...) explains each sample's last real token."""
+    torch.manual_seed(0)
+    case = MODELS[name]()
+    case.model.double().eval()
+    inputs = _inputs(True, left=False)
+    graph = relprop.trace(case.model, rules=rules.Epsilon(1e-9))
+    target = relprop.targets.next_token(TOKEN, attention_mask=inputs["attention_mask"])
+    expl = graph.explanation(inputs, target)
+    pad = _padded(case, left=False)
+    assert torch.all(expl.passes["input_ids"][:, 1, pad] == 0)  # causal: nothing flows back
+    assert (expl.relevance[1, : TOKENS - PAD] != 0).all()
+    # the second sample's target is at its last real position, as if its padding were cut off
+    alone = graph.explain({k: v[1:, : TOKENS - PAD] for k, v in inputs.items()}, relprop.targets.next_token(TOKEN))
+    torch.testing.assert_close(expl.relevance[1, : TOKENS - PAD], alone[0], rtol=1e-6, atol=1e-12)
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert() -> Case:
+    torch.manual_seed(0)
+    built = _bert()
+    built.model.double().eval()
+    return built
+
+
+def test_token_id_outside_the_vocabulary(bert: Case) -> None:
+    inputs = _inputs(False)
+    graph = relprop.trace(bert.model)
+    graph.explain(inputs, [0, 1])  # a valid call first: the cached trace must check too
+    inputs["input_ids"][0, 2] = VOCAB + 5
+    with pytest.raises(relprop.InputError) as info:
+        graph.explain(inputs, [0, 1])
+    message = str(info.value)
+    assert f"vocabulary size {VOCAB}" in message and str(VOCAB + 5) in message
+    assert "bert.embeddings.word_embeddings" in message and "tokenizer" in message
+    # and on a first call (before any trace)
+    with pytest.raises(relprop.InputError, match=f"vocabulary size {VOCAB}"):
+        relprop.trace(bert.model).explain(inputs, [0, 1])
+
+
+def test_negative_token_id(bert: Case) -> None:
+    inputs = _inputs(False)
+    inputs["input_ids"][1, 0] = -1
+    with pytest.raises(relprop.InputError, match="token id -1"):
+        relprop.trace(bert.model).explain(inputs, [0, 1])
+
+
+def test_target_class_outside_the_head(bert: Case) -> None:
+    with pytest.raises(relprop.TargetError) as info:
+        relprop.trace(bert.model).explain(_inputs(False), [0, 3])
+    message = str(info.value)
+    assert "target class 3 (sample 1) is out of range" in message and "3 classes" in message
+
+
+def test_next_token_outside_the_vocabulary() -> None:
+    torch.manual_seed(0)
+    case = _gpt2()
+    case.model.double().eval()
+    with pytest.raises(relprop.TargetError, match=f"outside the model's vocabulary of {VOCAB}"):
+        relprop.trace(case.model).explain(_inputs(True), relprop.targets.next_token(VOCAB))
+
+
+def test_class_index_on_lm_logits_says_use_next_token() -> None:
+    torch.manual_seed(0)
+    case = _gpt2()
+    case.model.double().eval()
+    with pytest.raises(relprop.TargetError, match="callable"):
+        relprop.trace(case.model).explain(_inputs(True), 3)
+
+
+def test_empty_input(bert: Case) -> None:
+    empty = {"input_ids": torch.zeros(2, 0, dtype=torch.long), "attention_mask": torch.zeros(2, 0, dtype=torch.long)}
+    with pytest.raises(relprop.InputError, match="empty"):
+        relprop.trace(bert.model).explain(empty, [0, 1])
+
+
+# -- the ops these models brought in ---------------------------------------------------------
+
+
+class _Seq(nn.Module):
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("rule_set", ["abslrp", "epsilon", "zplus"])
+def test_conv1d_addmm_is_a_linear_layer(rule_set: str) -> None:
+    """GPT-2's Conv1D exports as addmm(bias, x, W): the same relevance as the nn.Linear."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(5, 4).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    linear = nn.Linear(4, 5).double()
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    head = nn.Linear(5, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    make = {"abslrp": rules.AbsLRP, "epsilon": lambda: rules.Epsilon(1e-9), "zplus": rules.ZPlus}[rule_set]
+    g_conv = relprop.trace(_Seq(conv, nn.ReLU(), head).eval(), rules=make())
+    got = g_conv.explain(x, [0, 2])
+    want = relprop.trace(_Seq(linear, nn.ReLU(), head).eval(), rules=make()).explain(x, [0, 2])
+    assert any("addmm" in str(b.info.node.target) and b.info.category == "dense" for b in g_conv.bindings)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert got.abs().sum() > 0
+
+
+class _WrittenRMSNorm(nn.Module):
+    """RMSNorm as Hugging Face Llama writes it: pow, mean, rsqrt, mul."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + 1e-6))
+
+
+class _NativeRMSNorm(nn.Module):
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.aten.rms_norm(x, [x.shape[-1]], self.weight, 1e-6)
+
+
+@pytest.mark.parametrize("rule_set", ["abslrp", "epsilon"])
+def test_written_out_rms_norm_holds_its_statistic_constant(rule_set: str) -> None:
+    """x · rsqrt(mean(x²) + ε): the root is a statistic (no relevance), like aten.rms_norm's."""
+    torch.manual_seed(0)
+    w = torch.randn(6, dtype=torch.float64)
+    inner, head = nn.Linear(4, 6).double(), nn.Linear(6, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    make = rules.AbsLRP if rule_set == "abslrp" else (lambda: rules.Epsilon(1e-9))
+    g = relprop.trace(_Seq(inner, _WrittenRMSNorm(w), head).eval(), rules=make())
+    got = g.explain(x, [0, 2])
+    want = relprop.trace(_Seq(inner, _NativeRMSNorm(w), head).eval(), rules=make()).explain(x, [0, 2])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    from relprop.rules.ops import op_name
+
+    names = {op_name(b.info.node.target) for b in g.bindings}
+    assert not names & {"aten.pow", "aten.mean", "aten.rsqrt"}, names
+
+
+def test_rotary_halves_are_a_split() -> None:
+    """rotate_half slices q into two halves: data movement, never a pooling; neg is a rescale."""
+    torch.manual_seed(0)
+    case = _llama()
+    case.model.double().eval()
+    graph = relprop.trace(case.model)
+    graph.explain(_inputs(True), relprop.targets.next_token(TOKEN))
+    categories = [b.info.category for b in graph.bindings]
+    assert "pool_select" not in categories
+    negs = [b for b in graph.bindings if "neg" in str(b.info.node.target)]
+    assert negs and all(b.info.category == "rescale" for b in negs)
