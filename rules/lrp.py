@@ -20,6 +20,7 @@ from .abslrp import apply_mask, attention_inputs
 from .base import Context, NodeInfo, Relevance, Rule, stabilize, vjp
 from .local import local_call, masked_softmax
 from .ops import MOVE, SOFTMAX, WEIGHTED, op_name, weighted_args
+from .products import input_product
 
 __all__ = [
     "Pass",
@@ -116,6 +117,12 @@ class EpsilonRule(Rule):
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         live = ctx.live_inputs
         out: list[Tensor | None] = [None] * len(ctx.inputs)
+        if ctx.info.category in ("dense", "conv"):
+            layer = _Layer(ctx)
+            product = input_product(ctx, layer.w, _ratio(R, ctx.output, self.epsilon))
+            if product is not None:  # Wᵀ(R / z) from one transposed product, no second forward
+                out[layer.index] = layer.x * product
+                return out
         for i, r in zip(live, _epsilon(ctx, R, live, self.epsilon)):
             out[i] = r
         return out
@@ -177,6 +184,9 @@ class _Layer:
 
     def jt(self, w: Tensor, g: Tensor) -> Tensor:
         """Jᵀg of x ↦ f(x; w), per pass: (P, *x.shape)."""
+        product = input_product(self.ctx, w, g)
+        if product is not None:
+            return product
         (r,) = vjp(lambda v: self.f(v, w), [self.x], g)
         return r
 

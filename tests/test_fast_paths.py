@@ -32,3 +32,19 @@ def test_weighted_fast_path_matches_autograd(conv, monkeypatch: pytest.MonkeyPat
     slow = relprop.trace(model).explain(x, [0, 2])
     assert fast.abs().sum() > 0
     assert torch.allclose(fast, slow, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("rule_set", [relprop.rules.Epsilon(1e-6), relprop.rules.EpsilonPlusFlat(),
+                                      relprop.rules.AlphaBeta(2.0, 1.0), relprop.rules.ZBox(-1.0, 1.0)], ids=repr)
+def test_classic_rules_fast_path_matches_autograd(rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relprop.rules import lrp
+
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
+    ).double().eval()
+    fast = relprop.trace(model, rule_set).explain(x, [0, 2])
+    monkeypatch.setattr(lrp, "input_product", lambda ctx, w, g: None)
+    slow = relprop.trace(model, rule_set).explain(x, [0, 2])
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, atol=1e-12, rtol=1e-10)
