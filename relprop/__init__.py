@@ -10,7 +10,7 @@ relevance shaped (batch, tokens)); decoder LMs take a next-token target,
 ``relprop.targets.next_token(token_id)``.
 """
 
-from . import example, rules, targets, text, viz
+from . import example, metrics, rules, targets, text, viz
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -40,6 +40,7 @@ __all__ = [
     "targets",
     "trace",
     "unregister_rule",
+    "metrics",
     "text",
     "viz",
     "example",
