@@ -10,7 +10,7 @@ relevance shaped (batch, tokens)); decoder LMs take a next-token target,
 ``relprop.targets.next_token(token_id)``.
 """
 
-from . import example, metrics, rules, targets, text, viz
+from . import example, metrics, models, rules, targets, text, viz
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -41,6 +41,7 @@ __all__ = [
     "trace",
     "unregister_rule",
     "metrics",
+    "models",
     "text",
     "viz",
     "example",
