@@ -216,7 +216,7 @@ def _undoes_pad(node: fx.Node, limit: int = 256) -> bool:
     """Whether a slice crops away exactly what a pad upstream in the same module added.
 
     Window attention pads its input to a multiple of the window and crops the
-    result back (Swin); the crop moves relevance, it pools nothing.
+    result back; the crop moves relevance, it pools nothing.
     """
     if op_name(node.target) != "aten.slice" or not isinstance(node.args[0], fx.Node):
         return False
