@@ -1,9 +1,12 @@
 """The ``relprop`` command.
 
-    relprop                      # = relprop example: explain the embedded example
-    relprop example --out heat.png --rules zplus --target circle --no-overlay
+    relprop                      # = relprop example: explain the shipped digits models
+    relprop example --model vit --out heat.png --rules zplus --target 3 --no-overlay
+    relprop example --model shapes --target circle   # the small shapes CNN
     relprop explain-text "I hate this movie. However, I loved the leading actor!" --html words.html
     relprop explain-text "some sentence" --model path/to/hf-model-folder --target 1
+    relprop evaluate                     # GAE of every method on the shipped digits models
+    relprop evaluate --model mymodels:net --data images/ --size 64 --methods absLRP,Saliency
 
 Subcommands are registered in :func:`build_parser`; ``relprop`` with no
 subcommand runs ``relprop example`` (its options work without the subcommand too).
@@ -56,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_example(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser(
         "example",
-        help="explain the embedded example model and write a heatmap PNG (the default)",
-        description="Explain the embedded example (a small CNN that tells squares, circles "
-        "and triangles apart) and write a heatmap PNG: inputs above, relevance below "
-        "(red positive, blue negative, white zero).",
+        help="explain the shipped digits models (or the shapes example) and write a heatmap PNG (the default)",
+        description="Explain one test image of each digit with the three models that ship inside "
+        "the package (a VGG-style CNN, a ResNet and a ViT trained on handwritten digits) and write a "
+        "heatmap PNG: the inputs on top, one row of relevance per model (red positive, blue negative, "
+        "white zero). --model picks one model, or 'shapes' for the small shapes CNN.",
+    )
+    ex.add_argument(
+        "--model",
+        choices=("all", "vgg", "resnet", "vit", "shapes"),
+        default="all",
+        help="which shipped model to explain (default: %(default)s = vgg, resnet and vit)",
     )
     ex.add_argument(
         "--out",
@@ -105,8 +115,57 @@ def _target(value: str | None, names: Sequence[str]) -> int | None:
     return index
 
 
+def _run_digits(args: argparse.Namespace, out: Path) -> int:
+    """``relprop example`` on the shipped digits models: one test image per digit."""
+    import torch
+
+    import relprop
+    from relprop import models, viz
+
+    x, y = models.load_digits_test().tensors
+    raw = models.load_digits_test(raw=True).tensors[0]
+    idx = torch.stack([(y == c).nonzero()[0, 0] for c in range(models.CLASSES)])
+    images, strokes = x[idx], raw[idx] > 0.5
+    names = [str(c) for c in range(models.CLASSES)]
+    target = _target(args.target, names)
+    chosen_by = list(models.DIGITS_MODELS) if args.model == "all" else [args.model]
+    rule_set = _rules()[args.rules]()
+    print(f"relprop example: one test image per digit, rules {rule_set!r}")
+    print(f"  {'model':<7} {'test acc':>8}  {'predicted':<11} {'on strokes':>10}  time")
+    rows = {}
+    for name in chosen_by:
+        model = models.load_digits_model(name)
+        with torch.no_grad():
+            predicted = model(images).argmax(1)
+        chosen = predicted if target is None else torch.full_like(predicted, target)
+        graph = relprop.trace(model, rules=rule_set)
+        start = time.perf_counter()
+        R = graph.explain(images, chosen)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        graph.explain(images, chosen)
+        again = time.perf_counter() - start
+        pos = R.sum(1).clamp(min=0).flatten(1)
+        share = float(((pos * strokes.flatten(1)).sum(1) / pos.sum(1).clamp(min=1e-30)).mean())
+        guess = "".join(str(int(p)) for p in predicted)
+        print(
+            f"  {name:<7} {models.digits_accuracy(name):>8.3f}  {guess:<11} {share:>10.2f}  "
+            f"trace + explain {first:.2f} s, again {again * 1000:.0f} ms"
+        )
+        rows[name] = R
+    print(
+        f"  true digits {''.join(names)}; 'on strokes': share of the positive relevance on the "
+        f"strokes, which cover {float(strokes.float().mean()):.2f} of each image"
+    )
+    if target is not None:
+        print(f"  explained class {target} for every image")
+    viz.save_rows(out, rows, raw[idx].unsqueeze(1), overlay=args.overlay, titles=[f"digit {n}" for n in names])
+    print(f"wrote {out}")
+    return 0
+
+
 def run_example(args: argparse.Namespace) -> int:
-    """``relprop example``: explain the embedded example and write the PNG."""
+    """``relprop example``: explain the shipped digits models (or the shapes example) and write the PNG."""
     import torch
 
     import relprop
@@ -116,6 +175,8 @@ def run_example(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"cannot write {out}: directory {out.parent} does not exist")
+    if args.model != "shapes":
+        return _run_digits(args, out)
     ex = load_example()
     target = _target(args.target, ex.class_names)
     with torch.no_grad():
@@ -273,6 +334,161 @@ def run_explain_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="rank attribution methods with GAE on the shipped digits models (or your own)",
+        description="Evaluate attribution methods with the GAE metric (Vukadin et al. 2024, section 3.2): "
+        "LC, C and GAE per method and model with 95%% intervals, and a paired Wilcoxon test of each "
+        "method's GAE against absLRP. Writes the table to the terminal and, in --out-dir, gae.csv, "
+        "gae.json and gae.png. Defaults: the three shipped digits models, their test split, every "
+        "method that can run (Captum, grad-cam methods need the 'evaluate' extra).",
+    )
+    ev.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME|MODULE:ATTR|FILE",
+        help="a shipped model (vgg, resnet, vit), an importable 'module:attr' or 'file.py:attr' (an nn.Module "
+        "or a function returning one), or a file saved with torch.save(model); repeat for several "
+        "(default: vgg, resnet, vit)",
+    )
+    ev.add_argument(
+        "--data",
+        metavar="DIR|MODULE:ATTR",
+        help="images in class sub-folders (DIR/<class>/<image>), or 'module:attr' naming a Dataset of "
+        "(image, label) (default: the shipped digits test split; required with your own model)",
+    )
+    ev.add_argument("--size", type=int, help="resize the folder's images to SIZE x SIZE (even)")
+    ev.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: grayscale, 3: RGB (default: 3)")
+    ev.add_argument("--mean", type=float, nargs="+", help="normalize the folder's images: mean per channel")
+    ev.add_argument("--std", type=float, nargs="+", help="normalize the folder's images: std per channel")
+    ev.add_argument("--methods", help="comma-separated method names (default: every method that can run)")
+    ev.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
+    ev.add_argument("--batch-size", type=int, default=16, help="images per batch, a multiple of 4 (default: 16)")
+    ev.add_argument("--steps", type=int, default=10, help="perturbation steps T (default: 10)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the positive-image sampling (default: 0)")
+    ev.add_argument(
+        "--quantus",
+        nargs="*",
+        metavar="METRIC",
+        help="also run Quantus metrics (default when given without names: ROAD Focus LocalLipschitzEstimate)",
+    )
+    ev.add_argument("--out-dir", default="relprop-evaluation", help="output folder (default: %(default)s)")
+    ev.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    ev.set_defaults(run=run_evaluate)
+
+
+def _load_model(spec: str) -> tuple[str, object]:
+    """A model from ``--model``: shipped name, ``module:attr``, ``file.py:attr`` or a torch.save file."""
+    import importlib
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    from relprop import models
+    from relprop.errors import InputError
+
+    if spec in models.DIGITS_MODELS:
+        return spec, models.load_digits_model(spec)
+    if ":" in spec and not Path(spec).is_file():
+        where, attr = spec.rsplit(":", 1)
+        try:
+            if where.endswith(".py"):
+                if not Path(where).is_file():
+                    raise InputError(f"--model {spec}: file {where} does not exist")
+                loader = importlib.util.spec_from_file_location(Path(where).stem, where)
+                module = importlib.util.module_from_spec(loader)
+                loader.loader.exec_module(module)
+            else:
+                module = importlib.import_module(where)
+        except ImportError as e:
+            raise InputError(f"--model {spec}: cannot import {where}: {e}") from e
+        if not hasattr(module, attr):
+            raise InputError(f"--model {spec}: {where} has no attribute {attr!r}")
+        obj = getattr(module, attr)
+        if not isinstance(obj, nn.Module) and callable(obj):
+            obj = obj()
+        name = attr
+    elif Path(spec).is_file():
+        obj = torch.load(spec, map_location="cpu", weights_only=False)
+        name = Path(spec).stem
+    else:
+        raise InputError(
+            f"--model {spec!r} is not a shipped model ({', '.join(models.DIGITS_MODELS)}), "
+            "a 'module:attr' or 'file.py:attr', or an existing file"
+        )
+    if not isinstance(obj, nn.Module):
+        raise InputError(f"--model {spec} gave a {type(obj).__name__}, expected a torch.nn.Module")
+    return name, obj.eval()
+
+
+def _load_data(args: argparse.Namespace) -> object:
+    import importlib
+
+    from torch.utils.data import Dataset
+
+    from relprop.comparison import image_folder
+    from relprop.errors import InputError
+
+    spec = args.data
+    if Path(spec).is_dir():
+        return image_folder(spec, size=args.size, channels=args.channels, mean=args.mean, std=args.std)
+    if ":" in spec:
+        where, attr = spec.rsplit(":", 1)
+        try:
+            obj = getattr(importlib.import_module(where), attr)
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"--data {spec}: {e}") from e
+        obj = obj() if callable(obj) and not isinstance(obj, Dataset) else obj
+        if not hasattr(obj, "__len__") or not hasattr(obj, "__getitem__"):
+            raise InputError(f"--data {spec} gave a {type(obj).__name__}, expected a Dataset of (image, label)")
+        return obj
+    raise InputError(f"--data {spec!r} is neither a folder nor a 'module:attr'")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``relprop evaluate``: GAE table of every method on every model; CSV, JSON and PNG in --out-dir."""
+    from relprop import models
+    from relprop.comparison import compare
+    from relprop.errors import InputError
+
+    specs = args.model or list(models.DIGITS_MODELS)
+    own = [s for s in specs if s not in models.DIGITS_MODELS]
+    if own and not args.data:
+        raise InputError(f"--data is needed with your own model ({', '.join(own)}): a folder or 'module:attr'")
+    nets = dict(_load_model(s) for s in specs)
+    data = _load_data(args) if args.data else models.load_digits_test()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    quantus: tuple[str, ...] = ()
+    if args.quantus is not None:
+        from relprop.quantus_metrics import QUANTUS_METRICS
+
+        quantus = tuple(args.quantus) or QUANTUS_METRICS
+    result = compare(
+        nets,
+        data,
+        methods,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+        quantus_metrics=quantus,
+        progress=args.progress,
+    )
+    print(result)
+    for model, res in result.gae.items():
+        for method, batch, message in res.failures:
+            print(f"relprop: warning: {method} failed on batch {batch} of {model}: {message}", file=sys.stderr)
+    result.to_csv(out / "gae.csv")
+    result.to_json(out / "gae.json")
+    result.plot(out / "gae.png")
+    print(f"wrote {out / 'gae.csv'}, {out / 'gae.json'}, {out / 'gae.png'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relprop`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -293,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "example": _add_example,
     "explain-text": _add_explain_text,
+    "evaluate": _add_evaluate,
 }
 
 if __name__ == "__main__":

@@ -220,7 +220,10 @@ def mosaic(x: Tensor) -> Tensor:
     """
     n, c, h, w = x.shape
     if n % 4 or h % 2 or w % 2:
-        raise InputError(f"mosaic needs 4k images of even size, got shape {tuple(x.shape)}")
+        raise InputError(
+            f"the GAE mosaic needs groups of 4 images whose height and width are even (each image is "
+            f"halved into one quadrant); got images shaped {tuple(x.shape)}"
+        )
     small = F.avg_pool2d(x, 2).reshape(n // 4, 2, 2, c, h // 2, w // 2)
     # (k, row, col, C, h, w) -> (k, C, row, h, col, w)
     return small.permute(0, 3, 1, 4, 2, 5).reshape(n // 4, c, h, w)
@@ -313,10 +316,13 @@ class WilcoxonResult(NamedTuple):
 @dataclass
 class GAEResult:
     """``result[method][score]``: one value per positive image (tensor), score in
-    ``lc_r, lc_f, lc, c, gae``. ``failures``: ``(method, batch index, message)``."""
+    ``lc_r, lc_f, lc, c, gae``. ``images[method]``: the data index of each of those
+    positive images (a batch a method failed on has none). ``failures``:
+    ``(method, batch index, message)``."""
 
     scores: dict[str, dict[str, Tensor]]
     failures: list[tuple[str, int, str]] = field(default_factory=list)
+    images: dict[str, Tensor] = field(default_factory=dict)
 
     def __getitem__(self, method: str) -> dict[str, Tensor]:
         return self.scores[method]
@@ -340,9 +346,20 @@ class GAEResult:
         (scipy.stats.wilcoxon); p = 1 when all differences are zero."""
         from scipy import stats
 
-        x, y = self.scores[a][score].double().numpy(), self.scores[b][score].double().numpy()
-        if x.shape != y.shape:
+        for m in (a, b):
+            if m not in self.scores:
+                raise InputError(f"no scores for method {m!r}; the result has: {', '.join(self.scores)}")
+        if score not in SCORES:
+            raise InputError(f"unknown score {score!r}; expected one of {', '.join(SCORES)}")
+        x, y = self.scores[a][score].double(), self.scores[b][score].double()
+        if a in self.images and b in self.images:  # pair on the images both methods were scored on
+            ia, ib = self.images[a], self.images[b]
+            keep_a, keep_b = torch.isin(ia, ib), torch.isin(ib, ia)
+            x = x[keep_a][torch.argsort(ia[keep_a])]
+            y = y[keep_b][torch.argsort(ib[keep_b])]
+        elif x.shape != y.shape:
             raise InputError(f"methods {a!r} and {b!r} have different numbers of scores")
+        x, y = x.numpy(), y.numpy()
         if not (x - y).any():
             return WilcoxonResult(0.0, 1.0)
         r = stats.wilcoxon(x, y)
@@ -424,11 +441,14 @@ class GAE:
         gen = torch.Generator().manual_seed(self.seed)
         model.eval()
         acc: dict[str, dict[str, list[Tensor]]] = {m: {s: [] for s in SCORES} for m in methods}
+        index: dict[str, list[Tensor]] = {m: [] for m in methods}
         failures: list[tuple[str, int, str]] = []
         seen = 0
         for bi, (x, y) in enumerate(tqdm(self._batches(data, batch_size), desc="GAE", disable=not progress)):
             x = torch.as_tensor(x)
             y = torch.as_tensor(y)
+            if x.dim() != 4:
+                raise InputError(f"GAE needs image batches shaped (N, C, H, W); batch {bi} is {tuple(x.shape)}")
             with torch.no_grad():
                 logits = model(x)
             k_cls = logits.shape[1]
@@ -437,6 +457,7 @@ class GAE:
                 i = int(bad[0])
                 raise InputError(f"label {int(y[i])} of sample {seen + i} is outside 0..{k_cls - 1}")
             n = x.shape[0] - x.shape[0] % 4
+            first = seen
             seen += x.shape[0]
             if n == 0:
                 continue
@@ -475,7 +496,9 @@ class GAE:
                 c = contrastiveness(a_mos, s)
                 for key, v in zip(SCORES, (lc_r, lc_f, lc, c, lc * c)):
                     acc[name][key].append(v.detach().float())
+                index[name].append(first + pidx)
         if seen < 4:
             raise InputError(f"GAE needs at least 4 images, the data has {seen}")
         scores = {m: {s: torch.cat(v) if v else torch.empty(0) for s, v in d.items()} for m, d in acc.items()}
-        return GAEResult(scores, failures)
+        images = {m: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for m, v in index.items()}
+        return GAEResult(scores, failures, images)

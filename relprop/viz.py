@@ -15,7 +15,7 @@ arrays.  Everything is numpy and Pillow; no matplotlib state is touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import Any
 
@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
 
-__all__ = ["colorize", "heatmap", "overlay", "save", "to_maps"]
+__all__ = ["colorize", "heatmap", "overlay", "save", "save_rows", "to_maps"]
 
 #: grey between the tiles of a grid (not white, which means zero relevance)
 PAD_VALUE = 160
@@ -283,3 +283,56 @@ def save(
     pic = _titled(grid, titles, w * scale, pad) if titles else Image.fromarray(grid)
     pic.save(path, format="PNG")
     return pic
+
+
+def save_rows(
+    path: str | PathLike[str],
+    rows: Mapping[str, Any],
+    image: Any,
+    *,
+    overlay: bool = True,
+    alpha: float = 0.7,
+    clip: float | None = None,
+    scale: int | None = None,
+    titles: Sequence[str] | None = None,
+) -> Image.Image:
+    """Several explanations of the same inputs in one PNG: the inputs in the top row,
+    then one row per entry of ``rows`` (label -> relevance of the batch), the label
+    written left of its row.  Other arguments as in :func:`save`."""
+    if not rows:
+        raise InputError("rows is empty; expected at least one label -> relevance entry")
+    all_maps = [to_maps(R, None) for R in rows.values()]
+    n, h, w = all_maps[0].shape
+    for label, maps in zip(rows, all_maps):
+        if maps.shape != (n, h, w):
+            raise InputError(f"row {label!r} has maps shaped {maps.shape[1:]} x {len(maps)}; expected {(h, w)} x {n}")
+    if titles is not None and len(titles) != n:
+        raise InputError(f"{len(titles)} titles for {n} relevance maps; expected as many")
+    scale = int(-(-128 // max(h, w)) if scale is None else scale)
+    if scale < 1:
+        raise InputError(f"scale is an integer upscaling factor; expected >= 1, got {scale}")
+    img = _images(image, n, (h, w))
+    tiles = [_to_uint8(img)]
+    for maps in all_maps:
+        tiles.append(_blend(maps, img, alpha, clip, gray=True) if overlay else _to_uint8(colorize(_scaled(maps, clip))))
+    stack = np.concatenate(tiles)
+    if scale > 1:
+        stack = stack.repeat(scale, axis=1).repeat(scale, axis=2)
+    pad = 2 * scale
+    grid = _grid(stack, n, pad)
+    pic = _titled(grid, titles, w * scale, pad) if titles else Image.fromarray(grid)
+    font = ImageFont.load_default()
+    labels = ["input", *rows]
+    draw = ImageDraw.Draw(pic)
+    margin = max(int(draw.textlength(str(t), font=font)) for t in labels) + 2 * pad
+    out = Image.new("RGB", (pic.width + margin, pic.height), (255, 255, 255))
+    out.paste(pic, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    top = pic.height - grid.shape[0]
+    for r, text in enumerate(labels):
+        left, t, right, bottom = draw.textbbox((0, 0), str(text), font=font)
+        y = top + pad + r * (h * scale + pad) + (h * scale - (bottom - t)) // 2 - t
+        draw.text((pad, y), str(text), fill=(0, 0, 0), font=font)
+    out.save(path, format="PNG")
+    return out
+

@@ -106,45 +106,67 @@ def _png_size(path: Path) -> tuple[int, int]:
     return img.size
 
 
-def test_default_run_writes_the_png_in_the_current_directory(tmp_path, monkeypatch, capsys) -> None:
+def test_default_run_explains_the_shipped_digits_models(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli.main([]) == 0
     out = capsys.readouterr().out
-    assert "predicted" in out and "AbsLRP" in out and "relprop-example.png" in out
-    assert "6/6 predicted correctly" in out
+    assert "AbsLRP" in out and "relprop-example.png" in out
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines()[2:5]}
+    assert set(lines) == {"vgg", "resnet", "vit"}
+    for name, cells in lines.items():
+        assert float(cells[1]) == pytest.approx(relprop.models.digits_accuracy(name), abs=1e-3)
+        # one test image per digit: the models get them right
+        assert cells[2] == "0123456789"
+        # positive relevance concentrates on the strokes (about 0.3 of each image)
+        assert float(cells[3]) > 0.45, cells
     w, h = _png_size(tmp_path / "relprop-example.png")
-    # 6 columns of 128-pixel tiles, two rows (inputs, overlays), a caption band
-    assert w == 6 * 128 + 7 * 8 and h == 16 + 2 * 128 + 3 * 8
+    # 10 columns of 128-pixel tiles after a label margin; inputs + 3 model rows, a caption band
+    assert 10 * 128 + 11 * 8 < w < 10 * 128 + 11 * 8 + 100 and h == 16 + 4 * 128 + 5 * 8
 
 
 def test_example_subcommand_equals_the_default(tmp_path, capsys) -> None:
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    assert cli.main(["--out", str(a)]) == 0
-    assert cli.main(["example", "--out", str(b)]) == 0
+    assert cli.main(["--model", "vgg", "--out", str(a)]) == 0
+    assert cli.main(["example", "--model", "vgg", "--out", str(b)]) == 0
     with Image.open(a) as ia, Image.open(b) as ib:
         assert np.array_equal(np.asarray(ia), np.asarray(ib))
+        assert ia.size[1] == 16 + 2 * 128 + 3 * 8  # inputs and one model row
+
+
+def test_shapes_example(tmp_path, capsys) -> None:
+    assert cli.main(["--model", "shapes", "--out", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "predicted" in out and "6/6 predicted correctly" in out
+    w, h = _png_size(tmp_path / "s.png")
+    # 6 columns of 128-pixel tiles, two rows (inputs, overlays), a caption band
+    assert w == 6 * 128 + 7 * 8 and h == 16 + 2 * 128 + 3 * 8
 
 
 @pytest.mark.parametrize("rules", cli.RULES)
 def test_every_rule_set_runs(rules: str, tmp_path, capsys) -> None:
     path = tmp_path / "h.png"
-    assert cli.main(["example", "--rules", rules, "--no-overlay", "--out", str(path)]) == 0
+    assert cli.main(["example", "--model", "shapes", "--rules", rules, "--no-overlay", "--out", str(path)]) == 0
     _png_size(path)
 
 
 def test_target_by_name(tmp_path, capsys) -> None:
-    assert cli.main(["--target", "circle", "--out", str(tmp_path / "t.png")]) == 0
+    assert cli.main(["--model", "shapes", "--target", "circle", "--out", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr().out
     assert out.count("explained circle") == 6
     assert cli._target("2", CLASS_NAMES) == 2 and cli._target("circle", CLASS_NAMES) == 1
     assert cli._target(None, CLASS_NAMES) is None
+    assert cli.main(["--model", "vgg", "--target", "3", "--out", str(tmp_path / "d.png")]) == 0
+    assert "explained class 3 for every image" in capsys.readouterr().out
 
 
 def test_bad_target_is_an_error_not_a_traceback(tmp_path, capsys) -> None:
-    assert cli.main(["--target", "hexagon", "--out", str(tmp_path / "t.png")]) == 1
+    assert cli.main(["--model", "shapes", "--target", "hexagon", "--out", str(tmp_path / "t.png")]) == 1
     err = capsys.readouterr().err
     assert "relprop: error" in err and "hexagon" in err and "circle" in err
     assert not (tmp_path / "t.png").exists()
+    assert cli.main(["--target", "10", "--out", str(tmp_path / "t.png")]) == 1
+    err = capsys.readouterr().err
+    assert "not a class" in err and "9 (9)" in err
     for bad in ("3", "-1"):
         with pytest.raises(relprop.TargetError, match="not a class"):
             cli._target(bad, CLASS_NAMES)
@@ -174,7 +196,9 @@ def test_console_script(tmp_path) -> None:
     if not script.exists():
         pytest.skip(f"no relprop console script next to {sys.executable} (package not installed)")
     out = tmp_path / "x.png"
-    done = subprocess.run([str(script), "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [str(script), "--model", "vgg", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
     _png_size(out)

@@ -288,6 +288,13 @@ def test_failing_method_recorded() -> None:
     assert [(m, b) for m, b, _ in res.failures] == [("flaky", 0)]
     assert "boom" in res.failures[0][2]
     assert res["flaky"]["gae"].shape == (1,) and res["constant"]["gae"].shape == (2,)
+    # the positive images are data indices: one per group of four, the failed batch has none
+    groups = res.images["constant"] // 4
+    assert groups.tolist() == [0, 1] and torch.equal(res.images["flaky"], res.images["constant"][1:])
+    # tests pair methods on the images both were scored on (1 pair here), not by position
+    assert res.wilcoxon("flaky", "constant").pvalue >= 0
+    with pytest.raises(relprop.InputError, match="'nope'.*flaky"):
+        res.wilcoxon("nope", "flaky")
 
 
 def test_sample_positive_proportions_and_seed() -> None:
