@@ -10,7 +10,7 @@ relevance shaped (batch, tokens)); decoder LMs take a next-token target,
 ``relprop.targets.next_token(token_id)``.
 """
 
-from . import example, metrics, models, rules, targets, text, viz
+from . import comparison, example, methods, metrics, models, quantus_metrics, rules, targets, text, viz
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -40,8 +40,11 @@ __all__ = [
     "targets",
     "trace",
     "unregister_rule",
+    "comparison",
+    "methods",
     "metrics",
     "models",
+    "quantus_metrics",
     "text",
     "viz",
     "example",

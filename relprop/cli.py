@@ -454,10 +454,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from relprop.errors import InputError
 
     specs = args.model or list(models.DIGITS_MODELS)
+    loaded = [_load_model(s) for s in specs]
+    nets = dict(loaded)
+    if len(nets) < len(loaded):
+        raise InputError(f"two --model values have the same name ({', '.join(n for n, _ in loaded)}); name them apart")
     own = [s for s in specs if s not in models.DIGITS_MODELS]
     if own and not args.data:
         raise InputError(f"--data is needed with your own model ({', '.join(own)}): a folder or 'module:attr'")
-    nets = dict(_load_model(s) for s in specs)
     data = _load_data(args) if args.data else models.load_digits_test()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -482,6 +485,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for model, res in result.gae.items():
         for method, batch, message in res.failures:
             print(f"relprop: warning: {method} failed on batch {batch} of {model}: {message}", file=sys.stderr)
+    for model, res in result.quantus.items():
+        for method, metric, message in res.failures:
+            print(f"relprop: warning: {method} failed in Quantus {metric} on {model}: {message}", file=sys.stderr)
     result.to_csv(out / "gae.csv")
     result.to_json(out / "gae.json")
     result.plot(out / "gae.png")

@@ -1,0 +1,284 @@
+"""Compare attribution methods with GAE across models: the paper's tables in miniature.
+
+Vukadin et al. 2024 (arXiv 2412.09311), section 4, rank attribution methods by
+GAE (local consistency x contrastiveness) and test each against absLRP with the
+paired Wilcoxon signed-rank test. :func:`compare` does the same for any models
+and any image data set::
+
+    from relprop import comparison, models
+    nets = {name: models.load_digits_model(name) for name in ("vgg", "resnet", "vit")}
+    result = comparison.compare(nets, models.load_digits_test())
+    print(result)                       # LC, C, GAE per method and model, p vs absLRP
+    result.to_csv("gae.csv"); result.to_json("gae.json"); result.plot("gae.png")
+
+``relprop evaluate`` is the command-line front end. Methods come from
+:mod:`relprop.methods` (relprop rule sets, Captum, grad-cam, baselines); the
+Quantus metrics (ROAD, Focus, LocalLipschitzEstimate) from
+:mod:`relprop.quantus_metrics` when asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from .errors import InputError
+from .metrics import GAE, GAEResult
+
+__all__ = ["Comparison", "compare", "image_folder", "REFERENCE", "SIGNIFICANCE"]
+
+#: the method every other one is tested against (the paper's reference)
+REFERENCE = "absLRP"
+#: significance level of the Wilcoxon test marks
+SIGNIFICANCE = 0.05
+_SUMMARY = ("lc", "c", "gae")
+
+
+@dataclass
+class Comparison:
+    """GAE results per model (``gae[model]`` a :class:`~relprop.metrics.GAEResult`),
+    optional Quantus results per model, methods skipped per model with the reason,
+    and the seconds each model's evaluation took."""
+
+    gae: dict[str, GAEResult]
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    quantus: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    reference: str = REFERENCE
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (model, method): mean and 95% interval of LC, C and GAE, the
+        number of positive images, the Wilcoxon p-value of GAE against the reference
+        method (None for the reference itself or when it was not run), and the number
+        of batches the method failed on."""
+        out = []
+        for model, res in self.gae.items():
+            table = res.table()
+            fails: dict[str, int] = {}
+            for m, _, _ in res.failures:
+                fails[m] = fails.get(m, 0) + 1
+            for method in res.scores:
+                row: dict[str, Any] = {"model": model, "method": method}
+                for r in table:
+                    if r["method"] == method and r["score"] in _SUMMARY:
+                        row[r["score"]] = r["mean"]
+                        row[f"{r['score']}_ci95"] = r["ci95"]
+                        row["n"] = r["n"]
+                p = None
+                if method != self.reference and self.reference in res.scores and row["n"]:
+                    p = res.wilcoxon(self.reference, method).pvalue
+                row["p_vs_" + self.reference] = p
+                row["failed_batches"] = fails.get(method, 0)
+                out.append(row)
+        return out
+
+    def quantus_rows(self) -> list[dict[str, Any]]:
+        """One row per (model, method, Quantus metric): mean, 95% interval, n."""
+        out = []
+        for model, res in self.quantus.items():
+            for r in res.table():
+                out.append({"model": model, **dict(r)})
+        return out
+
+    def __str__(self) -> str:
+        key = "p_vs_" + self.reference
+        lines = []
+        rows = self.rows()
+        for model in self.gae:
+            lines.append(f"model {model} ({self.seconds.get(model, math.nan):.0f} s)")
+            lines.append(f"  {'method':<20} {'LC':>15} {'C':>15} {'GAE':>15} {'n':>5}  p vs {self.reference}")
+            for r in (r for r in rows if r["model"] == model):
+                cells = " ".join(f"{r[s]:>7.3f} ± {r[s + '_ci95']:<5.3f}" for s in _SUMMARY)
+                p = r[key]
+                mark = "" if p is None else f"{p:.2g}{' *' if p < SIGNIFICANCE else ''}"
+                fail = f"  (failed on {r['failed_batches']} batches)" if r["failed_batches"] else ""
+                lines.append(f"  {r['method']:<20} {cells} {r['n']:>5}  {mark}{fail}")
+            for m, why in self.skipped.get(model, {}).items():
+                lines.append(f"  {m:<20} skipped: {why}")
+        lines.append(f"* GAE differs from {self.reference}'s at p < {SIGNIFICANCE} (paired Wilcoxon signed-rank test)")
+        for model, res in self.quantus.items():
+            lines.append(f"model {model}, Quantus metrics")
+            lines.extend("  " + line for line in str(res.table()).splitlines())
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | Path) -> None:
+        """The rows of :meth:`rows` as CSV (and the Quantus rows beside, ``*_quantus.csv``)."""
+        _write_csv(Path(path), self.rows())
+        if self.quantus:
+            p = Path(path)
+            _write_csv(p.with_name(p.stem + "_quantus" + p.suffix), self.quantus_rows())
+
+    def to_json(self, path: str | Path) -> None:
+        """Rows, skipped methods, failures (model, method, batch, message) and timings as JSON."""
+        failures = [
+            {"model": model, "method": m, "batch": b, "message": msg}
+            for model, res in self.gae.items()
+            for m, b, msg in res.failures
+        ]
+        failures += [
+            {"model": model, "method": m, "metric": metric, "message": msg}
+            for model, res in self.quantus.items()
+            for m, metric, msg in res.failures
+        ]
+        doc = {
+            "reference": self.reference,
+            "gae": self.rows(),
+            "quantus": self.quantus_rows(),
+            "skipped": self.skipped,
+            "failures": failures,
+            "seconds": self.seconds,
+        }
+        Path(path).write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+
+    def plot(self, path: str | Path) -> None:
+        """Bar plot PNG: one panel per model, LC, C and GAE (mean and 95% interval) per method."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.rows()
+        models = list(self.gae)
+        n_methods = max(len(self.gae[m].scores) for m in models) if models else 1
+        fig, axes = plt.subplots(len(models), 1, figsize=(max(6, 0.9 * n_methods), 2.8 * len(models)), squeeze=False)
+        width = 0.27
+        for ax, model in zip(axes[:, 0], models):
+            mine = [r for r in rows if r["model"] == model]
+            xs = range(len(mine))
+            for j, s in enumerate(_SUMMARY):
+                ax.bar(
+                    [i + (j - 1) * width for i in xs],
+                    [r[s] for r in mine],
+                    width,
+                    yerr=[0 if math.isnan(r[s + "_ci95"]) else r[s + "_ci95"] for r in mine],
+                    label=s.upper(),
+                )
+            ax.set_xticks(list(xs), [r["method"] for r in mine], rotation=35, ha="right", fontsize=8)
+            ax.set_title(model, fontsize=10)
+            ax.set_ylim(0, 1)
+        axes[0, 0].legend(ncols=3, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def compare(
+    models: Mapping[str, nn.Module],
+    data: Dataset | Mapping[str, Dataset],
+    methods: Sequence[str] | None = None,
+    *,
+    steps: int = 10,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_images: int | None = None,
+    quantus_metrics: Sequence[str] = (),
+    progress: bool = True,
+) -> Comparison:
+    """Evaluate ``methods`` (names from :data:`relprop.methods.METHOD_NAMES`; None: every
+    method that can run on each model) with GAE on every model.
+
+    ``data``: one image data set of (image, label) for all models, or one per model
+    name. ``max_images``: use only the first images of each data set. The user's
+    models are not modified (each method is checked for that in its tests).
+    """
+    from .methods import build_methods
+
+    if not models:
+        raise InputError("no models to evaluate")
+    if max_images is not None and max_images < 4:
+        raise InputError(f"max_images must be at least 4 (one group of four), got {max_images}")
+    if isinstance(data, Mapping):
+        missing = [m for m in models if m not in data]
+        if missing:
+            raise InputError(f"no data set for model(s) {', '.join(missing)}; data has {', '.join(data)}")
+    out = Comparison(gae={})
+    for name, model in models.items():
+        ds = data[name] if isinstance(data, Mapping) else data
+        if max_images is not None and len(ds) > max_images:
+            ds = Subset(ds, range(max_images))
+        built, skipped = build_methods(model, methods, seed=seed)
+        if not built:
+            raise InputError(f"no method can run on model {name!r}: {skipped}")
+        start = time.perf_counter()
+        out.gae[name] = GAE(steps=steps, seed=seed).evaluate(model, built, ds, batch_size, progress=progress)
+        if quantus_metrics:
+            from .quantus_metrics import evaluate_quantus
+
+            out.quantus[name] = evaluate_quantus(
+                model, built, ds, metrics=tuple(quantus_metrics), batch_size=batch_size, seed=seed, progress=progress
+            )
+        out.seconds[name] = time.perf_counter() - start
+        out.skipped[name] = skipped
+    return out
+
+
+def image_folder(
+    root: str | Path,
+    size: int | None = None,
+    channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Dataset:
+    """Images in class sub-folders (``root/<class>/<image>``, torchvision's ImageFolder
+    layout) as (C, H, W) float tensors in [0, 1], optionally resized to ``size`` x
+    ``size``, converted to ``channels`` (1: grayscale, 3: RGB) and normalized with
+    ``mean``/``std`` (one value, or one per channel). Labels are the folders' indices
+    in sorted order."""
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"image folder {root} does not exist or is not a directory")
+    if channels not in (1, 3):
+        raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if size is not None and (size < 2 or size % 2):
+        raise InputError(f"size must be even (GAE halves each image into a mosaic quadrant), got {size}")
+    steps: list[Any] = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB"))]
+    if size is not None:
+        steps.append(transforms.Resize((size, size)))
+    steps.append(transforms.ToTensor())
+    if mean is not None or std is not None:
+        m = list(mean) if mean is not None else [0.0]
+        s = list(std) if std is not None else [1.0]
+        for what, v in (("mean", m), ("std", s)):
+            if len(v) not in (1, channels):
+                raise InputError(f"{what} needs 1 or {channels} values, got {len(v)}")
+        if any(x <= 0 for x in s):
+            raise InputError(f"std values must be positive, got {s}")
+        steps.append(transforms.Normalize(m * (channels // len(m)), s * (channels // len(s))))
+    try:
+        ds = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise InputError(f"cannot read images from {root}: {e} (expected {root}/<class>/<image files>)") from e
+    if size is None:  # all images must then share one even size: read the headers only
+        from PIL import Image
+
+        sizes: dict[tuple[int, int], str] = {}
+        for path, _ in ds.samples:
+            with Image.open(path) as im:
+                sizes.setdefault(im.size, path)
+            if len(sizes) > 1:
+                (a, pa), (b, pb) = list(sizes.items())[:2]
+                raise InputError(f"images differ in size ({pa} is {a}, {pb} is {b}); pass size= (--size) to resize")
+        (w, h), path = next(iter(sizes.items()))
+        if w % 2 or h % 2:
+            raise InputError(f"images are {w}x{h}; GAE needs an even width and height: pass size= (--size)")
+    return ds
+

@@ -1,0 +1,540 @@
+"""Attribution methods compared by the GAE evaluation (:mod:`relprop.metrics`).
+
+Vukadin et al. 2024 (arXiv 2412.09311) compare absLRP with other LRP rule sets,
+gradient methods and CAM methods using GAE. Each method here is a
+:data:`relprop.metrics.Method`: ``method(model, x, target) -> relevance`` shaped
+like ``x`` (N, C, H, W), finite and detached::
+
+    methods, skipped = relprop.methods.build_methods(model)            # every method that can run
+    methods, _ = relprop.methods.build_methods(model, ["absLRP", "GradCAM"])
+    R = methods["absLRP"](model, x, target)
+
+Captum (``pip install 'relprop[captum]'``) and grad-cam (``pip install 'relprop[cam]'``)
+are optional: they are imported only when one of their methods is built.
+
+Choices (documented, not prescribed by the paper):
+
+* **relprop rule sets**: ``absLRP`` = :class:`~relprop.rules.AbsLRP` (contrastive by
+  default: target pass minus the pass from all other classes); ``cLRP`` (contrastive
+  LRP, Gu et al. 2018) = LRP-α1β0 explained with ``contrastive=True``, i.e. relprop's
+  two-pass contrastive mode ``R = R_target - R_others`` (``Explanation.passes[0] -
+  passes[1]``), not Gu et al.'s negated-weight dual; ``LRP-ε`` = :class:`~relprop.rules.Epsilon`
+  with relprop's default ε = 1e-6; ``LRP-α1β0`` / ``LRP-α2β1`` =
+  :class:`~relprop.rules.AlphaBeta` (1, 0) / (2, 1). The last three are not contrastive
+  and start from the target logit. Each traces the model once (cached per model).
+* **Captum**: ``Saliency`` |∂f_c/∂x| (``abs=True``); ``InputXGradient`` x·∂f_c/∂x;
+  ``IntegratedGradients`` with a zero baseline (the data mean for standardized
+  inputs) and ``n_steps=16`` (GAE calls each method on ~5·batch images per batch,
+  so fewer steps than captum's 50; completeness error is small for ReLU nets) in
+  internal batches of N images; ``SmoothGrad`` = ``NoiseTunnel(Saliency)``, 16
+  samples, σ = 0.15·(max(x) − min(x)) of the batch (Smilkov et al. 2017: 10–20 % of
+  the input range), the noise drawn from torch's RNG re-seeded with ``seed`` at
+  every call inside :func:`torch.random.fork_rng` (deterministic, the global RNG is
+  untouched); ``DeepLIFT`` (rescale rule) with a zero baseline; ``GuidedGradCAM``
+  and ``LayerGradCam`` on the CAM layer (:func:`find_cam_layer`), LayerGradCam with
+  ``relu_attributions=True`` (Grad-CAM's ReLU) upsampled bilinearly with
+  ``LayerAttribution.interpolate`` to H×W, GuidedGradCAM with captum's default
+  nearest upsampling.
+* **grad-cam** (``pytorch_grad_cam``): ``GradCAM``, ``HiResCAM``, ``GradCAM++``,
+  ``LayerCAM`` on the CAM layer with ``ClassifierOutputTarget(target)``; they return
+  maps min-max scaled to [0, 1] per image (their own normalization, kept).
+* **CAM layer** (:func:`find_cam_layer`, found on the first input of each image
+  shape): for a CNN, the last module with a spatial output at or after the last
+  ``nn.Conv2d`` (the block holding it: ``features`` of a VGG, the last residual
+  block of a ResNet, not its 1×1 shortcut convolution); for a ViT (tokens (N, 1+h*w, D)
+  after a patch-embedding convolution), the last token layer whose patch tokens
+  still reach the output (the first LayerNorm of the last block), read as an
+  (N, D, h, w) map without the class token. A model without ``nn.Conv2d`` has no CAM
+  methods (skipped). CAM maps (one value per pixel) are repeated over the C channels.
+* **Baselines**: ``constant`` (1 everywhere) and ``random`` (uniform, generator
+  seeded with ``seed``), from :mod:`relprop.metrics`.
+* **The model is left as it was**, without copying it: every method runs the model
+  with all modules in eval mode and, for captum and grad-cam, with parameters
+  temporarily frozen (``requires_grad=False``; the gradient comes from the input).
+  grad-cam itself calls ``model.eval()`` and ``model.zero_grad()`` and accumulates
+  parameter gradients; captum's DeepLIFT / GuidedBackprop hook the nonlinearities.
+  Afterwards each module's training flag, each parameter's ``requires_grad`` and
+  ``.grad`` are restored, and as a safety net any hook or module attribute added
+  during the call is removed (captum 0.9 and grad-cam 1.5.7 remove their own hooks;
+  DeepLIFT's ``module.input``/``output`` attributes stay behind on a module the
+  backward pass does not reach). DeepLIFT refuses a model that calls one
+  nonlinearity module twice (captum's limitation; GAE records it as a failure).
+* x and the model must have the same dtype (float32 or float64) and device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError
+from .metrics import Method, constant_method, random_method, relprop_method
+
+__all__ = [
+    "BASELINES",
+    "CAM_METHODS",
+    "CAPTUM_METHODS",
+    "CamLayer",
+    "LAYER_METHODS",
+    "METHOD_NAMES",
+    "RELPROP_METHODS",
+    "TokenGrid",
+    "build_methods",
+    "cam_method",
+    "captum_method",
+    "find_cam_layer",
+    "get_method",
+    "lrp_method",
+    "resolve_name",
+]
+
+RELPROP_METHODS = ("absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1")
+CAPTUM_METHODS = (
+    "Saliency",
+    "InputXGradient",
+    "IntegratedGradients",
+    "SmoothGrad",
+    "DeepLIFT",
+    "GuidedGradCAM",
+    "LayerGradCam",
+)
+CAM_METHODS = ("GradCAM", "HiResCAM", "GradCAM++", "LayerCAM")
+BASELINES = ("constant", "random")
+#: every method, in display order
+METHOD_NAMES: tuple[str, ...] = RELPROP_METHODS + CAPTUM_METHODS + CAM_METHODS + BASELINES
+#: methods that need a spatial feature map (a model with an ``nn.Conv2d``)
+LAYER_METHODS = ("GuidedGradCAM", "LayerGradCam") + CAM_METHODS
+
+CAPTUM_HINT = "pip install 'relprop[captum]'"
+CAM_HINT = "pip install 'relprop[cam]'"
+IG_STEPS = 16
+SMOOTHGRAD_SAMPLES = 16
+SMOOTHGRAD_NOISE = 0.15
+
+_GRADCAM_CLASSES = {
+    "GradCAM": "GradCAM",
+    "HiResCAM": "HiResCAM",
+    "GradCAM++": "GradCAMPlusPlus",
+    "LayerCAM": "LayerCAM",
+}
+
+
+# ---------------------------------------------------------------- names
+
+
+def _key(name: str) -> str:
+    k = name.lower().replace("ε", "eps").replace("epsilon", "eps").replace("α", "alpha").replace("β", "beta")
+    return "".join(ch for ch in k if ch not in "-_ ")
+
+
+_BY_KEY = {_key(n): n for n in METHOD_NAMES}
+
+
+def resolve_name(name: str) -> str:
+    """The name in :data:`METHOD_NAMES` that ``name`` spells.
+
+    Matching ignores case, ``-``, ``_`` and spaces; ε, α, β may be written
+    ``eps``/``epsilon``, ``alpha``, ``beta`` (``"lrp-alpha1beta0"``). Unknown -> InputError.
+    """
+    found = _BY_KEY.get(_key(str(name)))
+    if found is None:
+        raise InputError(f"unknown attribution method {name!r}; valid names: {', '.join(METHOD_NAMES)}")
+    return found
+
+
+def _import(module: str, hint: str) -> Any:
+    """Import an optional dependency; a missing one raises InputError with the install hint."""
+    top = module.split(".")[0]
+    try:
+        importlib.import_module(top)
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise InputError(f"{top} is not installed ({err}); {hint}") from None
+
+
+def _missing(module: str, hint: str) -> str | None:
+    try:
+        _import(module, hint)
+    except InputError as err:
+        return str(err)
+    return None
+
+
+# ---------------------------------------------------------------- keeping the model as it was
+
+
+@contextmanager
+def _preserved(model: nn.Module, freeze: bool) -> Iterator[None]:
+    """Eval mode (and frozen parameters if ``freeze``) inside; everything restored afterwards."""
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
+    params = list(model.parameters())
+    state = [(p.requires_grad, p.grad) for p in params]
+    attrs = [set(vars(m)) for m in modules]
+    hooks = [{k: set(v) for k, v in vars(m).items() if "hooks" in k and isinstance(v, dict)} for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        if freeze:
+            for p in params:
+                p.requires_grad_(False)
+        yield
+    finally:
+        for m, flag, before, hk in zip(modules, flags, attrs, hooks):
+            m.training = flag
+            for k in set(vars(m)) - before:
+                delattr(m, k)
+            for k, keys in hk.items():
+                d = getattr(m, k)
+                for h in [h for h in d if h not in keys]:
+                    del d[h]
+        for p, (req, grad) in zip(params, state):
+            p.requires_grad_(req)
+            p.grad = grad
+
+
+def _input(x: Tensor, requires_grad: bool = True) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"attribution methods take float images shaped (N, C, H, W), got {shape}")
+    return x.detach().clone().requires_grad_(requires_grad)
+
+
+def _target(target: Tensor, x: Tensor) -> Tensor:
+    t = torch.as_tensor(target, device=x.device).reshape(-1).long()
+    if t.numel() != x.shape[0]:
+        raise InputError(f"target must hold one class index per image ({x.shape[0]}), got {t.numel()}")
+    return t
+
+
+def _finish(a: Tensor, x: Tensor) -> Tensor:
+    """Relevance detached, in x's dtype and device, CAM maps (N, 1 or none, H, W) repeated over C."""
+    a = a.detach().to(dtype=x.dtype, device=x.device)
+    if a.dim() == 3:
+        a = a.unsqueeze(1)
+    if a.shape[1] == 1 and x.shape[1] != 1:
+        a = a.expand(-1, x.shape[1], -1, -1)
+    return a.contiguous()
+
+
+# ---------------------------------------------------------------- CAM layer
+
+
+class TokenGrid:
+    """Reshape ViT tokens (N, T, D) to a feature map (N, D, h, w), dropping the first
+    ``T - h*w`` tokens (class / register tokens); :meth:`inverse` puts a map back."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.h, self.w = h, w
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        n, t, d = tokens.shape
+        return tokens[:, t - self.h * self.w :].transpose(1, 2).reshape(n, d, self.h, self.w)
+
+    def inverse(self, grid: Tensor, tokens: Tensor) -> Tensor:
+        n, t, d = tokens.shape
+        patches = grid.reshape(n, d, self.h * self.w).transpose(1, 2)
+        return torch.cat([tokens[:, : t - self.h * self.w], patches], dim=1)
+
+    def __repr__(self) -> str:
+        return f"TokenGrid({self.h}, {self.w})"
+
+
+class CamLayer(NamedTuple):
+    """The layer CAM methods read: its module, its name, and for token layers the reshape."""
+
+    name: str
+    module: nn.Module
+    grid: TokenGrid | None = None
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def find_cam_layer(model: nn.Module, x: Tensor) -> CamLayer:
+    """The layer CAM methods read, found by one forward pass on ``x[:1]`` (and one backward for ViTs).
+
+    * Let ``conv`` be the last ``nn.Conv2d`` (in execution order) with a spatial
+      output (h*w > 1). No such layer -> InputError.
+    * ViT-like: if modules after ``conv`` output tokens (N, T, D) with D = conv's
+      channels and T = h*w or 1 + h*w (+ class token), the layer is the last such
+      module whose patch tokens still affect the output (nonzero gradient), read
+      through :class:`TokenGrid` (class token dropped). For a pre-norm ViT this is
+      the first LayerNorm of the last block (the patch tokens of the last block's
+      output do not reach the class token).
+    * CNN: the last module (in execution order) with a spatial 4-D output at or after
+      ``conv``: the block or stage containing the last convolution (``features`` of a
+      VGG, the last residual block of a ResNet) rather than the bare convolution,
+      which in a ResNet may be a 1×1 shortcut convolution.
+    """
+    records: list[tuple[str, nn.Module, Tensor]] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, inp: Any, out: Any) -> None:
+            if isinstance(out, Tensor):
+                records.append((name, module, out))
+
+        return fn
+
+    xg = _input(x[:1])
+    with _preserved(model, freeze=True), torch.inference_mode(False), torch.enable_grad():
+        handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if m is not model]
+        try:
+            out = model(xg)
+        finally:
+            for h in handles:
+                h.remove()
+        convs = [
+            i for i, (_, m, o) in enumerate(records)
+            if isinstance(m, nn.Conv2d) and o.dim() == 4 and o.shape[2] * o.shape[3] > 1
+        ]  # fmt: skip
+        if not convs:
+            raise InputError("the model has no nn.Conv2d with a spatial output; CAM methods need a feature map")
+        ci = convs[-1]
+        _, _, co = records[ci]
+        d, h, w = co.shape[1:]
+        later = records[ci + 1 :]
+        tokens = [
+            r for r in later
+            if r[2].dim() == 3 and r[2].shape[2] == d and r[2].shape[1] in (h * w, h * w + 1) and r[2].requires_grad
+        ]  # fmt: skip
+        if tokens and isinstance(out, Tensor):
+            score = out.reshape(out.shape[0], -1).max(dim=1).values.sum()
+            grads = torch.autograd.grad(score, [r[2] for r in tokens], allow_unused=True)
+            used = [r for r, g in zip(tokens, grads) if g is not None and g[:, -h * w :].abs().sum() > 0]
+            if not used:
+                raise InputError("no token layer of this ViT-like model reaches its output; CAM methods cannot run")
+            name, module, _ = used[-1]
+            return CamLayer(name, module, TokenGrid(h, w))
+        spatial = [r for r in [records[ci], *later] if r[2].dim() == 4 and r[2].shape[2] * r[2].shape[3] > 1]
+        name, module, _ = spatial[-1]
+        return CamLayer(name, module)
+
+
+class _LayerCache:
+    """The CAM layer of each model (given, or found on the first input of each image shape)."""
+
+    def __init__(self, layer: nn.Module | CamLayer | None) -> None:
+        self.layer = layer
+        self.cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, CamLayer]] = weakref.WeakKeyDictionary()
+
+    def __call__(self, model: nn.Module, x: Tensor) -> CamLayer:
+        if isinstance(self.layer, CamLayer):
+            return self.layer
+        if isinstance(self.layer, nn.Module):
+            return CamLayer(type(self.layer).__name__, self.layer)
+        per = self.cache.setdefault(model, {})
+        key = tuple(x.shape[1:])
+        if key not in per:
+            per[key] = find_cam_layer(model, x)
+        return per[key]
+
+
+@contextmanager
+def _captum_layer(layer: CamLayer) -> Iterator[nn.Module]:
+    """The module captum should hook: the layer itself, or for token layers an identity
+    module that sees the tokens as a (N, D, h, w) map (a temporary hook routes them through it)."""
+    if layer.grid is None:
+        yield layer.module
+        return
+    grid = layer.grid
+    view = nn.Identity()
+
+    def hook(module: nn.Module, inp: Any, out: Tensor) -> Tensor:
+        return grid.inverse(view(grid(out)), out)
+
+    handle = layer.module.register_forward_hook(hook)
+    try:
+        yield view
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------- relprop
+
+
+def lrp_method(name: str) -> Method:
+    """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1."""
+    from . import rules
+
+    name = resolve_name(name)
+    if name == "absLRP":
+        inner = relprop_method(rules.AbsLRP())
+    elif name == "cLRP":
+        inner = relprop_method(rules.AlphaBeta(1.0, 0.0), contrastive=True)
+    elif name == "LRP-ε":
+        inner = relprop_method(rules.Epsilon())
+    elif name == "LRP-α1β0":
+        inner = relprop_method(rules.AlphaBeta(1.0, 0.0))
+    elif name == "LRP-α2β1":
+        inner = relprop_method(rules.AlphaBeta(2.0, 1.0))
+    else:
+        raise InputError(f"{name!r} is not a relprop rule set; those are: {', '.join(RELPROP_METHODS)}")
+
+    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        with _preserved(model, freeze=False):
+            return _finish(inner(model, x, _target(target, x)), x)
+
+    return method
+
+
+# ---------------------------------------------------------------- captum
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's RNG seeded with ``seed`` inside, restored afterwards."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def captum_method(name: str, *, layer: nn.Module | CamLayer | None = None, seed: int = 0, **kwargs: Any) -> Method:
+    """A captum method by name (see :data:`CAPTUM_METHODS`); ``kwargs`` go to its ``attribute``.
+
+    ``layer``: the CAM layer of GuidedGradCAM / LayerGradCam (default: :func:`find_cam_layer`);
+    ``seed``: SmoothGrad's noise. Captum missing -> InputError with the install hint.
+    """
+    name = resolve_name(name)
+    if name not in CAPTUM_METHODS:
+        raise InputError(f"{name!r} is not a captum method; those are: {', '.join(CAPTUM_METHODS)}")
+    attr = _import("captum.attr", CAPTUM_HINT)
+    layers = _LayerCache(layer)
+
+    def run(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        n = x.shape[0]
+        if name == "Saliency":
+            return attr.Saliency(model).attribute(x, target=t, **{"abs": True, **kwargs})
+        if name == "InputXGradient":
+            return attr.InputXGradient(model).attribute(x, target=t, **kwargs)
+        if name == "IntegratedGradients":
+            opts = {"baselines": 0.0, "n_steps": IG_STEPS, "internal_batch_size": n, **kwargs}
+            return attr.IntegratedGradients(model).attribute(x, target=t, **opts)
+        if name == "SmoothGrad":
+            stdev = SMOOTHGRAD_NOISE * float(x.detach().max() - x.detach().min())
+            opts = {"nt_samples": SMOOTHGRAD_SAMPLES, "nt_samples_batch_size": 1, "stdevs": stdev, **kwargs}
+            with _seeded(seed, x.device):
+                return attr.NoiseTunnel(attr.Saliency(model)).attribute(x, target=t, nt_type="smoothgrad", **opts)
+        if name == "DeepLIFT":
+            return attr.DeepLift(model).attribute(x, target=t, **{"baselines": 0.0, **kwargs})
+        with _captum_layer(layers(model, x)) as module:
+            if name == "GuidedGradCAM":
+                return attr.GuidedGradCam(model, module).attribute(x, target=t, **kwargs)
+            cam = attr.LayerGradCam(model, module).attribute(x, target=t, **{"relu_attributions": True, **kwargs})
+        return attr.LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+
+    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        t = _target(target, x)
+        with _preserved(model, freeze=True), torch.inference_mode(False), torch.enable_grad():
+            xg = _input(x)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"(?s).*hooks", category=UserWarning)
+                warnings.filterwarnings("ignore", message=r"(?s).*in-place", category=UserWarning)
+                a = run(model, xg, t)
+        return _finish(a, x)
+
+    return method
+
+
+# ---------------------------------------------------------------- grad-cam
+
+
+def cam_method(name: str, layer: nn.Module | CamLayer | None = None) -> Method:
+    """A ``pytorch_grad_cam`` method by name (see :data:`CAM_METHODS`) on ``layer``
+    (default: :func:`find_cam_layer`). grad-cam missing -> InputError with the install hint."""
+    name = resolve_name(name)
+    if name not in CAM_METHODS:
+        raise InputError(f"{name!r} is not a grad-cam method; those are: {', '.join(CAM_METHODS)}")
+    lib = _import("pytorch_grad_cam", CAM_HINT)
+    targets_mod = _import("pytorch_grad_cam.utils.model_targets", CAM_HINT)
+    cls = getattr(lib, _GRADCAM_CLASSES[name])
+    layers = _LayerCache(layer)
+
+    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        t = _target(target, x)
+        cam_layer = layers(model, x)
+        with _preserved(model, freeze=True), torch.inference_mode(False), torch.enable_grad():
+            xg = _input(x)  # parameters are frozen: the gradient must come from the input
+            cam = cls(model=model, target_layers=[cam_layer.module], reshape_transform=cam_layer.grid)
+            try:
+                maps = cam(input_tensor=xg, targets=[targets_mod.ClassifierOutputTarget(int(c)) for c in t])
+            finally:
+                cam.activations_and_grads.release()
+                cam.outputs = None
+        return _finish(torch.from_numpy(maps), x)
+
+    return method
+
+
+# ---------------------------------------------------------------- all methods
+
+
+def get_method(name: str, *, seed: int = 0) -> Method:
+    """One method by name (any of :data:`METHOD_NAMES`), without checking that it suits a model."""
+    name = resolve_name(name)
+    if name in RELPROP_METHODS:
+        return lrp_method(name)
+    if name in CAPTUM_METHODS:
+        return captum_method(name, seed=seed)
+    if name in CAM_METHODS:
+        return cam_method(name)
+    if name == "constant":
+        return constant_method(1.0)
+    return random_method(seed)
+
+
+def _unavailable(name: str, model: nn.Module) -> str | None:
+    """Why ``name`` cannot run on ``model`` (None: it can)."""
+    if name in CAPTUM_METHODS:
+        why = _missing("captum.attr", CAPTUM_HINT)
+        if why:
+            return why
+    if name in CAM_METHODS:
+        why = _missing("pytorch_grad_cam", CAM_HINT)
+        if why:
+            return why
+    if name in LAYER_METHODS and not _has_conv(model):
+        return "the model has no nn.Conv2d layer, so there is no feature map for CAM methods"
+    return None
+
+
+def build_methods(
+    model: nn.Module, names: Sequence[str] | None = None, *, seed: int = 0
+) -> tuple[dict[str, Method], dict[str, str]]:
+    """Methods usable on ``model``: (methods by name in :data:`METHOD_NAMES` order, skipped {name: reason}).
+
+    ``names=None``: every method; those that cannot run (optional package not
+    installed, no conv layer for CAM methods) are skipped with the reason. ``names``
+    given: an unknown name or a method that cannot run raises InputError naming the
+    method, the reason and what to install / the valid names. Names are matched as
+    in :func:`resolve_name`. ``seed`` seeds SmoothGrad's noise and the random baseline.
+    """
+    if isinstance(names, str):
+        names = [names]
+    wanted = set(METHOD_NAMES if names is None else (resolve_name(n) for n in names))
+    methods: dict[str, Method] = {}
+    skipped: dict[str, str] = {}
+    for name in METHOD_NAMES:
+        if name not in wanted:
+            continue
+        why = _unavailable(name, model)
+        if why is not None:
+            if names is not None:
+                raise InputError(f"method {name!r} cannot run on this model: {why}")
+            skipped[name] = why
+            continue
+        methods[name] = get_method(name, seed=seed)
+    return methods, skipped

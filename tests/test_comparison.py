@@ -1,0 +1,195 @@
+"""relprop.comparison and ``relprop evaluate``: the GAE comparison across methods and models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+import relprop
+from relprop import cli, comparison, models
+
+METHODS = ["absLRP", "constant", "random"]
+
+
+@pytest.fixture(scope="module")
+def digits() -> TensorDataset:
+    return models.load_digits_test()
+
+
+@pytest.fixture(scope="module")
+def small_run(digits: TensorDataset) -> comparison.Comparison:
+    nets = {"vgg": models.load_digits_model("vgg")}
+    return comparison.compare(nets, digits, METHODS, steps=3, max_images=32, progress=False)
+
+
+def test_rows_agree_with_the_gae_result(small_run: comparison.Comparison) -> None:
+    rows = small_run.rows()
+    assert [(r["model"], r["method"]) for r in rows] == [("vgg", m) for m in METHODS]
+    res = small_run.gae["vgg"]
+    for r in rows:
+        v = res[r["method"]]["gae"].double().numpy()
+        assert r["n"] == len(v) == 8  # one positive image per group of four
+        assert r["gae"] == pytest.approx(v.mean())
+        # 95% t-interval, computed here from SciPy directly
+        assert r["gae_ci95"] == pytest.approx(stats.t.ppf(0.975, 7) * v.std(ddof=1) / np.sqrt(8), nan_ok=True)
+        assert r["failed_batches"] == 0
+    by = {r["method"]: r for r in rows}
+    assert by["absLRP"]["p_vs_absLRP"] is None
+    # constant and random maps get GAE 0 (LC_R = -1 for a map that never changes; noise is inconsistent)
+    assert by["constant"]["gae"] == 0 and by["random"]["gae"] < 0.01
+    a, b = res["absLRP"]["gae"].numpy(), res["constant"]["gae"].numpy()
+    assert by["constant"]["p_vs_absLRP"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert by["absLRP"]["gae"] > 0.02
+
+
+def test_text_csv_json_and_plot(small_run: comparison.Comparison, tmp_path: Path) -> None:
+    text = str(small_run)
+    assert "model vgg" in text and "absLRP" in text and "p vs absLRP" in text
+    small_run.to_csv(tmp_path / "g.csv")
+    with (tmp_path / "g.csv").open() as f:
+        got = list(csv.DictReader(f))
+    assert [r["method"] for r in got] == METHODS
+    assert float(got[0]["gae"]) == pytest.approx(small_run.rows()[0]["gae"])
+    small_run.to_json(tmp_path / "g.json")
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert doc["reference"] == "absLRP" and len(doc["gae"]) == 3 and doc["failures"] == []
+    small_run.plot(tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.format == "PNG" and im.width > 300
+
+
+def test_deterministic_for_a_seed(digits: TensorDataset) -> None:
+    nets = {"resnet": models.load_digits_model("resnet")}
+    run = [
+        comparison.compare(nets, digits, ["absLRP", "random"], steps=2, max_images=16, progress=False)
+        for _ in range(2)
+    ]
+    for m in ("absLRP", "random"):
+        assert torch.equal(run[0].gae["resnet"][m]["gae"], run[1].gae["resnet"][m]["gae"])
+
+
+def test_bad_arguments(digits: TensorDataset) -> None:
+    nets = {"vgg": models.load_digits_model("vgg")}
+    with pytest.raises(relprop.InputError, match="no models"):
+        comparison.compare({}, digits)
+    with pytest.raises(relprop.InputError, match="max_images"):
+        comparison.compare(nets, digits, ["absLRP"], max_images=3)
+    with pytest.raises(relprop.InputError, match="no data set for model"):
+        comparison.compare(nets, {"resnet": digits}, ["absLRP"])
+    with pytest.raises(relprop.InputError, match="multiple of 4"):
+        comparison.compare(nets, digits, ["absLRP"], batch_size=6, max_images=8, progress=False)
+    with pytest.raises(relprop.InputError, match="at least 4 images"):
+        comparison.compare(nets, Subset(digits, range(3)), ["absLRP"], progress=False)
+    bad = TensorDataset(digits.tensors[0][:8], torch.full((8,), 10))
+    with pytest.raises(relprop.InputError, match="label 10 of sample 0"):
+        comparison.compare(nets, bad, ["absLRP"], progress=False)
+
+
+# -- the user's own images ------------------------------------------------------------------
+
+
+def _folder(root: Path, sizes: list[tuple[int, int]], classes: int = 2, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        d = root / f"class{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        shape = (h, w, 3) if mode == "RGB" else (h, w)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(d / f"{i}.png")
+    return root
+
+
+def test_image_folder_rgb_gray_resize_normalize(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", [(20, 20)] * 6, mode="L")
+    ds = comparison.image_folder(root)
+    x, y = ds[0]
+    assert x.shape == (3, 20, 20) and y == 0 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(x[0], x[1])  # grey images replicated to RGB
+    g, _ = comparison.image_folder(root, size=8, channels=1)[0]
+    assert g.shape == (1, 8, 8)
+    n, _ = comparison.image_folder(root, mean=[0.5], std=[0.25])[0]
+    assert torch.allclose(n, (x - 0.5) / 0.25, atol=1e-6)
+    with pytest.raises(relprop.InputError, match="even"):
+        comparison.image_folder(root, size=7)
+    with pytest.raises(relprop.InputError, match="channels"):
+        comparison.image_folder(root, channels=2)
+    with pytest.raises(relprop.InputError, match="std"):
+        comparison.image_folder(root, std=[0.0])
+    with pytest.raises(relprop.InputError, match="does not exist"):
+        comparison.image_folder(tmp_path / "missing")
+
+
+def test_image_folder_size_errors(tmp_path: Path) -> None:
+    mixed = _folder(tmp_path / "mixed", [(20, 20), (22, 20)])
+    with pytest.raises(relprop.InputError, match="differ in size.*--size"):
+        comparison.image_folder(mixed)
+    assert comparison.image_folder(mixed, size=16)[1][0].shape == (3, 16, 16)
+    odd = _folder(tmp_path / "odd", [(21, 21)] * 4)
+    with pytest.raises(relprop.InputError, match="21x21.*even"):
+        comparison.image_folder(odd)
+
+
+class GrayNet(nn.Module):
+    """A small grayscale CNN for the user's-own-model path (2 classes, any even size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def make_gray_net() -> nn.Module:
+    torch.manual_seed(0)
+    return GrayNet()
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def test_evaluate_command_on_a_shipped_model(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ev"
+    args = ["evaluate", "--model", "vgg", "--methods", "absLRP,constant", "--max-images", "16", "--steps", "2"]
+    assert cli.main([*args, "--out-dir", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "model vgg" in text and "absLRP" in text and "constant" in text
+    assert {p.name for p in out.iterdir()} == {"gae.csv", "gae.json", "gae.png"}
+    doc = json.loads((out / "gae.json").read_text())
+    assert [r["method"] for r in doc["gae"]] == ["absLRP", "constant"] and doc["gae"][0]["n"] == 4
+
+
+def test_evaluate_command_on_your_own_grayscale_model(tmp_path: Path, capsys) -> None:
+    root = _folder(tmp_path / "imgs", [(12, 12)] * 8, mode="L")
+    spec = f"{Path(__file__).resolve()}:make_gray_net"
+    args = ["evaluate", "--model", spec, "--data", str(root), "--channels", "1", "--methods", "absLRP,random"]
+    args += ["--steps", "2", "--batch-size", "8", "--out-dir", str(tmp_path / "o"), "--no-progress"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "model make_gray_net" in text
+    rows = json.loads((tmp_path / "o" / "gae.json").read_text())["gae"]
+    assert [r["n"] for r in rows] == [2, 2]
+
+
+def test_evaluate_command_errors(tmp_path: Path, capsys) -> None:
+    spec = f"{Path(__file__).resolve()}:make_gray_net"
+    assert cli.main(["evaluate", "--model", spec, "--out-dir", str(tmp_path)]) == 1
+    assert "--data is needed" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", "alexnet", "--out-dir", str(tmp_path)]) == 1
+    assert "not a shipped model (vgg, resnet, vit)" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", f"{Path(__file__).resolve()}:nothing", "--out-dir", str(tmp_path)]) == 1
+    assert "no attribute 'nothing'" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", "vgg", "--methods", "absLRP,Magic", "--out-dir", str(tmp_path)]) == 1
+    assert "Magic" in capsys.readouterr().err
+    args = ["evaluate", "--model", "vgg", "--batch-size", "6", "--methods", "absLRP", "--out-dir", str(tmp_path)]
+    assert cli.main(args) == 1
+    assert "multiple of 4" in capsys.readouterr().err

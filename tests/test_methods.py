@@ -1,0 +1,315 @@
+"""Attribution method adapters (relprop.methods): contract on the digits models, hand-computed oracles."""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import relprop
+from relprop import methods as RM
+from relprop.errors import InputError
+
+pytest.importorskip("captum")
+pytest.importorskip("pytorch_grad_cam")
+
+
+class TinyCNN(nn.Module):
+    """conv-ReLU-conv(stride 2)-ReLU feature map (5, 4, 4) on 8x8 inputs, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2, padding=1), nn.ReLU()
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(5 * 4 * 4, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def tiny_cnn(dtype: torch.dtype = torch.float32) -> TinyCNN:
+    torch.manual_seed(1)
+    return TinyCNN().to(dtype).eval()
+
+
+def mlp() -> nn.Module:
+    """No conv layer: (N, 3, 2, 2) -> 3 classes."""
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+
+
+def hooks(model: nn.Module) -> list[int]:
+    return [len(v) for m in model.modules() for k, v in vars(m).items() if "hooks" in k and isinstance(v, dict)]
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "hooks": hooks(model),
+        "attrs": [sorted(vars(m)) for m in model.modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict, name: str) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), f"{name} changed {k}"
+    for key in ("training", "requires_grad", "hooks", "attrs"):
+        assert after[key] == before[key], f"{name} changed {key}"
+    for g0, g1 in zip(before["grad"], after["grad"]):
+        assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1)), f"{name} changed .grad"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: these tiny models run 2-3x faster than with threads competing for 2 shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Tensor, Tensor]:
+    x, y = relprop.models.load_digits_test().tensors
+    return x[:2], y[:2]
+
+
+# ------------------------------------------------------------ contract on the shipped models
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet", "vit"])
+def test_every_method_on_digits_models(arch: str, digits: tuple[Tensor, Tensor]) -> None:
+    x, y = digits
+    model = relprop.models.load_digits_model(arch)
+    if arch == "resnet":
+        model.train()  # batch norm in training mode would update running statistics
+    p0 = next(model.parameters())
+    p0.grad = torch.full_like(p0, 0.5)  # a user's gradient must survive (grad-cam calls zero_grad)
+    p0.requires_grad_(False)  # and a frozen parameter stays frozen
+    methods, skipped = RM.build_methods(model, seed=3)
+    assert skipped == {} and tuple(methods) == RM.METHOD_NAMES
+    again, _ = RM.build_methods(model, ["random"], seed=3)
+    before = snapshot(model)
+    rng = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, method in methods.items():
+            a = method(model, x, y)
+            assert a.shape == x.shape and a.dtype == x.dtype and not a.requires_grad, name
+            assert torch.isfinite(a).all(), name
+            assert a.abs().sum() > 0, name
+            if name not in RM.RELPROP_METHODS:  # (relprop's own determinism is tested with the rules)
+                b = (again["random"] if name == "random" else method)(model, x, y)
+                assert torch.equal(a, b), f"{name} is not deterministic"
+            assert_unchanged(model, before, name)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_find_cam_layer(digits: tuple[Tensor, Tensor]) -> None:
+    x, _ = digits
+    vgg = relprop.models.load_digits_model("vgg")
+    assert RM.find_cam_layer(vgg, x) == ("features", vgg.features, None)
+    resnet = relprop.models.load_digits_model("resnet")
+    assert RM.find_cam_layer(resnet, x)[:2] == ("layer3", resnet.layer3)  # not the 1x1 shortcut conv
+    vit = relprop.models.load_digits_model("vit")
+    name, module, grid = RM.find_cam_layer(vit, x)
+    assert (name, module, (grid.h, grid.w)) == ("blocks.3.norm1", vit.blocks[3].norm1, (8, 8))
+    with pytest.raises(InputError, match="Conv2d"):
+        RM.find_cam_layer(mlp(), torch.randn(2, 3, 2, 2))
+
+
+# ------------------------------------------------------------ oracles
+
+
+def logit_grad(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
+    return g
+
+
+def test_saliency_and_input_x_gradient() -> None:
+    model, x, t = tiny_cnn(), torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 1])
+    g = logit_grad(model, x, t)
+    assert torch.allclose(RM.captum_method("Saliency")(model, x, t), g.abs())
+    assert torch.allclose(RM.captum_method("InputXGradient")(model, x, t), x * g)
+
+
+def test_integrated_gradients_linear_completeness() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).double()
+    x, t = torch.randn(6, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    a = RM.get_method("IntegratedGradients")(model, x, t)
+    w = model[1].weight[t].reshape(x.shape).detach()
+    assert torch.allclose(a, x * w, atol=1e-10)  # (x - 0) * w_c
+
+
+def test_deeplift_sums_to_output_difference() -> None:
+    model = mlp()
+    x, t = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    a = RM.captum_method("DeepLIFT")(model, x, t)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, t[:, None]).squeeze(1)
+    assert torch.allclose(a.sum((1, 2, 3)), delta, atol=1e-5)
+    assert not torch.allclose(a, RM.captum_method("InputXGradient")(model, x, t))  # rescale rule, not gradient
+
+
+class SideBranch(nn.Module):
+    """A ReLU computed but unused: the backward pass never reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.relu, self.aux = nn.Linear(12, 3), nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        self.aux(x)
+        return self.lin(self.relu(x))
+
+
+def test_deeplift_leaves_no_attributes_on_unreached_modules() -> None:
+    # captum's DeepLift sets aux.input / aux.output and deletes them only in aux's backward hook
+    model = SideBranch().eval()
+    before = snapshot(model)
+    RM.captum_method("DeepLIFT")(model, torch.randn(2, 3, 2, 2), torch.tensor([0, 1]))
+    assert not {"input", "output"} & set(vars(model.aux))
+    assert_unchanged(model, before, "DeepLIFT")
+
+
+def test_smoothgrad_seed_and_zero_noise() -> None:
+    model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2])
+    rng = torch.get_rng_state()
+    a = RM.captum_method("SmoothGrad", seed=1)(model, x, t)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(a, RM.captum_method("SmoothGrad", seed=1)(model, x, t))
+    assert not torch.allclose(a, RM.captum_method("SmoothGrad", seed=2)(model, x, t))
+    zero = RM.captum_method("SmoothGrad", stdevs=0.0, nt_samples=2)(model, x, t)
+    assert torch.allclose(zero, logit_grad(model, x, t).abs(), atol=1e-6)
+
+
+def hand_gradcam(model: nn.Module, feats: Tensor, head: nn.Module, t: Tensor) -> Tensor:
+    """ReLU(sum_k mean(dy_c/dA_k) A_k) of the feature map ``feats`` (N, K, h, w) -> (N, 1, h, w)."""
+    a = feats.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(head(a).gather(1, t[:, None]).sum(), a)
+    return torch.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1, keepdim=True))
+
+
+def minmax(a: Tensor) -> Tensor:
+    lo = a.amin((1, 2, 3), keepdim=True)
+    return (a - lo) / (a.amax((1, 2, 3), keepdim=True) - lo)
+
+
+def test_layer_gradcam_and_gradcam_match_hand_computation() -> None:
+    model, x = tiny_cnn(), torch.randn(4, 3, 8, 8)
+    c1, c2 = model.features[0], model.features[2]
+    feats = F.relu(F.conv2d(F.relu(F.conv2d(x, c1.weight, c1.bias, padding=1)), c2.weight, c2.bias, 2, 1))
+    cams = [hand_gradcam(model, feats, model.head, torch.full((4,), c)) for c in range(3)]
+    spread = torch.stack([c.amax((1, 2, 3)) - c.amin((1, 2, 3)) for c in cams], 1)
+    t = spread.argmax(1)  # per image, a class whose map is not constant
+    cam = torch.stack([cams[int(c)][i] for i, c in enumerate(t)])
+    assert (cam.amax((1, 2, 3)) > cam.amin((1, 2, 3)) + 1e-3).all()
+    up = F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False)
+    a = RM.captum_method("LayerGradCam")(model, x, t)
+    assert torch.allclose(a, up.expand(-1, 3, -1, -1), atol=1e-6)
+    g = RM.cam_method("GradCAM")(model, x, t)
+    assert torch.equal(g[:, 0], g[:, 2])
+    assert torch.allclose(g[:, :1], minmax(up), atol=1e-4)  # grad-cam's own min-max scaling
+
+
+def test_vit_token_cam_matches_hand_computation(digits: tuple[Tensor, Tensor]) -> None:
+    x, t = digits
+    vit = relprop.models.load_digits_model("vit")
+    seen: list[Tensor] = []
+    handle = vit.blocks[3].norm1.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        xg = x.clone().requires_grad_(True)
+        out = vit(xg).gather(1, t[:, None]).sum()
+    finally:
+        handle.remove()
+    tokens = seen[0]
+    (g,) = torch.autograd.grad(out, tokens)
+    grid = RM.TokenGrid(8, 8)
+    feats, grads = grid(tokens.detach()), grid(g)  # class token dropped
+    cam = torch.relu((grads.mean((2, 3), keepdim=True) * feats).sum(1, keepdim=True))
+    up = F.interpolate(cam, size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(RM.captum_method("LayerGradCam")(vit, x, t)[:, :1], up, atol=1e-5)
+    assert torch.allclose(RM.cam_method("GradCAM")(vit, x, t)[:, :1], minmax(up), atol=1e-4)
+    assert hooks(vit) == hooks(relprop.models.load_digits_model("vit"))
+
+
+def test_relprop_rule_sets() -> None:
+    model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
+    rules = relprop.rules
+    m, _ = RM.build_methods(model, ["absLRP", "cLRP", "LRP-eps", "lrp-alpha1beta0", "LRP-α2β1"])
+    assert list(m) == ["absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1"]
+    expected = {
+        "absLRP": relprop.trace(model, rules=rules.AbsLRP()).explain(x, t),
+        "LRP-ε": relprop.trace(model, rules=rules.Epsilon(1e-6)).explain(x, t),
+        "LRP-α2β1": relprop.trace(model, rules=rules.AlphaBeta(2.0, 1.0)).explain(x, t),
+    }
+    e = relprop.trace(model, rules=rules.AlphaBeta(1.0, 0.0)).explanation(x, t, contrastive=True)
+    passes = next(iter(e.passes.values()))
+    expected["cLRP"] = passes[0] - passes[1]
+    expected["LRP-α1β0"] = relprop.trace(model, rules=rules.AlphaBeta(1.0, 0.0)).explain(x, t, contrastive=False)
+    for name, want in expected.items():
+        assert torch.allclose(m[name](model, x, t), want, atol=1e-6), name
+    assert not torch.allclose(expected["cLRP"], expected["LRP-α1β0"], atol=1e-3)
+
+
+def test_float64_batch_of_100() -> None:
+    model = tiny_cnn(torch.float64)
+    x, t = torch.randn(100, 3, 8, 8, dtype=torch.float64), torch.arange(100) % 3
+    methods, skipped = RM.build_methods(model)
+    assert skipped == {}
+    for name, method in methods.items():
+        a = method(model, x, t)
+        assert a.shape == x.shape and a.dtype == torch.float64 and torch.isfinite(a).all(), name
+
+
+# ------------------------------------------------------------ errors and skipped methods
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(InputError, match="valid names: absLRP, cLRP"):
+        RM.build_methods(tiny_cnn(), ["absLRP", "GradCam+++"])
+
+
+def test_no_conv_layer() -> None:
+    model = mlp()
+    methods, skipped = RM.build_methods(model)
+    assert set(skipped) == set(RM.LAYER_METHODS)
+    assert all("no nn.Conv2d" in r for r in skipped.values())
+    assert list(methods) == [n for n in RM.METHOD_NAMES if n not in RM.LAYER_METHODS]
+    with pytest.raises(InputError, match="'GradCAM'.*no nn.Conv2d"):
+        RM.build_methods(model, ["Saliency", "GradCAM"])
+    a = methods["IntegratedGradients"](model, torch.randn(2, 3, 2, 2), torch.tensor([0, 2]))
+    assert a.shape == (2, 3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("package", "names", "hint"),
+    [("captum", RM.CAPTUM_METHODS, "relprop[captum]"), ("pytorch_grad_cam", RM.CAM_METHODS, "relprop[cam]")],
+)
+def test_missing_package(monkeypatch: pytest.MonkeyPatch, package: str, names: tuple, hint: str) -> None:
+    for mod in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, mod, None)
+    monkeypatch.setitem(sys.modules, package, None)
+    methods, skipped = RM.build_methods(tiny_cnn())
+    assert set(skipped) == set(names) and not set(methods) & set(names)
+    assert all(f"pip install '{hint}'" in r for r in skipped.values())
+    pattern = re.escape(names[-1]) + ".*not installed.*" + re.escape(f"pip install '{hint}'")
+    with pytest.raises(InputError, match=pattern):
+        RM.build_methods(tiny_cnn(), ["absLRP", names[-1]])
+    with pytest.raises(InputError, match="not installed"):
+        RM.get_method(names[0])
