@@ -1,0 +1,688 @@
+"""Speed and memory of relprop against one gradient pass (and Zennit), in one run on the same inputs.
+
+    .venv/bin/python benchmarks/speed.py [--models timm_vgg16,timm_resnet50,timm_vit_b_16,bert,tv_vgg16,tv_resnet50]
+                                         [--batches 1,8] [--repeats 5] [--device cpu|cuda|auto] [--threads N]
+                                         [--json out.json] [--markdown out.md] [--quick]
+
+Models (random weights, nothing is downloaded; float32, eval mode, parameters frozen):
+
+* ``timm_vgg16``, ``timm_resnet50``, ``timm_vit_b_16`` (``vit_base_patch16_224``): timm, 224×224 inputs;
+* ``bert``: ``BertForSequenceClassification(BertConfig())`` (BERT-base sized: 12 layers, hidden 768),
+  random token ids, sequence length 128, input ``dict(input_ids, attention_mask)``;
+* ``tv_vgg16``, ``tv_resnet50``: torchvision (``weights=None``), the models Zennit's canonizers are written
+  for; only these rows have the Zennit column.
+
+Methods, for every model and batch size (weights drawn after ``torch.manual_seed(0)``; one fixed input per
+(model, batch) from a generator seeded with the batch size; target = the predicted class of each sample, the
+same for every method):
+
+* ``forward``: ``model(x)`` under ``torch.no_grad()``;
+* ``gradient`` (the unit): forward + ``torch.autograd.grad`` of the sum of the target logits w.r.t. the
+  input. For BERT the gradient is taken w.r.t. the word-embedding output: the lookup is done under
+  ``no_grad`` and fed as ``inputs_embeds`` (the same tensor relprop reads token relevance at);
+* ``absLRP``: ``relprop.trace(model, rules.AbsLRP()).explain(x, target)`` (contrastive, the default);
+* ``LRP-eps``: ``relprop.trace(model, rules.Epsilon()).explain(x, target)`` (ε = 1e-6);
+* ``EpsilonPlusFlat`` (torchvision rows): relprop's ``rules.EpsilonPlusFlat()``, the same rules as Zennit's;
+* ``zennit EpsilonPlusFlat`` (torchvision rows): ``zennit.attribution.Gradient`` with
+  ``zennit.composites.EpsilonPlusFlat(canonizers=[VGGCanonizer() | ResNetCanonizer()])`` called with the
+  one-hot target. Its composite (hooks, canonizers) is attached around each of its calls but outside the
+  timer and the memory reset (as relprop's cached trace is outside its steady-state time), and detached
+  while the other methods run.
+
+Timing: one warm-up call per method (for relprop the first call also traces), one call per method whose
+peak memory is recorded, then ``--repeats`` rounds in which every method runs once (interleaved, so a noisy
+machine slows all methods alike); the table reports the median. Threads: ``torch.set_num_threads`` = every
+core the process may use (``os.sched_getaffinity``), or ``--threads``.
+
+Columns: ``median s`` (median wall time of one call), ``× gradient`` (median / the gradient row's median,
+same model and batch), ``peak MB`` (below), ``memory × gradient`` (peak / the gradient row's peak),
+``target`` (the targets that apply to the row) and pass / **FAIL**.
+
+Peak memory (``peak MB``): the extra memory one call needs above what is already held (model, inputs,
+relprop's cached trace). CPU: the process's resident-set high-water mark (``VmHWM``, reset before the call
+by writing 5 to ``/proc/self/clear_refs``) minus the resident set before the call, measured on a separate
+call with glibc's mmap threshold at 64 KiB so that every tensor gets its own mapping and the resident set
+tracks live memory (tracemalloc does not see torch's allocator, and ``ru_maxrss`` cannot be reset). Where
+the kernel does not allow the reset the column is empty. Timed calls run with the threshold fixed at 32 MiB,
+glibc's own steady state (a 64 KiB threshold would add page faults to every call, in proportion to what
+each method allocates). CUDA: ``torch.cuda.max_memory_allocated()`` after
+``reset_peak_memory_stats()``, minus the memory allocated before the call.
+
+Trace time: per model and rule set, the first ``explain`` (export + rule binding + one explain) minus the
+median steady-state ``explain`` at the same batch size. ``trace_count`` is read after the warm-up and again
+after every explain at every batch size: a second explain on the same signature (and, the batch dimension
+being dynamic, at another batch size) must not trace again.
+
+Targets (issue 5), checked on the rows they name: absLRP ≤ 2.5× gradient and LRP-ε ≤ 1.5× at batch 8 on
+the three timm image models and BERT; both faster than Zennit where Zennit runs; peak memory ≤ 2× the
+gradient pass's (checked at every batch size); tracing ViT-B/16 under 3 s; no second trace.
+
+Devices: ``--device auto`` (default) runs on the CPU and, when CUDA is available, again on the GPU.
+
+``--quick`` swaps in tiny models of the same families (narrow 7-conv VGGs and one-bottleneck-per-stage ResNets
+built from timm's and torchvision's classes, vit_tiny at depth 2, all at 32×32; a 2-layer BERT with hidden 64
+at sequence length 16) and one repeat: a smoke test of the whole pipeline in seconds, its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop import rules
+
+ALL_MODELS = ["timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert", "tv_vgg16", "tv_resnet50"]
+TARGET_MODELS = {"timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert"}  # the rows the ratio targets name
+ALIASES = {"vgg16": "timm_vgg16", "resnet50": "timm_resnet50", "vit_b_16": "timm_vit_b_16", "vit": "timm_vit_b_16"}
+GRADIENT = "gradient"
+RELPROP_METHODS = {"absLRP": rules.AbsLRP, "LRP-eps": rules.Epsilon, "EpsilonPlusFlat": rules.EpsilonPlusFlat}
+ZENNIT = "zennit EpsilonPlusFlat"
+TIME_TARGETS = {"absLRP": 2.5, "LRP-eps": 1.5}
+MEMORY_TARGET = 2.0
+VIT_TRACE_TARGET_S = 3.0
+TARGET_BATCH = 8
+QUICK_VGG: list[Any] = [16, "M", 32, "M", 32, 32, "M", 64, "M", 64, "M"]  # the --quick VGGs' layers
+
+
+# -- machine and devices -----------------------------------------------------------------------------------------
+
+
+def resolve_devices(choice: str, cuda_available: bool | None = None) -> list[str]:
+    """Devices to run on: ``auto`` is the CPU plus CUDA when available; ``cuda`` requires it."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if choice == "auto":
+        return ["cpu", "cuda"] if cuda_available else ["cpu"]
+    if choice == "cuda" and not cuda_available:
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if choice not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu, cuda or auto, got {choice!r}")
+    return [choice]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine(devices: list[str]) -> dict[str, Any]:
+    """A description of the machine the numbers come from."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gb"] = round(int(line.split()[1]) / 2**20, 1)
+    if "cuda" in devices:
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> None:
+    """Set glibc's mmap and trim thresholds (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (setting it turns off glibc's dynamic threshold)
+        libc.mallopt(-1, trim_threshold)  # M_TRIM_THRESHOLD
+
+
+def _timing_malloc() -> None:
+    """glibc's steady state under its default dynamic threshold: blocks under 32 MiB are reused, not re-faulted."""
+    _mallopt(32 << 20, 64 << 20)
+
+
+def _memory_malloc() -> None:
+    """Every block over 64 KiB gets its own mapping, so the resident set tracks live memory."""
+    _mallopt(64 << 10, 1 << 20)
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(key)
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mb("VmHWM") <= _status_mb("VmRSS") + 1.0
+    except OSError:
+        return False
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
+    """Extra memory one call of ``fn`` needs above what is held before it (None where unmeasurable)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    _memory_malloc()
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        try:
+            before = _status_mb("VmRSS")
+        except OSError:
+            return None
+        if not _reset_hwm():
+            fn()
+            return None
+        fn()
+        return max(_status_mb("VmHWM") - before, 0.0)
+    finally:
+        _timing_malloc()
+
+
+def timed(fn: Callable[[], Any], device: str) -> float:
+    """Wall-clock seconds of one call (synchronized on CUDA)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """A model ready to benchmark: how to build it, its inputs and its Zennit canonizer (if any)."""
+
+    name: str
+    model: nn.Module
+    make_inputs: Callable[[int], Any]
+    text: bool = False
+    canonizer: Callable[[], Any] | None = None
+
+
+def _image_inputs(size: int) -> Callable[[int], Tensor]:
+    def make(batch: int) -> Tensor:
+        return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+
+    return make
+
+
+def _text_inputs(vocab: int, seq: int) -> Callable[[int], dict[str, Tensor]]:
+    def make(batch: int) -> dict[str, Tensor]:
+        g = torch.Generator().manual_seed(batch)
+        ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch, seq), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    return make
+
+
+def build_case(name: str, quick: bool) -> Case:
+    """The model called ``name`` (a tiny stand-in of the same family with ``quick``), random weights."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    size = 32 if quick else 224
+    if name == "timm_vgg16":
+        if quick:
+            from timm.models.vgg import VGG
+
+            model = VGG(QUICK_VGG, num_classes=10, mlp_ratio=1 / 64)
+        else:
+            model = timm.create_model("vgg16", pretrained=False)
+    elif name == "timm_resnet50":
+        if quick:
+            from timm.models.resnet import Bottleneck, ResNet
+
+            model = ResNet(Bottleneck, (1, 1, 1, 1), num_classes=10, stem_width=16, channels=(16, 32, 64, 128))
+        else:
+            model = timm.create_model("resnet50", pretrained=False)
+    elif name == "timm_vit_b_16":
+        model = (
+            timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=10)
+            if quick
+            else timm.create_model("vit_base_patch16_224", pretrained=False)
+        )
+    elif name == "bert":
+        import transformers
+
+        config = (
+            transformers.BertConfig(
+                vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
+            )
+            if quick
+            else transformers.BertConfig()
+        )
+        model = transformers.BertForSequenceClassification(config)
+        return Case(name, model.eval(), _text_inputs(config.vocab_size, 16 if quick else 128), text=True)
+    elif name in ("tv_vgg16", "tv_resnet50"):
+        from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+        if name == "tv_vgg16":
+            model = _small_tv_vgg() if quick else torchvision.models.vgg16(weights=None)
+            canonizer: Callable[[], Any] = VGGCanonizer
+        else:
+            if quick:
+                from torchvision.models.resnet import Bottleneck, ResNet
+
+                model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10, width_per_group=16)
+            else:
+                model = torchvision.models.resnet50(weights=None)
+            canonizer = ResNetCanonizer
+        return Case(name, model.eval(), _image_inputs(size), canonizer=canonizer)
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(ALL_MODELS)}")
+    return Case(name, model.eval(), _image_inputs(size))
+
+
+def _small_tv_vgg() -> nn.Module:
+    """torchvision's VGG class with narrow layers (its fixed 4096-wide head alone takes seconds to initialize)."""
+    from torchvision.models.vgg import VGG, make_layers
+
+    with torch.device("meta"):
+        model = VGG(make_layers(QUICK_VGG), num_classes=10)
+    model.features = model.features.to_empty(device="cpu")
+    for module in model.features.modules():
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    model.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    width = QUICK_VGG[-2]
+    model.classifier = nn.Sequential(
+        *(nn.Linear(width, 32), nn.ReLU(True), nn.Dropout()),
+        *(nn.Linear(32, 32), nn.ReLU(True), nn.Dropout()),
+        nn.Linear(32, 10),
+    )
+    return model
+
+
+def _to(inputs: Any, device: str) -> Any:
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+def _logits(out: Any) -> Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+# -- methods -----------------------------------------------------------------------------------------------------
+
+
+def method_calls(
+    case: Case, inputs: Any, target: Tensor, graphs: dict[str, relprop.Graph]
+) -> dict[str, Callable[[], Any]]:
+    """One zero-argument callable per method, each running that method once on ``inputs``."""
+    model = case.model
+    classes = target.tolist()
+
+    def forward() -> Any:
+        with torch.no_grad():
+            return model(**inputs) if case.text else model(inputs)
+
+    def gradient() -> Tensor:
+        if case.text:
+            with torch.no_grad():
+                embeds = model.get_input_embeddings()(inputs["input_ids"])
+            embeds.requires_grad_(True)
+            out = _logits(model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]))
+            (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), embeds)
+            return grad
+        x = inputs.detach().requires_grad_(True)
+        out = _logits(model(x))
+        (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), x)
+        return grad
+
+    calls: dict[str, Callable[[], Any]] = {"forward": forward, GRADIENT: gradient}
+    for method, graph in graphs.items():
+        calls[method] = _explainer(graph, inputs, classes)
+    return calls
+
+
+def _explainer(graph: relprop.Graph, inputs: Any, classes: list[int]) -> Callable[[], Tensor]:
+    def explain() -> Tensor:
+        return graph.explain(inputs, classes)
+
+    return explain
+
+
+def _zennit_call(attributor: Any, inputs: Tensor, target: Tensor, classes: int) -> Callable[[], Tensor]:
+    onehot = torch.nn.functional.one_hot(target, classes).to(inputs.dtype)
+
+    def explain() -> Tensor:
+        _, relevance = attributor(inputs, onehot)
+        return relevance
+
+    return explain
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One (device, model, batch, method) measurement."""
+
+    device: str
+    model: str
+    batch: int
+    method: str
+    median_s: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    ratio: float | None = None
+    peak_mb: float | None = None
+    memory_ratio: float | None = None
+    target: str = ""
+    passed: bool | None = None
+    error: str | None = None
+
+
+@dataclass
+class Trace:
+    """Trace time and trace counts of one (device, model, rule set)."""
+
+    device: str
+    model: str
+    method: str
+    first_explain_s: float
+    steady_explain_s: float | None
+    trace_s: float | None
+    batch: int
+    trace_count_after_warmup: int
+    trace_count_final: int = 0
+    explains: int = 0
+    target: str = ""
+    passed: bool | None = None
+
+
+def run_case(
+    case: Case, batches: list[int], repeats: int, device: str, log: Callable[[str], None]
+) -> tuple[list[Row], list[Trace]]:
+    """Measure every method on ``case`` at every batch size."""
+    model = case.model.to(device).requires_grad_(False)
+    graphs = {m: relprop.trace(model, cls()) for m, cls in RELPROP_METHODS.items()}
+    if case.canonizer is None:
+        del graphs["EpsilonPlusFlat"]
+    traces: dict[str, Trace] = {}
+    explains = dict.fromkeys(graphs, 0)
+    rows: list[Row] = []
+    zennit: Any = None
+    if case.canonizer is not None:
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlusFlat
+
+        zennit = Gradient(model, EpsilonPlusFlat(canonizers=[case.canonizer()]))
+    for batch in batches:
+        inputs = _to(case.make_inputs(batch), device)
+        with torch.no_grad():
+            out = _logits(model(**inputs) if case.text else model(inputs))
+        target = out.argmax(1)
+        calls = method_calls(case, inputs, target, graphs)
+        # Zennit's hooks and canonizers are attached only around its own calls, outside the timer
+        setups: dict[str, Callable[[], Any]] = dict.fromkeys(calls, contextlib.nullcontext)
+        if zennit is not None:
+            calls[ZENNIT] = _zennit_call(zennit, inputs, target, out.shape[1])
+            setups[ZENNIT] = lambda: zennit
+        batch_rows = {m: Row(device, case.name, batch, m) for m in calls}
+        live = {}
+        for method, fn in calls.items():  # warm-up (relprop: the first call traces)
+            try:
+                with setups[method]():
+                    t = timed(fn, device)
+            except Exception as err:  # noqa: BLE001 - a failing method is reported, the run goes on
+                batch_rows[method].error = f"{type(err).__name__}: {err}"[:300]
+                log(f"  {case.name} b{batch} {method}: FAILED {batch_rows[method].error}")
+                continue
+            live[method] = fn
+            if method in graphs:
+                explains[method] += 1
+                if method not in traces:
+                    traces[method] = Trace(device, case.name, method, t, None, None, batch, graphs[method].trace_count)
+        for method, fn in live.items():
+            with setups[method]():
+                batch_rows[method].peak_mb = peak_memory_mb(fn, device)
+            if method in explains:
+                explains[method] += 1
+        for _ in range(repeats):
+            for method, fn in live.items():
+                with setups[method]():
+                    batch_rows[method].times_s.append(timed(fn, device))
+                if method in explains:
+                    explains[method] += 1
+        for row in batch_rows.values():
+            if row.times_s:
+                row.median_s = statistics.median(row.times_s)
+        for method, tr in traces.items():
+            if tr.batch == batch and tr.steady_explain_s is None and batch_rows[method].median_s is not None:
+                tr.steady_explain_s = batch_rows[method].median_s
+                tr.trace_s = max(tr.first_explain_s - tr.steady_explain_s, 0.0)
+        _ratios(list(batch_rows.values()))
+        for row in batch_rows.values():
+            log(_row_line(row))
+        rows.extend(batch_rows.values())
+    for method, tr in traces.items():
+        tr.trace_count_final = graphs[method].trace_count
+        tr.explains = explains[method]
+    return rows, list(traces.values())
+
+
+def _ratios(rows: list[Row]) -> None:
+    grad = next((r for r in rows if r.method == GRADIENT), None)
+    for row in rows:
+        if grad is None:
+            continue
+        if row.median_s is not None and grad.median_s:
+            row.ratio = row.median_s / grad.median_s
+        if row.peak_mb is not None and grad.peak_mb:
+            row.memory_ratio = row.peak_mb / grad.peak_mb
+
+
+def evaluate_targets(rows: list[Row], traces: list[Trace]) -> None:
+    """Fill ``target`` and ``passed`` on the rows and traces the issue's targets name."""
+    zennit = {(r.device, r.model, r.batch): r.median_s for r in rows if r.method == ZENNIT and r.median_s}
+    for row in rows:
+        checks: list[tuple[str, bool]] = []
+        limit = TIME_TARGETS.get(row.method)
+        if limit is not None and row.model in TARGET_MODELS and row.batch == TARGET_BATCH and row.ratio is not None:
+            checks.append((f"≤{limit}× grad", row.ratio <= limit))
+        if limit is not None and row.memory_ratio is not None:
+            checks.append((f"mem ≤{MEMORY_TARGET}×", row.memory_ratio <= MEMORY_TARGET))
+        z = zennit.get((row.device, row.model, row.batch))
+        if limit is not None and z is not None and row.median_s is not None:
+            checks.append(("< zennit", row.median_s < z))
+        if row.error:
+            checks.append(("runs", False))
+        if checks:
+            row.target = ", ".join(c for c, _ in checks)
+            row.passed = all(ok for _, ok in checks)
+    for tr in traces:
+        checks = [("no retrace", tr.trace_count_final == 1 and tr.trace_count_after_warmup == 1)]
+        if tr.model == "timm_vit_b_16" and tr.trace_s is not None:
+            checks.append((f"trace <{VIT_TRACE_TARGET_S:g} s", tr.trace_s < VIT_TRACE_TARGET_S))
+        tr.target = ", ".join(c for c, _ in checks)
+        tr.passed = all(ok for _, ok in checks)
+
+
+# -- output ------------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _verdict(passed: bool | None) -> str:
+    return "" if passed is None else ("pass" if passed else "**FAIL**")
+
+
+def _row_line(row: Row) -> str:
+    if row.error:
+        return f"  {row.device} {row.model} b{row.batch} {row.method}: error {row.error}"
+    return (
+        f"  {row.device} {row.model} b{row.batch} {row.method}: {_fmt(row.median_s, '.4f')} s "
+        f"({_fmt(row.ratio, '.2f')}× grad), peak {_fmt(row.peak_mb, '.1f')} MB ({_fmt(row.memory_ratio, '.2f')}×)"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as markdown: machine, the table, trace times."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['usable_cores']} cores used of {m['logical_cores']} "
+        f"(torch threads {m['torch_threads']}), {m.get('memory_gb', '?')} GB RAM"
+        + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
+        + f"; Python {m['python']}, torch {m['torch']}; {m['platform']}.",
+        f"Settings: repeats {result['repeats']}, float32, eval mode"
+        + (", **--quick** (tiny stand-in models)" if result["quick"] else "")
+        + ".",
+        "",
+        "| device | model | batch | method | median s | × gradient | peak MB | memory × gradient | target | |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in result["rows"]:
+        if r["error"]:
+            lines.append(
+                f"| {r['device']} | {r['model']} | {r['batch']} | {r['method']} | error: {r['error']} "
+                "| | | | runs | **FAIL** |"
+            )
+            continue
+        lines.append(
+            f"| {r['device']} | {r['model']} | {r['batch']} | {r['method']} | {_fmt(r['median_s'], '.4f')} "
+            f"| {_fmt(r['ratio'], '.2f')} | {_fmt(r['peak_mb'], '.1f')} | {_fmt(r['memory_ratio'], '.2f')} "
+            f"| {r['target']} | {_verdict(r['passed'])} |"
+        )
+    lines += [
+        "",
+        "| device | model | rule set | trace s | first explain s | steady explain s | trace_count (warm-up → end, "
+        "explains) | target | |",
+        "|---|---|---|---:|---:|---:|---|---|---|",
+    ]
+    for t in result["traces"]:
+        lines.append(
+            f"| {t['device']} | {t['model']} | {t['method']} | {_fmt(t['trace_s'], '.2f')} "
+            f"| {_fmt(t['first_explain_s'], '.2f')} | {_fmt(t['steady_explain_s'], '.3f')} "
+            f"| {t['trace_count_after_warmup']} → {t['trace_count_final']} ({t['explains']} explains) "
+            f"| {t['target']} | {_verdict(t['passed'])} |"
+        )
+    lines.append("")
+    lines.append(f"Total wall time {result['wall_s']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    models: list[str],
+    batches: list[int],
+    repeats: int,
+    device: str = "auto",
+    quick: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the benchmark; returns a JSON-able dict (``rows``, ``traces``, ``machine``, settings)."""
+    _timing_malloc()
+    devices = resolve_devices(device)
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    saved = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(max(int(threads or 1), 1))
+    torch.set_default_dtype(torch.float32)
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    traces: list[Trace] = []
+    try:
+        for dev in devices:
+            for name in models:
+                log(f"{dev} {name}{' (quick)' if quick else ''}")
+                case = build_case(name, quick)
+                r, t = run_case(case, batches, repeats, dev, log)
+                rows += r
+                traces += t
+                del case
+                gc.collect()
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
+        info = machine(devices)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.set_default_dtype(saved[1])
+    evaluate_targets(rows, traces)
+    return {
+        "machine": info,
+        "quick": quick,
+        "repeats": repeats,
+        "batches": batches,
+        "models": models,
+        "devices": devices,
+        "rows": [asdict(r) for r in rows],
+        "traces": [asdict(t) for t in traces],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated, from: " + ", ".join(ALL_MODELS))
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; 1 with --quick)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--quick", action="store_true", help="tiny stand-in models, one repeat (smoke test)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point: run, print the markdown table, write --json / --markdown."""
+    args = parse_args(argv)
+    models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in ALL_MODELS:
+            raise SystemExit(f"unknown model {m!r}; choose from {', '.join(ALL_MODELS)}")
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    result = run(models, batches, repeats, args.device, args.quick, args.threads)
+    text = markdown(result)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
