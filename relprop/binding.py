@@ -110,6 +110,8 @@ class Bound:
     embeddings: dict[fx.Node, str] = field(default_factory=dict)
     #: token sources whose indices are the user input itself (vocabulary checks apply)
     direct_tokens: set[fx.Node] = field(default_factory=set)
+    #: node -> values the forward may drop after computing it (engine._releases, cached)
+    releases: dict[fx.Node, list[fx.Node]] | None = field(default=None, repr=False)
 
 
 def _floating(val: Any) -> bool:

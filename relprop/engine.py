@@ -33,11 +33,44 @@ def _state_value(model: nn.Module, kind: str, ref: Any) -> Any:
     return ref
 
 
+def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
+    """Node -> values the forward can drop once that node is computed (cached on ``bound``).
+
+    The walk reads the values of bound nodes (their rule's ``ctx.output``), of their
+    inputs (``ctx.inputs``) and of the outputs; every other value is dropped right
+    after its last consumer in the forward has run.
+    """
+    if bound.releases is not None:
+        return bound.releases
+    nodes = list(bound.program.graph.nodes)
+    keep: set[fx.Node] = set(bound.bindings)
+    for n in bound.bindings:
+        keep.update(n.all_input_nodes)
+    keep.add(nodes[-1])
+    keep.update(nodes[-1].all_input_nodes)
+    last: dict[fx.Node, fx.Node] = {}
+    for n in nodes:
+        for a in n.all_input_nodes:
+            last[a] = n
+    releases: dict[fx.Node, list[fx.Node]] = {}
+    for n in nodes:
+        if n in keep:
+            continue
+        releases.setdefault(last.get(n, n), []).append(n)
+    bound.releases = releases
+    return releases
+
+
 def forward(bound: Bound, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.Node, Any]:
-    """Evaluate the graph on the user inputs; returns every node's value."""
+    """Evaluate the graph on the user inputs.
+
+    Returns the values the walk reads (see :func:`_releases`); the others are freed
+    as soon as the forward no longer needs them.
+    """
     program = bound.program
     env: dict[fx.Node, Any] = {}
     user = {name: i for i, name in enumerate(program.user_inputs)}
+    releases = _releases(bound)
     with torch.no_grad():
         for n in program.graph.nodes:
             if n.op == "placeholder":
@@ -51,6 +84,8 @@ def forward(bound: Bound, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.N
                 env[n] = n.target(*args, **kwargs)
             elif n.op == "output":
                 env[n] = fx.node.map_arg(n.args[0], env.__getitem__)
+            for dead in releases.get(n, ()):
+                env.pop(dead, None)
     return env
 
 
@@ -137,6 +172,8 @@ def backward(
         for node, r, live in zip(ctx.input_nodes, result, binding.info.live):
             if r is not None and live:
                 _add(rel, node, r)
+        # release this node's values and relevances before the next rule runs
+        del value, values, ctx, result, R
     return walk
 
 

@@ -8,7 +8,8 @@ shaped like the input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from relprop.rules.sets import AbsLRP, RuleSet
 
 from . import engine, targets
 from .binding import Binding, Bound, OverrideKey, bind
-from .errors import InputError, RuleError
+from .errors import InputError, RuleError, TargetError
 from .tracing import eval_mode, normalize_inputs, signature_of, trace_program
 
 __all__ = ["Graph", "Explanation", "trace"]
@@ -98,7 +99,8 @@ class Graph:
         self.strict = strict
         self._cache: dict[tuple, Bound] = {}
         self._last: Bound | None = None
-        #: how many times the model was traced (one per new input signature)
+        #: how many times the model was traced (one per new input signature); an export
+        #: shared with another Graph of the same model (tracing.trace_program) counts too
         self.trace_count = 0
 
     # -- tracing ---------------------------------------------------------------------------
@@ -122,7 +124,12 @@ class Graph:
     # -- explaining ------------------------------------------------------------------------
 
     def explain(
-        self, inputs: Any, target: Any = None, *, contrastive: bool | None = None
+        self,
+        inputs: Any,
+        target: Any = None,
+        *,
+        contrastive: bool | None = None,
+        batch_size: int | None = None,
     ) -> Any:
         """Relevance of ``inputs`` for ``target``.
 
@@ -138,8 +145,17 @@ class Graph:
         For a decoder language model pass ``use_cache=False`` (in the config or the
         inputs) and a target that selects one logit, e.g.
         ``relprop.targets.next_token(token_id)``.
+
+        ``batch_size``: explain at most this many samples at a time and concatenate
+        (the result is the same; memory is bounded by the chunk).  Every tensor input
+        is split along dim 0, and so is a per-sample target (a sequence or tensor of
+        class indices, a float target tensor, ``next_token`` with per-sample ids or an
+        attention mask); other callable targets cannot be split and raise
+        :class:`~relprop.TargetError`.  All chunks share one trace (the batch is
+        dynamic); a model whose forward fixes its batch size is traced once per chunk
+        size, i.e. for ``batch_size`` and for the smaller last chunk.
         """
-        return self.explanation(inputs, target, contrastive=contrastive).relevance
+        return self.explanation(inputs, target, contrastive=contrastive, batch_size=batch_size).relevance
 
     def explanation(
         self,
@@ -148,10 +164,37 @@ class Graph:
         *,
         contrastive: bool | None = None,
         record: bool = False,
+        batch_size: int | None = None,
     ) -> Explanation:
-        """Like :meth:`explain`, returning an :class:`Explanation` with the details."""
+        """Like :meth:`explain`, returning an :class:`Explanation` with the details.
+
+        With ``batch_size``, every field is the concatenation over the chunks and equal
+        to one explain of the whole batch, up to rounding.  One exception: an entry of
+        ``embeddings`` shared by the whole batch ((1, tokens), position ids) is the sum
+        over the chunks; absLRP normalizes such a lookup over all the samples that share
+        it, so there it depends on the chunking (conservative rule sets give the same
+        sum).  ``record=True`` cannot be combined with chunking.
+        """
         args, kwargs = normalize_inputs(inputs)
         labels = _check_inputs(self.model, args, kwargs)
+        if batch_size is not None:
+            size = _check_batch_size(batch_size)
+            total = _batch(pytree.tree_leaves((args, kwargs)))
+            if total > size:
+                if record:
+                    raise InputError(
+                        "record=True cannot be combined with batch_size: the recorded per-node "
+                        "relevances are kept per walk and are not all batch-first; explain a batch "
+                        f"of at most {size} samples with record=True instead"
+                    )
+                return self._chunked(inputs, args, kwargs, labels, target, contrastive, size, total)
+        walk, start, out_obj = self._run(args, kwargs, target, contrastive, record)
+        return self._assemble(inputs, labels, walk, start, out_obj)
+
+    def _run(
+        self, args: tuple, kwargs: dict, target: Any, contrastive: bool | None, record: bool
+    ) -> tuple[engine.Walk, targets.Start, Any]:
+        """Trace if needed, run the forward and the walk on validated inputs."""
         use_contrastive = self.rules.contrastive if contrastive is None else bool(contrastive)
         # rules differentiate locally: leave inference mode, and copy inference tensors
         with torch.inference_mode(False), eval_mode(self.model):
@@ -176,7 +219,53 @@ class Graph:
                 batch=batch,
             )
             walk = engine.backward(bound, env, start.relevance, batch, record=record)
-        return self._assemble(inputs, labels, walk, start, out_obj)
+        return walk, start, out_obj
+
+    def _chunked(
+        self,
+        inputs: Any,
+        args: tuple,
+        kwargs: dict,
+        labels: list[Any],
+        target: Any,
+        contrastive: bool | None,
+        size: int,
+        total: int,
+    ) -> Explanation:
+        """Explain ``total`` samples ``size`` at a time and concatenate the walks."""
+        _check_splittable(args, kwargs, total)
+        walks: list[engine.Walk] = []
+        starts: list[targets.Start] = []
+        outs: list[Any] = []
+        shared: set[str] = set()
+        for lo in range(0, total, size):
+            hi = min(lo + size, total)
+            c_args, c_kwargs = pytree.tree_map(functools.partial(_rows, lo=lo, hi=hi), (args, kwargs))
+            c_target = _target_rows(target, lo, hi, total)
+            walk, start, out = self._run(c_args, c_kwargs, c_target, contrastive, False)
+            assert self._last is not None
+            shared |= _shared_lookups(self._last, walk, hi - lo)
+            walks.append(walk)
+            starts.append(start)
+            outs.append(out)
+        walk = engine.Walk(
+            inputs={i: torch.cat([w.inputs[i] for w in walks], dim=1) for i in walks[0].inputs},
+            embeddings={
+                key: (
+                    torch.stack([w.embeddings[key] for w in walks]).sum(0)
+                    if key in shared
+                    else torch.cat([w.embeddings[key] for w in walks], dim=1)
+                )
+                for key in walks[0].embeddings
+            },
+        )
+        classes = [s.classes for s in starts]
+        start = targets.Start(
+            relevance=[],
+            classes=None if any(c is None for c in classes) else torch.cat(classes),  # type: ignore[arg-type]
+            passes=starts[0].passes,
+        )
+        return self._assemble(inputs, labels, walk, start, _cat_outputs(outs, total))
 
     def _assemble(
         self, inputs: Any, labels: list[Any], walk: engine.Walk, start: targets.Start, out: Any
@@ -318,6 +407,107 @@ def _check_token_ids(bound: Bound, model: nn.Module, flat: list[Any]) -> None:
                 f"vocabulary (embedding '{path}') has {size} entries, so ids must be in "
                 f"0..{size - 1}: the tokenizer does not match the model (vocabulary size {size})."
             )
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as a positive int, or an InputError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int (samples per chunk), got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_splittable(args: tuple, kwargs: dict, total: int) -> None:
+    """Every tensor input must hold the batch in dim 0 to be split into chunks."""
+    for key, value in [*enumerate(args), *kwargs.items()]:
+        for x in pytree.tree_leaves(value):
+            if isinstance(x, Tensor) and (x.dim() == 0 or x.shape[0] != total):
+                name = f"input {key!r}" if isinstance(key, str) else f"input {key}"
+                raise InputError(
+                    f"batch_size splits every tensor input along dim 0, but {name} is shaped "
+                    f"{tuple(x.shape)} while the batch has {total} samples; expected the batch "
+                    "first in every tensor input (or explain without batch_size)"
+                )
+
+
+def _rows(x: Any, lo: int, hi: int) -> Any:
+    return x[lo:hi] if isinstance(x, Tensor) else x
+
+
+def _target_rows(target: Any, lo: int, hi: int, total: int) -> Any:
+    """The part of ``target`` that belongs to samples ``lo:hi`` (TargetError if it cannot be split)."""
+    if target is None or isinstance(target, (bool, int)):
+        return target
+    if isinstance(target, Tensor):
+        if target.dim() == 0:
+            return target
+        if target.shape[0] != total:
+            raise TargetError(
+                f"with batch_size, a target tensor is split along dim 0 and must have one row per "
+                f"sample ({total}); got shape {tuple(target.shape)}"
+            )
+        return target[lo:hi]
+    if isinstance(target, targets.NextToken):
+        ids = target.token_id
+        if isinstance(ids, Tensor) and ids.dim() == 1 or isinstance(ids, (list, tuple)):
+            if len(ids) != total:
+                raise TargetError(
+                    f"next_token got {len(ids)} token ids but the batch has {total} samples; "
+                    "expected one id, or one per sample"
+                )
+            ids = ids[lo:hi]
+        mask = target.attention_mask
+        if isinstance(mask, Tensor) and mask.dim() > 0 and mask.shape[0] == total:
+            mask = mask[lo:hi]
+        return targets.NextToken(ids, target.position, mask)
+    if callable(target):
+        raise TargetError(
+            "a callable target cannot be split into chunks with batch_size: it sees one chunk's "
+            "output at a time and may select scores per sample of the whole batch. Use "
+            "relprop.targets.next_token(...), class indices or a float target tensor, or call "
+            "explain per chunk yourself."
+        )
+    if isinstance(target, Sequence) or (hasattr(target, "__len__") and hasattr(target, "__getitem__")):
+        if isinstance(target, (str, Mapping)):
+            return target
+        if len(target) != total:
+            raise TargetError(
+                f"target has {len(target)} class indices but the batch has {total} samples; "
+                "expected one index per sample (or a single int for all)."
+            )
+        return target[lo:hi]
+    return target  # not understood: the explain of the first chunk raises the usual error
+
+
+def _shared_lookups(bound: Bound, walk: engine.Walk, rows: int) -> set[str]:
+    """Keys of ``walk.embeddings`` whose lookup is shared by the whole batch (summed over it)."""
+    shared = set()
+    by_path = {path: node for node, path in bound.embeddings.items()}
+    for key, R in walk.embeddings.items():
+        if R.shape[1] != 1:
+            continue
+        if rows > 1:
+            shared.add(key)
+            continue
+        node = by_path.get(key.split(":", 1)[0])
+        index = node.args[1].meta.get("val") if node is not None else None
+        first = index.shape[0] if isinstance(index, Tensor) and index.dim() > 0 else None
+        if isinstance(first, int) and bound.program.batch_symbols:
+            shared.add(key)  # a fixed size in a graph with a symbolic batch: not per sample
+    return shared
+
+
+def _cat_outputs(outs: list[Any], total: int) -> Any:
+    """The model outputs of the chunks, batch-first tensors concatenated."""
+    flats = [pytree.tree_flatten(o) for o in outs]
+    spec = flats[0][1]
+    leaves = []
+    for parts in zip(*(f for f, _ in flats)):
+        first = parts[0]
+        if isinstance(first, Tensor) and first.dim() > 0 and sum(p.shape[0] for p in parts) == total:
+            leaves.append(torch.cat(parts))
+        else:
+            leaves.append(first)
+    return pytree.tree_unflatten(leaves, spec)
 
 
 def _normal_tensor(x: Any) -> Any:

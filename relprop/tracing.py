@@ -9,7 +9,9 @@ as dynamic where the model allows it, so one trace serves every batch size.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +23,15 @@ from torch.utils import _pytree as pytree
 
 from .errors import InputError, TraceError
 
-__all__ = ["Program", "normalize_inputs", "signature_of", "trace_program", "eval_mode"]
+__all__ = [
+    "Program",
+    "normalize_inputs",
+    "signature_of",
+    "structure_of",
+    "trace_program",
+    "export_program",
+    "eval_mode",
+]
 
 
 def normalize_inputs(inputs: Any) -> tuple[tuple, dict]:
@@ -158,8 +168,100 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
         return ep.run_decompositions({})
 
 
+#: model -> {(input signature, structure[, batch]): Program}; weak in the model, so the
+#: cache never keeps a model alive.  A Program holds no reference to the model: parameters
+#: and buffers are read live from the model at every forward (engine._state_value).
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Program]] = weakref.WeakKeyDictionary()
+_PROGRAMS_LOCK = threading.Lock()
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a hashable key if it is a number, string or short sequence of them."""
+    if isinstance(value, (int, float, bool, str, type(None))):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) <= 16:
+        items = tuple(_plain(v) for v in value)
+        if all(v is not _NOT_PLAIN for v in items):
+            return (type(value).__name__, items)
+    return _NOT_PLAIN
+
+
+def structure_of(model: nn.Module) -> tuple:
+    """A cheap fingerprint of everything the exported graph depends on besides the inputs.
+
+    Per submodule: its path and class, an instance-level ``forward`` if one was patched
+    in, its hooks, its plain (number/string) attributes such as ``eps`` or ``p`` (they
+    are baked into the graph as constants), its tensor attributes that are not
+    parameters or buffers (lifted as constants) by identity, and the shape, dtype and
+    device of its parameters and buffers (their values are read live at explain time).
+    Replacing a submodule, patching a forward, adding a hook or changing such an
+    attribute therefore gives a new export.
+    """
+    parts: list[Any] = []
+    for name, m in model.named_modules(remove_duplicate=False):
+        attrs = []
+        for key, value in m.__dict__.items():
+            if key in ("training", "_parameters", "_buffers", "_modules") or key.startswith("_forward") \
+                    or key.startswith("_backward") or key.startswith("_state_dict") \
+                    or key.startswith("_load_state_dict"):
+                continue
+            if isinstance(value, torch.Tensor):
+                attrs.append((key, "tensor", id(value), tuple(value.shape), value.dtype))
+            elif (plain := _plain(value)) is not _NOT_PLAIN:
+                attrs.append((key, plain))
+            elif callable(value) and key == "forward":
+                attrs.append((key, "forward", id(value)))
+        tensors = [
+            (k, tuple(t.shape), t.dtype, t.device.type)
+            for k, t in [*m._parameters.items(), *m._buffers.items()]
+            if t is not None
+        ]
+        hooks = tuple(
+            tuple(getattr(m, h, {}).keys())
+            for h in ("_forward_hooks", "_forward_pre_hooks")
+        )
+        parts.append((name, type(m), tuple(attrs), tuple(tensors), hooks))
+    hooks = tuple(
+        tuple(getattr(nn.modules.module, h, {}).keys())
+        for h in ("_global_forward_hooks", "_global_forward_pre_hooks")
+    )
+    return (tuple(parts), hooks)
+
+
 def trace_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
-    """Export ``model(*args, **kwargs)`` to a :class:`Program`.
+    """The :class:`Program` of ``model(*args, **kwargs)``, exported once per model and signature.
+
+    Exports are shared by every :class:`~relprop.Graph` of the same model (rule sets,
+    overrides and binding are per Graph; the capture is not): a cache weak in the
+    model, keyed by :func:`signature_of` and :func:`structure_of`, so that a model
+    changed structurally between traces is exported again.  Models that fix their
+    batch size are cached per batch size.
+    """
+    key = (signature_of(model, args, kwargs), structure_of(model))
+    try:
+        hash(key)
+    except TypeError:  # an attribute that defeats the fingerprint: do not share
+        return export_program(model, args, kwargs)
+    batch = _batch_size(args, kwargs)
+    with _PROGRAMS_LOCK:
+        programs = _PROGRAMS.get(model)
+        program = programs.get(key) if programs is not None else None
+        if program is not None and program.static_batch not in (None, batch):
+            key = (*key, batch)
+            program = programs.get(key) if programs is not None else None
+    if program is not None:
+        return program
+    program = export_program(model, args, kwargs)
+    with _PROGRAMS_LOCK:
+        _PROGRAMS.setdefault(model, {})[key] = program
+    return program
+
+
+def export_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
+    """Export ``model(*args, **kwargs)`` to a :class:`Program` (no caching).
 
     The batch dimension (dim 0 of every tensor input) is exported as dynamic where
     the model allows; a model that specializes it gets a graph for that batch
