@@ -13,29 +13,54 @@ x ⊙ (Wᵀg) + |x| ⊙ (|W|ᵀg) = 2 Σ_j (x_i w_ij)⁺ g_j.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.fx
 from torch import Tensor
 
 from .base import Context, Layout, Relevance, Rule, sample_l1, vjp
 from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
+from .ops import MAXPOOL, MOVE, op_name
 from .products import input_product
 
 __all__ = ["AbsRule", "AbsAttentionRule", "abs_step"]
 
 
-def _divide(R: Relevance, y: Any, eps: float) -> Relevance:
+def _divide(R: Relevance, y: Any, eps: float, nonnegative: bool = False) -> Relevance:
+    """g = R / (|y| + ε); ``nonnegative``: y ≥ 0 is known, |y| = y."""
     if isinstance(R, (list, tuple)):
         return [None if r is None else r / (o.abs() + eps) for r, o in zip(R, y)]
-    return R / (y.abs() + eps)
+    return R / ((y + eps) if nonnegative else y.abs().add_(eps))
 
 
 def _unit_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
-    """R rescaled per pass and sample to Σ|R| = 1 (all-zero stays zero)."""
+    """R rescaled in place per pass and sample to Σ|R| = 1 (all-zero stays zero).
+
+    ``R`` must be a tensor the caller owns (a contribution it just computed).
+    """
     total = sample_l1(R, layout, batch)
-    return R / total.clamp_min(torch.finfo(R.dtype).tiny)
+    return R.div_(total.clamp_min_(torch.finfo(R.dtype).tiny))
+
+
+#: ops whose output is never negative (ReLU, sigmoid, softmax, ...), and ops that keep
+#: a non-negative input non-negative (data movement, max and average pooling)
+_NONNEGATIVE = {f"aten.{n}" for n in ("relu", "relu6", "sigmoid", "hardsigmoid", "softmax", "_softmax", "abs")}
+_KEEPS_SIGN = (MOVE - {"aten.pad", "aten.constant_pad_nd"}) | MAXPOOL | {"aten.adaptive_avg_pool2d", "aten.avg_pool2d"}
+
+
+def _nonnegative(node: Any) -> bool:
+    """Whether a graph node's value is ≥ 0 by construction (so |x| = x), looking through moves."""
+    while getattr(node, "op", None) == "call_function":
+        name = op_name(node.target)
+        if name in _NONNEGATIVE:
+            return True
+        if name not in _KEEPS_SIGN or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return False
+        node = node.args[0]
+    return False
 
 
 def abs_step(
@@ -77,11 +102,15 @@ class AbsRule(Rule):
         self.eps = eps
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
-        g = _divide(R, ctx.output, self.eps) if self.divide else R
-        if ctx.info.category in ("dense", "conv"):
-            fast = self._weighted(ctx, g)
+        dense = ctx.info.category in ("dense", "conv")
+        if not dense:
+            fast = diagonal_step(ctx, R, self.eps if self.divide else None)
             if fast is not None:
                 return fast
+        g = _divide(R, ctx.output, self.eps, _nonnegative(ctx.node)) if self.divide else R
+        fast = self._weighted(ctx, g) if dense else closed_form(ctx, g)
+        if fast is not None:
+            return fast
         live = ctx.live_inputs
         xs = [ctx.inputs[i] for i in live]
         xs_abs = [abs_input(ctx, x) for x in xs]
@@ -100,17 +129,186 @@ class AbsRule(Rule):
             out[i] = r
         return out
 
-
     def _weighted(self, ctx: Context, g: Tensor) -> list[Tensor | None] | None:
-        """x ⊙ Wᵀg + |x| ⊙ |W|ᵀg from two backward products (Eq. 12), or None."""
-        w = ctx.args()[0][1]
-        a = input_product(ctx, w, g)
-        if a is None:
-            return None
-        b = input_product(ctx, w.abs(), g)
-        x = ctx.inputs[0]
-        R = _unit_l1(x * a + x.abs() * b, ctx.info.in_layouts[0], ctx.batch)
-        return [R] + [None] * (len(ctx.inputs) - 1)
+        return _weighted(ctx, g)
+
+
+# Closed forms of one absLRP step, x ⊙ Jᵀg + |x| ⊙ J_absᵀg, for ops whose Jacobians are
+# known: the same numbers as the generic path (to rounding) without re-running the op
+# on |x| or differentiating it.  They never write into the caller's relevance, and
+# return None where they do not apply (the generic path then runs).  Sums of products
+# are not fused (no addcmul): x·a + |x|·a must cancel to exactly 0 for x < 0, as it
+# does in the generic path, or rounding noise divided by ε = 1e-9 downstream shows up.
+
+
+def _result(ctx: Context, contributions: dict[int, Tensor]) -> list[Tensor | None]:
+    """Per input: the (owned) contribution rescaled to unit L1 per sample, None if not live."""
+    out: list[Tensor | None] = [None] * len(ctx.inputs)
+    for i, c in contributions.items():
+        out[i] = _unit_l1(c, ctx.info.in_layouts[i], ctx.batch)
+    return out
+
+
+def _weighted(ctx: Context, g: Tensor) -> list[Tensor | None] | None:
+    """Linear and convolution: x ⊙ Wᵀg + |x| ⊙ |W|ᵀg from two backward products (Eq. 12)."""
+    w = ctx.args()[0][1]
+    a = input_product(ctx, w, g)
+    if a is None:
+        return None
+    b = input_product(ctx, _abs_weight(ctx.node, w), g)
+    x = ctx.inputs[0]
+    if _nonnegative(ctx.input_nodes[0]):  # x = |x|: x ⊙ (Wᵀg + |W|ᵀg)
+        c = a.add_(b).mul_(x)
+    else:
+        c = a.mul_(x).add_(b.mul_(x.abs()))
+    return _result(ctx, {0: c})
+
+
+#: graph node -> (weight, |weight|): a weight's absolute value, computed once per trace
+_ABS_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _abs_weight(node: Any, w: Tensor) -> Tensor:
+    """|w| of a weighted node, cached while the weight is unchanged.
+
+    The cache holds the weight it was computed from (so its memory cannot be reused by
+    another tensor) and is checked against the weight's storage, layout and in-place
+    version counter (optimizer steps bump it), so a changed weight is recomputed.
+    """
+    hit = _ABS_WEIGHTS.get(node)
+    if hit is not None:
+        old, version, absolute = hit  # ``old`` shares w's version counter: compare the number
+        if (
+            old.data_ptr() == w.data_ptr() and version == w._version and old.shape == w.shape
+            and old.stride() == w.stride() and old.dtype == w.dtype and old.device == w.device
+        ):
+            return absolute
+    absolute = w.abs()
+    if not w.requires_grad:
+        _ABS_WEIGHTS[node] = (w, w._version, absolute)
+    return absolute
+
+
+def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor | None] | None:
+    """The absLRP step of an op whose Jacobians J, J_abs are diagonal (elementwise ops).
+
+    x ⊙ Jᵀg + |x| ⊙ J_absᵀg = R ⊙ k / (|y| + ε) with k = x ⊙ diag J + |x| ⊙ diag J_abs,
+    a factor the size of one activation that is shared by all passes (``eps=None``:
+    no division by |y|).  Only ops with one output that carries relevance.
+    """
+    form = _DIAGONAL.get(op_name(ctx.op))
+    R0, *rest = R if isinstance(R, (list, tuple)) else [R]
+    if form is None or R0 is None or any(r is not None for r in rest):
+        return None
+    factors = form(ctx)
+    if factors is None:
+        return None
+    if eps is not None:
+        y = ctx.output[0] if isinstance(ctx.output, (list, tuple)) else ctx.output
+        den = (y + eps) if _nonnegative(ctx.node) else y.abs().add_(eps)
+        factors = {i: k.div_(den) for i, k in factors.items()}
+    return _result(ctx, {i: R0 * k for i, k in factors.items()})
+
+
+def _relu(ctx: Context) -> dict[int, Tensor] | None:
+    """relu: J = [x > 0], J_abs = [|x| > 0], so k = x·[x > 0] + |x| = relu(x) + |x|."""
+    if ctx.live_inputs != [0]:
+        return None
+    return {0: ctx.inputs[0].abs().add_(ctx.output)}
+
+
+def _gelu(ctx: Context) -> dict[int, Tensor] | None:
+    """gelu: k = x·gelu'(x) + |x|·gelu'(|x|), the derivatives from aten's own backward kernel."""
+    args, kwargs = ctx.args()
+    if ctx.live_inputs != [0] or len(args) != 1:
+        return None
+    x, approximate = args[0], kwargs.get("approximate", "none")
+    ones = x.new_ones(()).expand_as(x)
+    xa = x.abs()
+    k = torch.ops.aten.gelu_backward(ones, x, approximate=approximate).mul_(x)
+    return {0: k.add_(torch.ops.aten.gelu_backward(ones, xa, approximate=approximate).mul_(xa))}
+
+
+def _batch_norm(ctx: Context) -> dict[int, Tensor] | None:
+    """Eval batch norm y = a·x + c per channel, a = γ/√(var + ε); f_abs has |γ|, so J_abs = |a|.
+
+    k = x·a + |x|·|a| = 2·(x·a)⁺.
+    """
+    args, kwargs = ctx.args()
+    if ctx.live_inputs != [0] or kwargs or len(args) != 7 or args[0].dim() < 2:
+        return None
+    x, weight, var, eps = args[0], args[1], args[4], args[6]
+    a = torch.rsqrt(var + eps).mul_(2)
+    if weight is not None:
+        a = a * weight
+    return {0: (x * a.reshape((x.shape[1],) + (1,) * (x.dim() - 2))).clamp_min_(0)}
+
+
+def _add(ctx: Context) -> dict[int, Tensor] | None:
+    """x1 + x2: J = J_abs = 1 for each addend, so k = x + |x| = 2·x⁺.
+
+    Only plain additions whose live inputs have the output's shape and dtype;
+    broadcasting and ``alpha`` take the generic path.
+    """
+    args, kwargs = ctx.args()
+    y = ctx.output
+    xs = {i: ctx.inputs[i] for i in ctx.live_inputs}
+    if kwargs or len(args) != 2 or any(x.shape != y.shape or x.dtype != y.dtype for x in xs.values()):
+        return None
+    return {i: x.clamp_min(0).mul_(2) for i, x in xs.items()}
+
+
+def _layer_norm(ctx: Context) -> dict[int, Tensor] | None:
+    """layer norm with constant statistics: J = w/σ(x), J_abs = |w|/σ(|x|) (DESIGN.md)."""
+    args, kwargs = ctx.args()
+    if ctx.live_inputs != [0]:
+        return None
+    x, shape = args[0], args[1]
+    w = args[2] if len(args) > 2 else kwargs.get("weight")
+    eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+    dims = tuple(range(x.dim() - len(shape), x.dim()))
+    xa = x.abs()
+    k = x / torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + eps)
+    ka = xa / torch.sqrt(xa.var(dim=dims, keepdim=True, unbiased=False) + eps)
+    if w is not None:
+        k, ka = k.mul_(w), ka.mul_(w.abs())
+    return {0: k.add_(ka)}
+
+
+_DIAGONAL = {
+    "aten.relu": _relu,
+    "aten.gelu": _gelu,
+    "aten._native_batch_norm_legit_no_training": _batch_norm,
+    "aten.add": _add,
+    "aten.layer_norm": _layer_norm,
+}
+
+
+def closed_form(ctx: Context, g: Relevance) -> list[Tensor | None] | None:
+    """The absLRP step of ``ctx``'s node in closed form given g = R / |y|, or None."""
+    if op_name(ctx.op) != "aten.max_pool2d" or ctx.live_inputs != [0] or not isinstance(g, Tensor):
+        return None
+    return _max_pool2d(ctx, g)
+
+
+def _max_pool2d(ctx: Context, g: Tensor) -> list[Tensor | None] | None:
+    """max_pool2d: g routed to the argmax of x, and to the argmax of |x| for f_abs."""
+    args, kwargs = ctx.args()
+    if kwargs:
+        return None
+    x = ctx.inputs[0]
+    pool = torch.ops.aten.max_pool2d_with_indices
+    xa = x.abs()
+    c = _route(g, pool(x, *args[1:])[1], x).mul_(x)
+    return _result(ctx, {0: c.add_(_route(g, pool(xa, *args[1:])[1], x).mul_(xa))})
+
+
+def _route(g: Tensor, index: Tensor, x: Tensor) -> Tensor:
+    """Σ of g over the pooling windows whose maximum sits at each entry of x (P, *x.shape)."""
+    P = g.shape[0]
+    out = g.new_zeros(P, *x.shape[:-2], x.shape[-2] * x.shape[-1])
+    out.scatter_add_(-1, index.flatten(-2).expand(P, *index.shape[:-2], -1), g.flatten(-2))
+    return out.reshape(P, *x.shape)
 
 
 class AbsAttentionRule(Rule):
@@ -125,6 +323,9 @@ class AbsAttentionRule(Rule):
         self.eps = eps
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        fast = attention_closed_form(ctx, R, self.eps)
+        if fast is not None:
+            return fast
         q, k, v, mask, causal, scale, groups = attention_inputs(ctx)
         live = ctx.live
         B = ctx.batch
@@ -175,6 +376,45 @@ class AbsAttentionRule(Rule):
         if live[1]:
             out[1] = R_k
         return out
+
+
+def attention_closed_form(ctx: Context, R: Relevance, eps: float) -> list[Tensor | None] | None:
+    """:class:`AbsAttentionRule`'s three steps with the products' Jacobians written out.
+
+    The same numbers as the autograd path (to rounding), without re-running the products
+    on absolute values: for o = p·v, p ≥ 0 gives p ⊙ (g (v + |v|)ᵀ) and (v + |v|) ⊙ (pᵀg);
+    the softmax (statistics constant) has J = diag(p), J_abs = diag(softmax(|s|)).
+    None for grouped-query attention (the autograd path handles the repeat).
+    """
+    q, k, v, mask, causal, scale, groups = attention_inputs(ctx)
+    if groups != 1 or not isinstance(R, Tensor):
+        return None
+    live, B = ctx.live, ctx.batch
+    layout = Layout(0) if ctx.info.out_layout is not None else None
+    out: list[Tensor | None] = [None] * len(ctx.inputs)
+    qs = q * scale
+    prod = qs @ k.transpose(-2, -1)
+    s = apply_mask(prod, mask, causal)
+    p = masked_softmax(s, -1)
+    g = R / ctx.output.abs().add_(eps)
+    v2 = v.clamp_min(0).mul_(2)  # v + |v|
+    if live[2]:
+        out[2] = _unit_l1(v2 * (p.transpose(-2, -1) @ g), layout, B)
+    if not (live[0] or live[1]):
+        return out
+    R_p = _unit_l1(p * (g @ v2.transpose(-2, -1)), layout, B)
+    masked = is_masked(s)
+    s_abs = torch.where(masked, s, s.abs())
+    factor = (s * p).add_(masked_softmax(s_abs, -1).mul_(s_abs))
+    factor = torch.where(masked, torch.zeros((), dtype=s.dtype), factor).div_(p + eps)
+    R_s = _unit_l1(R_p * factor, layout, B)
+    g = R_s / prod.abs().add_(eps)
+    if live[0]:
+        out[0] = _unit_l1((g @ k).mul_(qs).add_((g @ k.abs()).mul_(qs.abs())), layout, B)
+    if live[1]:
+        gt = g.transpose(-2, -1)
+        out[1] = _unit_l1((gt @ qs).mul_(k).add_((gt @ qs.abs()).mul_(k.abs())), layout, B)
+    return out
 
 
 def attention_inputs(ctx: Context) -> tuple:

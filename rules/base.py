@@ -10,6 +10,7 @@ front of the tensor's own shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,33 +193,48 @@ def vjp(
         ]
         if not pairs:
             return [torch.zeros((passes, *p.shape), dtype=p.dtype, device=p.device) for p in primals]
-        results: list[list[Tensor]] = [[] for _ in leaves]
-        for p in range(passes):
+        outs_, cots_ = [o for o, _ in pairs], [c for _, c in pairs]
+        if passes == 1:
+            grads = torch.autograd.grad(outs_, leaves, [c[0] for c in cots_], allow_unused=True)
+            return [_grad_or_zeros(g, x).unsqueeze(0) for g, x in zip(grads, leaves)]
+        try:  # all passes in one vmapped backward: no per-pass walk, no stacking
             grads = torch.autograd.grad(
-                [o for o, _ in pairs],
-                leaves,
-                [c[p] for _, c in pairs],
-                retain_graph=p < passes - 1,
-                allow_unused=True,
+                outs_, leaves, cots_, allow_unused=True, is_grads_batched=True, retain_graph=True
             )
-            for i, g in enumerate(grads):
-                results[i].append(torch.zeros_like(leaves[i]) if g is None else g)
-    return [torch.stack(r) for r in results]
+        except RuntimeError:  # an op without a batching rule: one backward per pass
+            results: list[list[Tensor]] = [[] for _ in leaves]
+            for p in range(passes):
+                per_pass = torch.autograd.grad(
+                    outs_, leaves, [c[p] for c in cots_], retain_graph=p < passes - 1, allow_unused=True
+                )
+                for i, g in enumerate(per_pass):
+                    results[i].append(_grad_or_zeros(g, leaves[i]))
+            return [torch.stack(r) for r in results]
+    return [
+        torch.zeros((passes, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
+        for g, x in zip(grads, leaves)
+    ]
+
+
+def _grad_or_zeros(g: Tensor | None, x: Tensor) -> Tensor:
+    return torch.zeros_like(x) if g is None else g
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
     """``z + eps * sign(z)`` with sign(0) = +1: the ε-rule denominator (Bach et al. 2015)."""
-    return z + eps * (2 * (z >= 0).to(z.dtype) - 1)
+    plus, minus = z.new_full((), eps), z.new_full((), -eps)
+    return torch.where(z >= 0, plus, minus).add_(z)
 
 
 def sample_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
     """Σ|R| per pass and per sample, shaped to broadcast against ``R`` (P, *shape)."""
     P = R.shape[0]
     if layout is None or batch == 1 or R.dim() == 1:
-        dims = tuple(range(1, R.dim()))
-        return R.abs().sum(dim=dims, keepdim=True) if dims else R.abs()
+        return _abs_sum(R, 1)
     d = 1 + layout.dim
     size = R.shape[d]
+    if d == 1 and size == batch:  # the common layout: samples along the first dimension
+        return _abs_sum(R, 2)
     inner = size // batch if layout.inner is None else layout.inner
     outer = size // (batch * inner)
     moved = R.abs().movedim(d, -1)
@@ -229,3 +245,20 @@ def sample_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
     shape = [1] * R.dim()
     shape[0], shape[d] = P, size
     return total.reshape(shape)
+
+
+def _abs_sum(R: Tensor, start: int) -> Tensor:
+    """Σ|R| over the dimensions from ``start`` on (kept as size 1), without materializing |R|.
+
+    The fused 1-norm accumulates long rows less accurately than ``sum``'s cascade,
+    so it reduces rows of at most 4096 entries and ``sum`` adds the row totals up.
+    """
+    dims = tuple(range(start, R.dim()))
+    if not dims:
+        return R.abs()
+    n = math.prod(R.shape[start:])
+    cols = math.gcd(n, 4096)
+    if cols < 256 or not R.is_contiguous():
+        return R.abs().sum(dim=dims, keepdim=True)
+    rows = torch.linalg.vector_norm(R.view(*R.shape[:start], n // cols, cols), 1, dim=-1)
+    return rows.sum(dim=-1).reshape(*R.shape[:start], *([1] * len(dims)))

@@ -104,6 +104,16 @@ def _divide(R: Tensor, y: Tensor, eps: float) -> Tensor:
     return torch.where(den == 0, torch.zeros((), dtype=R.dtype, device=R.device), R / den)
 
 
+def _plain_add(ctx: Context, R: Relevance) -> bool:
+    """``a + b`` without ``alpha`` whose live inputs have the output's shape and dtype."""
+    if op_name(ctx.op) != "aten.add" or not isinstance(R, Tensor):
+        return False
+    args, kwargs = ctx.args()
+    y = ctx.output
+    live = [ctx.inputs[i] for i in ctx.live_inputs]
+    return not kwargs and len(args) == 2 and all(x.shape == y.shape and x.dtype == y.dtype for x in live)
+
+
 class EpsilonRule(Rule):
     """LRP-ε: R_x = x ⊙ Jᵀ(R / (y + ε sign(y))) (Bach et al. 2015, Eq. 58).
 
@@ -123,6 +133,11 @@ class EpsilonRule(Rule):
             if product is not None:  # Wᵀ(R / z) from one transposed product, no second forward
                 out[layer.index] = layer.x * product
                 return out
+        if _plain_add(ctx, R):  # J = 1 for each addend: x ⊙ (R / stab(y)), no autograd
+            g = _ratio(R, ctx.output, self.epsilon)
+            for i in live:
+                out[i] = ctx.inputs[i] * g
+            return out
         for i, r in zip(live, _epsilon(ctx, R, live, self.epsilon)):
             out[i] = r
         return out
