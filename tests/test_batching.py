@@ -17,23 +17,14 @@ from typing import Any
 
 import pytest
 import torch
+from test_api import small_cnn
+from test_zoo import FixedBatch
 from torch import Tensor, nn
 
 import relprop
 from relprop import engine, rules
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def small_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 5),
-    ).eval()
 
 
 class LayerNormNet(nn.Module):
@@ -285,18 +276,6 @@ def test_inputs_without_batch_first_cannot_be_split() -> None:
     graph = relprop.trace(Bias().eval())
     with pytest.raises(relprop.InputError, match="splits every tensor input along dim 0"):
         graph.explain((torch.randn(4, 4), torch.randn(1, 4)), 0, batch_size=2)
-
-
-class FixedBatch(nn.Module):
-    """A forward that hard-codes the batch size it was written for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = 2 if x.shape[0] == 2 else x.shape[0]
-        return self.lin(x.view(n, 4))
 
 
 def test_static_batch_models_trace_per_chunk_size() -> None:
