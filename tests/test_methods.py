@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ from torch import Tensor, nn
 import relprop
 from relprop import methods as RM
 from relprop.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 pytest.importorskip("captum")
 pytest.importorskip("pytorch_grad_cam")
@@ -71,13 +72,6 @@ def assert_unchanged(model: nn.Module, before: dict, name: str) -> None:
         assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1)), f"{name} changed .grad"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tiny models run 2-3x faster than with threads competing for 2 shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 import relprop
 from relprop import rules
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 timm = pytest.importorskip("timm")
 tv = pytest.importorskip("torchvision.models")
@@ -114,13 +114,6 @@ def _one_export_per_model(model: nn.Module) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small models on a shared machine: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=list(ZOO))
