@@ -112,6 +112,8 @@ class Bound:
     direct_tokens: set[fx.Node] = field(default_factory=set)
     #: node -> values the forward may drop after computing it (engine._releases, cached)
     releases: dict[fx.Node, list[fx.Node]] | None = field(default=None, repr=False)
+    #: node -> per input, may its relevance skip normalization (engine._free_scale, cached)
+    free_scale: dict[fx.Node, list[bool]] | None = field(default=None, repr=False)
 
 
 def _floating(val: Any) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from relprop.rules.base import Context
+from relprop.rules.base import Context, Layout, mark_owned, owned
 
 from .binding import Bound
 from .errors import RuleError
@@ -59,6 +59,84 @@ def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
         releases.setdefault(last.get(n, n), []).append(n)
     bound.releases = releases
     return releases
+
+
+#: categories of ops that treat every index of dimension 0 separately when all their
+#: tensors share it (so a per-sample factor on the output's relevance reaches each
+#: input's samples unchanged)
+_SEPARABLE = {
+    "dense", "conv", "norm", "activation", "add", "mul", "div", "scale", "rescale",
+    "matmul", "maxpool", "avgpool", "attention",
+}
+#: at most this many rules in a row hand on unnormalized relevance (bounds its range)
+_FREE_SCALE_DEPTH = 3
+
+
+def _node_inputs(n: fx.Node) -> list[fx.Node]:
+    """The node-valued argument leaves of ``n``, in the order rules see them."""
+    return [x for x in pytree.tree_leaves((n.args, n.kwargs)) if isinstance(x, fx.Node)]
+
+
+def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
+    """Node -> per input, whether its rule may hand that input's relevance on unnormalized.
+
+    True where the input's value is read (for relevance) by this node alone and its
+    producer's rule is ``scale_free``, so the producer normalizes whatever scale it
+    gets.  A per-sample scale is only safe through a producer that keeps samples apart:
+    its output and live inputs have the batch along dimension 0 (the same size), or the
+    relevance has no batch layout at all (then the scale is one number per pass).
+    Chains are cut after :data:`_FREE_SCALE_DEPTH` steps.  Cached on ``bound``.
+    """
+    if bound.free_scale is not None:
+        return bound.free_scale
+    nodes = list(bound.program.graph.nodes)
+    readers: dict[fx.Node, int] = {}
+    for n in nodes[-1].all_input_nodes:  # relevance may start at an output
+        readers[n] = readers.get(n, 0) + 1
+    for n, binding in bound.bindings.items():
+        for a, live in zip(_node_inputs(n), binding.info.live):
+            if live:
+                readers[a] = readers.get(a, 0) + 1
+    sources = set(bound.float_sources.values()) | set(bound.embeddings) | set(bound.token_sources)
+
+    def producer(a: fx.Node) -> fx.Node | None:
+        if a.target is operator.getitem:  # one output of a multi-output op
+            a = a.args[0]
+            if not isinstance(a, fx.Node) or readers.get(a, 0) != 1:
+                return None
+        binding = bound.bindings.get(a)
+        if a in sources or binding is None or not getattr(binding.rule, "scale_free", False):
+            return None
+        return a
+
+    def per_sample(node: fx.Node) -> bool:
+        info = bound.bindings[node].info
+        layouts = [info.out_layout] + [lay for lay, live in zip(info.in_layouts, info.live) if live]
+        if info.category not in _SEPARABLE or any(lay != Layout(0) for lay in layouts):
+            return False
+        values = [node.meta.get("val")] + [a.meta.get("val") for a, live in zip(_node_inputs(node), info.live) if live]
+        values = [v[0] if isinstance(v, (tuple, list)) else v for v in values]
+        sizes = {str(v.shape[0]) if isinstance(v, torch.Tensor) and v.dim() else None for v in values}
+        return len(sizes) == 1 and None not in sizes
+
+    depth: dict[fx.Node, int] = {}
+    flags: dict[fx.Node, list[bool]] = {}
+    for n in reversed(nodes):
+        binding = bound.bindings.get(n)
+        if binding is None or n.target is operator.getitem:
+            continue
+        d = depth.get(n, 0)
+        row = []
+        for a, live, layout in zip(_node_inputs(n), binding.info.live, binding.info.in_layouts):
+            p = producer(a) if live and d < _FREE_SCALE_DEPTH and readers.get(a) == 1 else None
+            ok = p is not None and (layout is None or (layout == Layout(0) and per_sample(p)))
+            if ok:
+                depth[p] = d + 1
+            row.append(ok)
+        if any(row):
+            flags[n] = row
+    bound.free_scale = flags
+    return flags
 
 
 def forward(bound: Bound, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.Node, Any]:
@@ -109,7 +187,7 @@ def _add(store: dict[fx.Node, Any], node: fx.Node, R: Any, index: int | None = N
         slots = store.setdefault(node, [None] * len(node.meta["val"]))
         slots[index] = R if slots[index] is None else slots[index] + R
         return
-    store[node] = R if node not in store else store[node] + R
+    store[node] = R if node not in store else mark_owned(store[node] + R)
 
 
 def backward(
@@ -132,6 +210,8 @@ def backward(
             _add(rel, node, R)
     walk = Walk(inputs={})
     placeholders = {p: i for i, p in bound.float_sources.items()}
+    # a recorded walk shows every relevance normalized, as the rules define it
+    free_scale = {} if record else _free_scale(bound)
     for n in reversed(nodes):
         # every consumer of n comes later in the graph and has been visited: only n's own
         # rule still reads its value, so it is dropped as soon as that rule has run
@@ -165,10 +245,18 @@ def backward(
         slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
         values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
         ctx = Context(binding.info, leaves, values, spec, slots, value, batch)
+        if n in free_scale:
+            ctx.free_scale = free_scale[n]
+        ctx.owns_relevance = not record and owned(R)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)
         if record:
             walk.records[n.name] = list(result)
+        else:  # a tensor handed to two inputs is owned by neither
+            handed = [r for r in result if r is not None]
+            for r in handed:
+                if owned(r) and sum(x is r for x in handed) > 1:
+                    r._relprop_owned = False
         for node, r, live in zip(ctx.input_nodes, result, binding.info.live):
             if r is not None and live:
                 _add(rel, node, r)

@@ -21,7 +21,7 @@ import torch
 import torch.fx
 from torch import Tensor
 
-from .base import Context, Layout, Relevance, Rule, sample_l1, vjp
+from .base import Context, Layout, Relevance, Rule, mark_owned, sample_l1, vjp
 from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
 from .ops import MAXPOOL, MOVE, op_name
 from .products import input_product
@@ -29,11 +29,12 @@ from .products import input_product
 __all__ = ["AbsRule", "AbsAttentionRule", "abs_step"]
 
 
-def _divide(R: Relevance, y: Any, eps: float, nonnegative: bool = False) -> Relevance:
-    """g = R / (|y| + ε); ``nonnegative``: y ≥ 0 is known, |y| = y."""
+def _divide(R: Relevance, y: Any, eps: float, nonnegative: bool = False, inplace: bool = False) -> Relevance:
+    """g = R / (|y| + ε); ``nonnegative``: y ≥ 0 is known, |y| = y; ``inplace``: into R."""
     if isinstance(R, (list, tuple)):
         return [None if r is None else r / (o.abs() + eps) for r, o in zip(R, y)]
-    return R / ((y + eps) if nonnegative else y.abs().add_(eps))
+    den = (y + eps) if nonnegative else y.abs().add_(eps)
+    return R.div_(den) if inplace else R / den
 
 
 def _unit_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
@@ -97,6 +98,8 @@ class AbsRule(Rule):
     for VGG: ``AbsLRP(maxpool_divide=False)``).
     """
 
+    scale_free = True  # every result is rescaled to unit L1 per pass and sample
+
     def __init__(self, divide: bool = True, eps: float = 1e-9) -> None:
         self.divide = divide
         self.eps = eps
@@ -107,7 +110,7 @@ class AbsRule(Rule):
             fast = diagonal_step(ctx, R, self.eps if self.divide else None)
             if fast is not None:
                 return fast
-        g = _divide(R, ctx.output, self.eps, _nonnegative(ctx.node)) if self.divide else R
+        g = _divide(R, ctx.output, self.eps, _nonnegative(ctx.node), ctx.owns_relevance) if self.divide else R
         fast = self._weighted(ctx, g) if dense else closed_form(ctx, g)
         if fast is not None:
             return fast
@@ -142,34 +145,60 @@ class AbsRule(Rule):
 
 
 def _result(ctx: Context, contributions: dict[int, Tensor]) -> list[Tensor | None]:
-    """Per input: the (owned) contribution rescaled to unit L1 per sample, None if not live."""
+    """Per input: the (owned) contribution rescaled to unit L1 per sample, None if not live.
+
+    Where only a scale-free rule reads the relevance (``ctx.free_scale``) the rescaling
+    is left to that rule: the same numbers after its own normalization, one pass less.
+    Not for float16, whose range is too small for unnormalized relevance.
+    """
     out: list[Tensor | None] = [None] * len(ctx.inputs)
     for i, c in contributions.items():
-        out[i] = _unit_l1(c, ctx.info.in_layouts[i], ctx.batch)
+        if ctx.free_scale[i] and c.dtype in (torch.float32, torch.float64):
+            out[i] = mark_owned(c)
+        else:
+            out[i] = mark_owned(_unit_l1(c, ctx.info.in_layouts[i], ctx.batch))
     return out
 
 
 def _weighted(ctx: Context, g: Tensor) -> list[Tensor | None] | None:
-    """Linear and convolution: x ⊙ Wᵀg + |x| ⊙ |W|ᵀg from two backward products (Eq. 12)."""
+    """Linear and convolution: x ⊙ Wᵀg + |x| ⊙ |W|ᵀg from backward products (Eq. 12).
+
+    Where x ≥ 0 by construction (after a ReLU or a max pooling), x = |x| and the sum is
+    x ⊙ (W + |W|)ᵀg = x ⊙ (2W⁺)ᵀg: one product instead of two.
+    """
     w = ctx.args()[0][1]
-    a = input_product(ctx, w, g)
-    if a is None:
-        return None
-    b = input_product(ctx, _abs_weight(ctx.node, w), g)
     x = ctx.inputs[0]
-    if _nonnegative(ctx.input_nodes[0]):  # x = |x|: x ⊙ (Wᵀg + |W|ᵀg)
-        c = a.add_(b).mul_(x)
+    if _nonnegative(ctx.input_nodes[0]):
+        c = input_product(ctx, _derived_weight(ctx.node, w, _double_positive), g)
+        return None if c is None else _result(ctx, {0: c.mul_(x)})
+    # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] (one larger GEMM is faster)
+    both = input_product(ctx, _derived_weight(ctx.node, w, _with_absolute), g, copies=2)
+    if both is not None:
+        a, b = both.chunk(2, dim=-1 if op_name(ctx.op) == "aten.linear" else 2)
     else:
-        c = a.mul_(x).add_(b.mul_(x.abs()))
-    return _result(ctx, {0: c})
+        a = input_product(ctx, w, g)
+        if a is None:
+            return None
+        b = input_product(ctx, _derived_weight(ctx.node, w, torch.abs), g)
+    return _result(ctx, {0: (a * x).add_(b.mul_(x.abs()))})
 
 
-#: graph node -> (weight, |weight|): a weight's absolute value, computed once per trace
+def _with_absolute(w: Tensor) -> Tensor:
+    """[W, |W|] along the input dimension (dimension 1 of linear and convolution weights)."""
+    return torch.cat([w, w.abs()], dim=1)
+
+
+def _double_positive(w: Tensor) -> Tensor:
+    """W + |W| = 2·W⁺."""
+    return w.clamp_min(0).mul_(2)
+
+
+#: graph node -> (weight, version, derived weight): |W| or 2W⁺, computed once per trace
 _ABS_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _abs_weight(node: Any, w: Tensor) -> Tensor:
-    """|w| of a weighted node, cached while the weight is unchanged.
+def _derived_weight(node: Any, w: Tensor, derive: Callable[[Tensor], Tensor]) -> Tensor:
+    """``derive(w)`` (|w| or 2w⁺; one per node) of a weighted node, cached while w is unchanged.
 
     The cache holds the weight it was computed from (so its memory cannot be reused by
     another tensor) and is checked against the weight's storage, layout and in-place
@@ -177,16 +206,17 @@ def _abs_weight(node: Any, w: Tensor) -> Tensor:
     """
     hit = _ABS_WEIGHTS.get(node)
     if hit is not None:
-        old, version, absolute = hit  # ``old`` shares w's version counter: compare the number
+        old, version, fn, derived = hit  # ``old`` shares w's version counter: compare the number
         if (
-            old.data_ptr() == w.data_ptr() and version == w._version and old.shape == w.shape
-            and old.stride() == w.stride() and old.dtype == w.dtype and old.device == w.device
+            fn is derive and old.data_ptr() == w.data_ptr() and version == w._version
+            and old.shape == w.shape and old.stride() == w.stride() and old.dtype == w.dtype
+            and old.device == w.device
         ):
-            return absolute
-    absolute = w.abs()
+            return derived
+    derived = derive(w)
     if not w.requires_grad:
-        _ABS_WEIGHTS[node] = (w, w._version, absolute)
-    return absolute
+        _ABS_WEIGHTS[node] = (w, w._version, derive, derived)
+    return derived
 
 
 def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor | None] | None:
@@ -207,7 +237,9 @@ def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor 
         y = ctx.output[0] if isinstance(ctx.output, (list, tuple)) else ctx.output
         den = (y + eps) if _nonnegative(ctx.node) else y.abs().add_(eps)
         factors = {i: k.div_(den) for i, k in factors.items()}
-    return _result(ctx, {i: R0 * k for i, k in factors.items()})
+    last = list(factors)[-1]  # R is no longer needed once the last product is formed
+    inplace = ctx.owns_relevance and isinstance(R, Tensor)
+    return _result(ctx, {i: R0.mul_(k) if inplace and i == last else R0 * k for i, k in factors.items()})
 
 
 def _relu(ctx: Context) -> dict[int, Tensor] | None:
@@ -298,6 +330,8 @@ def _max_pool2d(ctx: Context, g: Tensor) -> list[Tensor | None] | None:
         return None
     x = ctx.inputs[0]
     pool = torch.ops.aten.max_pool2d_with_indices
+    if _nonnegative(ctx.input_nodes[0]):  # |x| = x: both passes route alike, 2·x ⊙ route(g)
+        return _result(ctx, {0: _route(g, pool(x, *args[1:])[1], x).mul_(x).mul_(2)})
     xa = x.abs()
     c = _route(g, pool(x, *args[1:])[1], x).mul_(x)
     return _result(ctx, {0: c.add_(_route(g, pool(xa, *args[1:])[1], x).mul_(xa))})
@@ -318,6 +352,8 @@ class AbsAttentionRule(Rule):
     product and at the softmax; the relevance of q·scale goes to q unchanged.
     Masked-out scores receive no relevance; grouped-query attention repeats k, v.
     """
+
+    scale_free = True
 
     def __init__(self, eps: float = 1e-9) -> None:
         self.eps = eps

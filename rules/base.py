@@ -29,6 +29,8 @@ __all__ = [
     "vjp",
     "stabilize",
     "sample_l1",
+    "owned",
+    "mark_owned",
 ]
 
 #: relevance of a node's output: a tensor (P, *shape), or one entry per output of a
@@ -93,6 +95,15 @@ class Context:
         self.live: list[bool] = info.live
         self.output = output
         self.batch = batch
+        #: per input: may the relevance be returned at any positive scale per pass and
+        #: sample?  True where the only reader of that relevance is a ``scale_free`` rule
+        #: (which normalizes what it returns), so normalizing it first would be wasted
+        #: work.  Set by the engine; rules may ignore it.
+        self.free_scale: list[bool] = [False] * len(self.inputs)
+        #: may the rule overwrite the relevance it is given?  True where that tensor was
+        #: allocated by a rule for this node alone (:func:`mark_owned`) and nothing else
+        #: (a recorded walk, another input) holds it.  Set by the engine.
+        self.owns_relevance = False
 
     @property
     def live_inputs(self) -> list[int]:
@@ -137,7 +148,14 @@ class Rule:
     ``(P, *input.shape)`` for inputs that carry relevance, None for the others.
     ``check(info)`` may raise :class:`relprop.RuleError` at binding time when the
     rule cannot apply to a node.
+
+    ``scale_free = True`` declares that the rule's result does not change when its
+    output relevance is multiplied by a positive number per pass and sample (it
+    rescales what it returns, as absLRP does); the engine then lets the rules upstream
+    skip normalizing the relevance they hand to it (:attr:`Context.free_scale`).
     """
+
+    scale_free: bool = False
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         raise NotImplementedError
@@ -167,6 +185,17 @@ class FunctionRule(Rule):
 
     def __repr__(self) -> str:
         return f"FunctionRule({self.name})"
+
+
+def mark_owned(t: Tensor) -> Tensor:
+    """Mark a relevance tensor the calling rule allocated itself (see :func:`owned`)."""
+    t._relprop_owned = True  # type: ignore[attr-defined]
+    return t
+
+
+def owned(t: Any) -> bool:
+    """Whether ``t`` was marked by :func:`mark_owned`: no view or other holder shares it."""
+    return isinstance(t, Tensor) and getattr(t, "_relprop_owned", False)
 
 
 def _as_list(x: Any) -> list[Any]:

@@ -31,8 +31,14 @@ def _tuple(v: object, n: int) -> list[int]:
     return v * n if len(v) == 1 else v
 
 
-def input_product(ctx: Context, weight: Tensor, g: Tensor) -> Tensor | None:
-    """Jᵀg of x ↦ f(x; weight) for the node's op, g shaped (P, *out); None if unsupported."""
+def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> Tensor | None:
+    """Jᵀg of x ↦ f(x; weight) for the node's op, g shaped (P, *out); None if unsupported.
+
+    ``copies`` > 1: ``weight`` is that many weights of the op concatenated along their
+    input dimension (dimension 1), and the products come back concatenated the same
+    way (along x's last dimension for linear, its channels for convolutions): one
+    larger product instead of several.  Grouped convolutions take only one weight.
+    """
     name = op_name(ctx.op)
     args, kwargs = ctx.args()
     if kwargs or ctx.live_inputs != [0]:
@@ -44,7 +50,7 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor) -> Tensor | None:
     if transposed is None:
         return None
     stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :])[:4]
-    if isinstance(padding, str):  # padding="same"/"valid": let autograd handle it
+    if isinstance(padding, str) or (copies > 1 and groups != 1):  # "same"/"valid": autograd
         return None
     n = x.dim() - 2
     stride, padding, dilation = _tuple(stride, n), _tuple(padding, n), _tuple(dilation, n)
@@ -56,4 +62,4 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor) -> Tensor | None:
     P = g.shape[0]
     folded = g.reshape(P * x.shape[0], *g.shape[2:])
     r = transposed(folded, weight, None, stride, padding, extra, groups, dilation)
-    return r.reshape(P, *x.shape)
+    return r.reshape(P, x.shape[0], copies * x.shape[1], *x.shape[2:])

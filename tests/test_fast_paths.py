@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 from torch import nn
@@ -119,10 +121,13 @@ def test_abslrp_closed_forms_match_generic_path(
     seen: list[str] = []
     for name in ("closed_form", "diagonal_step"):  # record which nodes had a closed form, use none
         form = getattr(abslrp, name)
-        monkeypatch.setattr(
-            abslrp, name,
-            lambda ctx, *a, form=form: seen.append(str(ctx.op)) if form(ctx, *a) is not None else None,
-        )
+
+        def spy(ctx, *a, form=form):  # noqa: ANN001, ANN202
+            ctx.owns_relevance = False  # the closed form must leave R for the generic path
+            if form(ctx, *a) is not None:
+                seen.append(str(ctx.op))
+
+        monkeypatch.setattr(abslrp, name, spy)
     monkeypatch.setattr(abslrp.AbsRule, "_weighted", lambda self, ctx, g: None)
     slow = relprop.trace(model, rules).explain(x, [0, 2, 1], contrastive=contrastive)
     expected = {
@@ -199,3 +204,156 @@ def test_cached_absolute_weights_follow_weight_changes() -> None:
     abslrp._ABS_WEIGHTS.clear()
     assert torch.equal(after_replace, graph.explain(x, [0, 1]))
     assert not torch.allclose(before, after_inplace) and not torch.allclose(after_inplace, after_replace)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(h)))
+
+
+def _tiny_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        _ResBlock(4), _ResBlock(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5),
+    )
+    for m in model.modules():  # non-trivial statistics, so BN is not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-1.5, 1.5)
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_unnormalized_handoff_gives_the_same_relevance(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rules that skip normalizing relevance only a scale-free rule reads change nothing.
+
+    Oracle: the same explanation with every hand-off normalized (the rule as written).
+    """
+    from relprop import engine
+
+    model = _tiny_resnet()
+    x = torch.randn(batch, 3, 8, 8, dtype=torch.float64) * torch.tensor([1.0, 30.0, 0.01][:batch]).view(-1, 1, 1, 1)
+    seen: list[dict] = []
+    real = engine._free_scale
+
+    def spy(bound):  # noqa: ANN001, ANN202
+        flags = real(bound)
+        seen.append(flags)
+        return flags
+
+    monkeypatch.setattr(engine, "_free_scale", spy)
+    targets = list(range(batch))
+    fast = relprop.trace(model).explain(x, targets)
+    skipped = sum(sum(row) for row in seen[-1].values())
+    assert skipped >= 8, seen[-1]  # BN, ReLU and the residual adds hand on unnormalized relevance
+    # the shortcut (read by conv1 and the add) is never handed on unnormalized
+    monkeypatch.setattr(engine, "_free_scale", lambda bound: {})
+    slow = relprop.trace(model).explain(x, targets)
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-15), (fast - slow).abs().max()
+
+
+def test_unnormalized_handoff_chains_are_bounded_and_respect_shared_values() -> None:
+    """No chain of unnormalized hand-offs is longer than the cap; values read twice are normalized."""
+    from relprop import engine
+
+    model = _tiny_resnet()
+    graph = relprop.trace(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph.explain(x, [0, 1])
+    (bound,) = graph._cache.values()
+    flags = engine._free_scale(bound)
+    readers: dict = {}
+    for n, b in bound.bindings.items():
+        for a, live in zip(engine._node_inputs(n), b.info.live):
+            if live:
+                readers[a] = readers.get(a, 0) + 1
+    for n, row in flags.items():
+        for a, free in zip(engine._node_inputs(n), row):
+            if free:
+                assert readers[a] == 1, (n, a)
+    # follow the longest run of consecutive unnormalized hand-offs
+    longest = 0
+    for n in flags:
+        run, node = 0, n
+        while node in flags and any(flags[node]):
+            run += 1
+            a = next(a for a, f in zip(engine._node_inputs(node), flags[node]) if f)
+            node = a.args[0] if a.target is operator.getitem else a
+        longest = max(longest, run)
+    assert 2 <= longest <= engine._FREE_SCALE_DEPTH
+
+
+def test_recorded_walk_is_unchanged_by_in_place_reuse() -> None:
+    """Rules reuse relevance tensors they own in place; a recorded walk must see none of it.
+
+    Oracle: for a node read by one consumer, the relevance recorded as that node's
+    output is exactly what the consumer recorded for it (mutation would break this),
+    and recording does not change the input relevance.
+    """
+    model = _tiny_resnet()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = relprop.trace(model)
+    plain = graph.explain(x, [0, 1])
+    ex = graph.explanation(x, [0, 1], record=True)
+    assert torch.allclose(ex.relevance, plain, rtol=1e-12, atol=1e-15)
+    (bound,) = graph._cache.values()
+    checked = 0
+    from relprop import engine
+
+    for n in bound.bindings:
+        if n.name not in ex.records or n.target is operator.getitem:
+            continue
+        for a, r in zip(engine._node_inputs(n), ex.records[n.name]):
+            if r is not None and a.target is not operator.getitem and a.name in ex.node_relevance:
+                consumers = [c for c in a.users if c in bound.bindings]
+                if len(consumers) == 1:
+                    assert torch.equal(ex.node_relevance[a.name], r), (n.name, a.name)
+                    checked += 1
+    assert checked >= 10
+
+
+def test_a_rule_handing_one_tensor_to_two_inputs_is_not_overwritten() -> None:
+    """A custom rule may return the same tensor for two inputs: neither consumer may overwrite it.
+
+    Oracle: both branches are identical (the same module applied twice to the same
+    tensor), so their relevances must be equal, and equal to one branch's alone.
+    """
+    from relprop.rules import FunctionRule
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+            self.head = nn.Linear(3 * 6 * 6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(self.bn(self.conv(x)))
+            b = torch.relu(self.bn(self.conv(x)))
+            return self.head(torch.relu(a * b).flatten(1))
+
+    torch.manual_seed(0)
+    model = Twice().double().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    handed: list[bool] = []
+
+    def share(ctx, R):  # noqa: ANN001, ANN202 - the whole relevance to both factors
+        handed.append(ctx.owns_relevance)
+        return [R, R]
+
+    graph = relprop.trace(model, relprop.rules.AbsLRP(), overrides={"aten.mul": FunctionRule(share)})
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    recorded = graph.explanation(x, [0, 1], record=True).relevance  # nothing is reused in place
+    got = graph.explain(x, [0, 1])
+    assert handed == [False, True]  # the relu above the product handed on a tensor it owned
+    assert torch.allclose(got, recorded, rtol=1e-12, atol=1e-15)
