@@ -51,7 +51,9 @@ each method allocates). CUDA: ``torch.cuda.max_memory_allocated()`` after
 Trace time: per model and rule set, the first ``explain`` (export + rule binding + one explain) minus the
 median steady-state ``explain`` at the same batch size. ``trace_count`` is read after the warm-up and again
 after every explain at every batch size: a second explain on the same signature (and, the batch dimension
-being dynamic, at another batch size) must not trace again.
+being dynamic, at another batch size) must not trace again. ``weight cache MB``: the derived weights
+absLRP keeps per weighted layer while the trace lives (2·W⁺ where the layer's input is non-negative, else
+[W, |W|]); they are built on the first explain, so the peak columns do not include them.
 
 Targets (issue 5), checked on the rows they name: absLRP ≤ 2.5× gradient and LRP-ε ≤ 1.5× at batch 8 on
 the three timm image models and BERT; both faster than Zennit where Zennit runs; peak memory ≤ 2× the
@@ -425,6 +427,8 @@ class Trace:
     trace_count_after_warmup: int
     trace_count_final: int = 0
     explains: int = 0
+    #: derived weights (|W|, 2W⁺, [W, |W|]) absLRP keeps while the trace lives, MB
+    weight_cache_mb: float | None = None
     target: str = ""
     passed: bool | None = None
 
@@ -497,7 +501,22 @@ def run_case(
     for method, tr in traces.items():
         tr.trace_count_final = graphs[method].trace_count
         tr.explains = explains[method]
+        if method == "absLRP":  # the other rule sets share the export but keep no derived weights
+            tr.weight_cache_mb = weight_cache_mb(graphs[method])
     return rows, list(traces.values())
+
+
+def weight_cache_mb(graph: relprop.Graph) -> float:
+    """Memory of the derived weights cached for ``graph``'s traces (not in the peak columns)."""
+    from relprop.rules import abslrp
+
+    total = 0
+    for bound in graph._cache.values():
+        for node in bound.program.graph.nodes:
+            hit = abslrp._ABS_WEIGHTS.get(node)
+            if hit is not None:
+                total += hit[-1].numel() * hit[-1].element_size()
+    return total / 2**20
 
 
 def _ratios(rows: list[Row]) -> None:
@@ -586,14 +605,15 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| device | model | rule set | trace s | first explain s | steady explain s | trace_count (warm-up → end, "
-        "explains) | target | |",
-        "|---|---|---|---:|---:|---:|---|---|---|",
+        "| device | model | rule set | trace s | first explain s | steady explain s | weight cache MB "
+        "| trace_count (warm-up → end, explains) | target | |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---|",
     ]
     for t in result["traces"]:
         lines.append(
             f"| {t['device']} | {t['model']} | {t['method']} | {_fmt(t['trace_s'], '.2f')} "
             f"| {_fmt(t['first_explain_s'], '.2f')} | {_fmt(t['steady_explain_s'], '.3f')} "
+            f"| {_fmt(t.get('weight_cache_mb'), '.0f')} "
             f"| {t['trace_count_after_warmup']} → {t['trace_count_final']} ({t['explains']} explains) "
             f"| {t['target']} | {_verdict(t['passed'])} |"
         )

@@ -438,18 +438,22 @@ def attention_closed_form(ctx: Context, R: Relevance, eps: float) -> list[Tensor
         out[2] = _unit_l1(v2 * (p.transpose(-2, -1) @ g), layout, B)
     if not (live[0] or live[1]):
         return out
-    R_p = _unit_l1(p * (g @ v2.transpose(-2, -1)), layout, B)
+    # p's relevance (Eq. for o = p·v) and the softmax step, and g = R_s / |q·kᵀ| for the
+    # product below, as one factor on g_o·(v + |v|)ᵀ: the two rescalings in between are
+    # per pass and sample, and the steps below normalize what they return anyway
     masked = is_masked(s)
     s_abs = torch.where(masked, s, s.abs())
     factor = (s * p).add_(masked_softmax(s_abs, -1).mul_(s_abs))
-    factor = torch.where(masked, torch.zeros((), dtype=s.dtype), factor).div_(p + eps)
-    R_s = _unit_l1(R_p * factor, layout, B)
-    g = R_s / prod.abs().add_(eps)
+    factor = torch.where(masked, torch.zeros((), dtype=s.dtype), factor)
+    factor = factor.mul_(p).div_(p + eps).div_(prod.abs().add_(eps))
+    g = (g @ v2.transpose(-2, -1)).mul_(factor)
+    # the products with a tensor and its absolute value as one product each ([k, |k|])
     if live[0]:
-        out[0] = _unit_l1((g @ k).mul_(qs).add_((g @ k.abs()).mul_(qs.abs())), layout, B)
+        a, b = (g @ torch.cat([k, k.abs()], -1)).chunk(2, -1)
+        out[0] = _unit_l1((a * qs).add_(b.mul_(qs.abs())), layout, B)
     if live[1]:
-        gt = g.transpose(-2, -1)
-        out[1] = _unit_l1((gt @ qs).mul_(k).add_((gt @ qs.abs()).mul_(k.abs())), layout, B)
+        a, b = (g.transpose(-2, -1) @ torch.cat([qs, qs.abs()], -1)).chunk(2, -1)
+        out[1] = _unit_l1((a * k).add_(b.mul_(k.abs())), layout, B)
     return out
 
 
