@@ -513,7 +513,7 @@ def weight_cache_mb(graph: relprop.Graph) -> float:
     total = 0
     for bound in graph._cache.values():
         for node in bound.program.graph.nodes:
-            hit = abslrp._ABS_WEIGHTS.get(node)
+            hit = abslrp._DERIVED_WEIGHTS.get(node)
             if hit is not None:
                 total += hit[-1].numel() * hit[-1].element_size()
     return total / 2**20

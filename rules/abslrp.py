@@ -193,18 +193,19 @@ def _double_positive(w: Tensor) -> Tensor:
     return w.clamp_min(0).mul_(2)
 
 
-#: graph node -> (weight, version, derived weight): |W| or 2W⁺, computed once per trace
-_ABS_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: graph node -> (weight, version, derive, derived weight): |W|, 2W⁺ or [W, |W|], computed once
+#: per trace (freed with the trace: the keys are its graph nodes)
+_DERIVED_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _derived_weight(node: Any, w: Tensor, derive: Callable[[Tensor], Tensor]) -> Tensor:
-    """``derive(w)`` (|w| or 2w⁺; one per node) of a weighted node, cached while w is unchanged.
+    """``derive(w)`` (|w|, 2w⁺ or [w, |w|]; one per node) of a weighted node, cached while w is unchanged.
 
     The cache holds the weight it was computed from (so its memory cannot be reused by
     another tensor) and is checked against the weight's storage, layout and in-place
     version counter (optimizer steps bump it), so a changed weight is recomputed.
     """
-    hit = _ABS_WEIGHTS.get(node)
+    hit = _DERIVED_WEIGHTS.get(node)
     if hit is not None:
         old, version, fn, derived = hit  # ``old`` shares w's version counter: compare the number
         if (
@@ -215,7 +216,7 @@ def _derived_weight(node: Any, w: Tensor, derive: Callable[[Tensor], Tensor]) ->
             return derived
     derived = derive(w)
     if not w.requires_grad:
-        _ABS_WEIGHTS[node] = (w, w._version, derive, derived)
+        _DERIVED_WEIGHTS[node] = (w, w._version, derive, derived)
     return derived
 
 
