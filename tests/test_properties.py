@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
@@ -479,6 +480,26 @@ def test_abslrp_normalizes_every_rule_application(ex: dict[str, Any]) -> None:
     assert torch.equal(start[0], onehot)
     assert torch.allclose(start[1], (1 - onehot) / (CLASSES - 1), rtol=0, atol=1e-15)
     assert torch.allclose(start.sum(-1), torch.ones(2, len(target), dtype=DT), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+@settings(max_examples=8, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), bias=st.booleans())
+def test_abslrp_shortcuts_leave_the_relevance_unchanged(spec: str, data: st.DataObject, bias: bool) -> None:
+    """Unnormalized hand-offs and in-place reuse (plain explains) change no number.
+
+    Oracle: a recorded walk, in which every rule normalizes what it returns and no
+    relevance is overwritten (the rules exactly as written).
+    """
+    ex = data.draw(examples([spec]))
+    g = graph(spec, bias, "abslrp")
+    set_weights(g.model, ex["seed"], ex["scale"], ex["sparsity"])
+    x, target = ex["x"], ex["target"]
+    if ex["sentinels"]:
+        x = plant_sentinels(g.model, x, margin=0.5)
+    recorded = g.explanation(x, target, record=True).relevance
+    fast = g.explain(x, target)
+    assert torch.allclose(fast, recorded, rtol=1e-9, atol=1e-13), (fast - recorded).abs().max()
 
 
 # -- (c) the Figure 1 networks of the paper --------------------------------------------------------
