@@ -1,7 +1,7 @@
 """Rules and rule sets of relprop (installed as ``relprop.rules``).
 
 Rule sets (``relprop.trace(model, rules=...)``): :class:`AbsLRP` (default),
-:class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`, :class:`Gamma`, :class:`Flat`,
+:class:`AttnLRP` (transformers), :class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`, :class:`Gamma`, :class:`Flat`,
 :class:`WSquare`, :class:`ZBox`, and the presets :func:`EpsilonPlus`,
 :func:`EpsilonPlusFlat`, :func:`EpsilonAlpha2Beta1`, :func:`EpsilonAlpha2Beta1Flat`,
 :func:`EpsilonGammaBox`.
@@ -9,11 +9,13 @@ Rule sets (``relprop.trace(model, rules=...)``): :class:`AbsLRP` (default),
 Rules (for overrides and custom registrations): :class:`AbsRule`,
 :class:`AbsAttentionRule`, :class:`Pass`, :class:`EpsilonRule`, :class:`ZPlusRule`,
 :class:`AlphaBetaRule`, :class:`GammaRule`, :class:`FlatRule`, :class:`WSquareRule`,
-:class:`ZBoxRule`, :class:`BilinearRule`, :class:`AttentionValueRule`; write your own
+:class:`ZBoxRule`, :class:`BilinearRule`, :class:`AttentionValueRule`, :class:`SoftmaxRule`,
+:class:`AttnLRPAttentionRule`; write your own
 by subclassing :class:`Rule`.
 """
 
 from .abslrp import AbsAttentionRule, AbsRule
+from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
 from .base import Context, FunctionRule, Layout, NodeInfo, Rule, stabilize, vjp
 from .lrp import (
     AlphaBetaRule,
@@ -31,6 +33,7 @@ from .sets import (
     LRP,
     AbsLRP,
     AlphaBeta,
+    AttnLRP,
     Epsilon,
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
@@ -47,10 +50,11 @@ from .sets import (
 )
 
 __all__ = [
-    "AbsAttentionRule", "AbsLRP", "AbsRule", "AlphaBeta", "AlphaBetaRule", "AttentionValueRule",
+    "AbsAttentionRule", "AbsLRP", "AbsRule", "AlphaBeta", "AlphaBetaRule", "AttentionValueRule", "AttnLRP",
+    "AttnLRPAttentionRule",
     "BilinearRule", "Context", "Epsilon", "EpsilonAlpha2Beta1", "EpsilonAlpha2Beta1Flat",
     "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat", "EpsilonRule", "Flat", "FlatRule",
-    "FunctionRule", "Gamma", "GammaRule", "LRP", "Layout", "NodeInfo", "Pass", "Rule", "RuleSet",
+    "FunctionRule", "Gamma", "GammaRule", "LRP", "Layout", "NodeInfo", "Pass", "Rule", "RuleSet", "SoftmaxRule",
     "WSquare", "WSquareRule", "ZBox", "ZBoxRule", "ZPlus", "ZPlusRule", "as_rule", "stabilize",
     "vjp",
 ]

@@ -19,6 +19,7 @@ from torch import Tensor
 from .abslrp import apply_mask, attention_inputs
 from .base import Context, NodeInfo, Relevance, Rule, stabilize, vjp
 from .local import local_call, masked_softmax
+from .norms import CENTERING_NORMS, NormMap, norm_map
 from .ops import MOVE, SOFTMAX, WEIGHTED, op_name, weighted_args
 from .products import input_product
 
@@ -119,6 +120,8 @@ class EpsilonRule(Rule):
 
     For a linear op with no bias and ε → 0 it conserves relevance; on sums and
     average pooling it distributes relevance in proportion to the contributions.
+    On layer and group norm it applies to the linear map left when the standard
+    deviation is held constant (:mod:`relprop.rules.norms`).
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:
@@ -127,6 +130,11 @@ class EpsilonRule(Rule):
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         live = ctx.live_inputs
         out: list[Tensor | None] = [None] * len(ctx.inputs)
+        norm = norm_map(ctx) if ctx.info.category == "norm" else None
+        if norm is not None:
+            R0, y = _first(R), _first(ctx.output)
+            out[0] = norm.x * norm.jt(norm.w, _ratio(R0, y, self.epsilon))
+            return out
         if ctx.info.category in ("dense", "conv"):
             layer = _Layer(ctx)
             product = input_product(ctx, layer.w, _ratio(R, ctx.output, self.epsilon))
@@ -143,8 +151,21 @@ class EpsilonRule(Rule):
         return out
 
 
+def _first(R: Relevance) -> Any:
+    """The relevance (or value) of a node's first output."""
+    return R[0] if isinstance(R, (list, tuple)) else R
+
+
+def weighted_layer(info: NodeInfo) -> bool:
+    """Whether a node is a linear map a weight rule applies to: a weighted op, or a layer or
+    group norm with its standard deviation held constant (:mod:`relprop.rules.norms`)."""
+    if info.category in ("dense", "conv"):
+        return True
+    return info.category == "norm" and op_name(info.node.target) in CENTERING_NORMS and info.live[:1] == [True]
+
+
 class _Weighted(Rule):
-    """Base of the rules that rewrite the weights of a weighted op."""
+    """Base of the rules that rewrite the weights of a weighted op (or of a norm's linear map)."""
 
     def __init__(self, epsilon: float = 1e-9) -> None:
         self.epsilon = epsilon
@@ -152,20 +173,25 @@ class _Weighted(Rule):
     def check(self, info: NodeInfo) -> None:
         from relprop.errors import RuleError
 
-        if info.category not in ("dense", "conv"):
+        if not weighted_layer(info):
             raise RuleError(
                 f"{type(self).__name__} applies to weighted ops (linear, convolution, matmul with a "
-                f"constant operand), but node '{info.node.name}' is {op_name(info.node.target)} "
-                f"(in module '{info.module_path}'); bind it to a weighted op or use EpsilonRule/Pass."
+                f"constant operand, layer and group norm), but node '{info.node.name}' is "
+                f"{op_name(info.node.target)} (in module '{info.module_path}'); bind it to a weighted "
+                "op or use EpsilonRule/Pass."
             )
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
-        layer = _Layer(ctx)
+        layer = norm_map(ctx) if ctx.info.category == "norm" else _Layer(ctx)
+        if layer is None:
+            from relprop.errors import RuleError
+
+            raise RuleError(f"{type(self).__name__} cannot read node '{ctx.node.name}' as a linear map")
         out: list[Tensor | None] = [None] * len(ctx.inputs)
-        out[layer.index] = self.layer_relevance(layer, R)
+        out[layer.index] = self.layer_relevance(layer, _first(R))
         return out
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         raise NotImplementedError
 
 
@@ -209,7 +235,7 @@ class _Layer:
 class ZPlusRule(_Weighted):
     """LRP-z⁺: only positive contributions x_i w_ij > 0 (α1β0; Montavon 2019, Eq. 5)."""
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         return _alpha_beta(layer, R, 1.0, 0.0, self.epsilon)
 
 
@@ -229,11 +255,11 @@ class AlphaBetaRule(_Weighted):
         super().__init__(epsilon)
         self.alpha, self.beta = alpha, beta
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         return _alpha_beta(layer, R, self.alpha, self.beta, self.epsilon)
 
 
-def _alpha_beta(layer: _Layer, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
+def _alpha_beta(layer: _Layer | NormMap, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
     x, w = layer.x, layer.w
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
@@ -255,7 +281,7 @@ class GammaRule(_Weighted):
         super().__init__(epsilon)
         self.gamma = gamma
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         w = layer.w + self.gamma * layer.w.clamp(min=0)
         b = None if layer.b is None else layer.b + self.gamma * layer.b.clamp(min=0)
         with torch.no_grad():
@@ -266,7 +292,7 @@ class GammaRule(_Weighted):
 class FlatRule(_Weighted):
     """Flat rule: relevance spread uniformly over each output's receptive field."""
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         ones_x, ones_w = torch.ones_like(layer.x), torch.ones_like(layer.w)
         with torch.no_grad():
             z = layer.f(ones_x, ones_w)
@@ -276,7 +302,7 @@ class FlatRule(_Weighted):
 class WSquareRule(_Weighted):
     """w²-rule (Montavon et al. 2017): R_i = Σ_j w_ij² / Σ_i w_ij² R_j."""
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         w2 = layer.w.pow(2)
         with torch.no_grad():
             z = layer.f(torch.ones_like(layer.x), w2)
@@ -294,7 +320,7 @@ class ZBoxRule(_Weighted):
         super().__init__(epsilon)
         self.low, self.high = low, high
 
-    def layer_relevance(self, layer: _Layer, R: Tensor) -> Tensor:
+    def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         x, w = layer.x, layer.w
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
@@ -320,18 +346,20 @@ def _from_softmax(node: Any) -> bool:
 class BilinearRule(Rule):
     """A product of two relevance-carrying tensors (attention scores, gating).
 
-    An operand that is a softmax output (attention probabilities) is held
-    constant and the other receives all relevance (Ali et al. 2022, "XAI for
-    Transformers"); otherwise each operand receives half, by the ε-rule
-    (AttnLRP's uniform rule, Achtibat et al. 2024).  Both conserve relevance.
+    Each operand receives an equal share, by the ε-rule (AttnLRP's uniform rule,
+    Achtibat et al. 2024, Eq. 7).  With ``hold_softmax`` (the default) an operand that
+    is a softmax output (attention probabilities) is held constant instead and the
+    other receives all relevance (CP-LRP, Ali et al. 2022, "XAI for Transformers").
+    Both conserve relevance.
     """
 
-    def __init__(self, epsilon: float = 1e-9) -> None:
+    def __init__(self, epsilon: float = 1e-9, hold_softmax: bool = True) -> None:
         self.epsilon = epsilon
+        self.hold_softmax = hold_softmax
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         live = ctx.live_inputs
-        keep = [i for i in live if not _from_softmax(ctx.input_nodes[i])]
+        keep = [i for i in live if not (self.hold_softmax and _from_softmax(ctx.input_nodes[i]))]
         out: list[Tensor | None] = [None] * len(ctx.inputs)
         if not keep:
             keep = live

@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from .abslrp import AbsAttentionRule, AbsRule
+from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
 from .base import NodeInfo, Rule
 from .lrp import (
     AlphaBetaRule,
@@ -28,11 +29,13 @@ from .lrp import (
     WSquareRule,
     ZBoxRule,
     ZPlusRule,
+    weighted_layer,
 )
 
 __all__ = [
     "RuleSet",
     "AbsLRP",
+    "AttnLRP",
     "LRP",
     "Epsilon",
     "ZPlus",
@@ -153,10 +156,12 @@ class LRP(RuleSet):
 
     - dense layers use ``dense`` (default ``layer``), convolutions ``conv`` (default
       ``layer``), the first weighted layer(s) of the input ``first`` when given;
+    - layer and group norm: their standard deviation held constant, the linear map
+      left (:mod:`relprop.rules.norms`) by the dense rule (as AttnLRP does);
     - sums and average pooling: ε-rule (proportional); products of two
       relevance-carrying tensors: :class:`BilinearRule`; attention:
       :class:`AttentionValueRule`;
-    - activations, normalizations, softmax and scaling by a constant: the identity
+    - activations, batch norm, RMSNorm, softmax and scaling by a constant: the identity
       rule, R_x = R (:class:`Pass`; conservative, unlike their gradients);
     - max pooling, selects and data movement: relevance passes by the gradient
       (winner-takes-all, or moved unchanged).
@@ -195,6 +200,8 @@ class LRP(RuleSet):
                 return self.first
             slot = self.dense if c == "dense" else self.conv
             return slot if slot is not None else self._layer
+        if c == "norm" and weighted_layer(info):
+            return self.dense if self.dense is not None else self._layer
         if c in ("add", "avgpool"):
             return self._sum
         if c in ("matmul", "mul"):
@@ -216,6 +223,52 @@ class LRP(RuleSet):
             if getattr(self, name) is not None:
                 parts.append(f"{name}={getattr(self, name)!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class AttnLRP(LRP):
+    """AttnLRP (Achtibat et al., ICML 2024); with ``cp=True``, CP-LRP inside attention.
+
+    - weighted layers, sums and average pooling: the ε-rule; layer norm: the ε-rule on
+      its linear map with the standard deviation held constant (RMSNorm: identity);
+    - products of two relevance-carrying tensors (q·kᵀ, attention·V, gates such as
+      SwiGLU's silu(a)·b): the uniform rule, each factor half (Eq. 7);
+    - softmax: the softmax rule (Prop. 3.1, :class:`SoftmaxRule`);
+      ``scaled_dot_product_attention``: all three steps (:class:`AttnLRPAttentionRule`);
+    - elementwise non-linearities (GELU, SiLU, tanh, ...): the identity rule (Eq. 9);
+    - ``cp=True`` (Ali et al., ICML 2022): attention probabilities held constant, all
+      relevance to the values (:class:`AttentionValueRule`), as LXT does for ViTs.
+
+    Starts from the target logit; not contrastive unless asked.  Slots as in :class:`LRP`
+    (``AttnLRP(dense=rules.GammaRule(0.25))``: γ on linear layers).
+    """
+
+    def __init__(self, epsilon: float = 1e-6, cp: bool = False, *, contrastive: bool = False, **slots: Any) -> None:
+        from relprop.errors import RuleError
+
+        if not isinstance(cp, bool):
+            raise RuleError(f"AttnLRP(cp=...) must be True or False (CP-LRP inside attention or not); got {cp!r}")
+        number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+        if not number or not 0 <= epsilon < float("inf"):
+            raise RuleError(
+                f"AttnLRP(epsilon=...) must be a finite number >= 0 (the ε-rule stabiliser); got {epsilon!r}"
+            )
+        super().__init__(EpsilonRule(epsilon), epsilon=epsilon, contrastive=contrastive, **slots)
+        self.cp = cp
+        self._bilinear = BilinearRule(epsilon, hold_softmax=cp)
+        self._attention = AttentionValueRule(epsilon) if cp else AttnLRPAttentionRule(epsilon)
+        self._softmax = SoftmaxRule()
+
+    def rule_for(self, info: NodeInfo) -> Rule | None:
+        if info.category == "softmax":
+            return self._softmax
+        return super().rule_for(info)
+
+    def __repr__(self) -> str:
+        parts = [f"epsilon={self.epsilon!r}", f"cp={self.cp!r}"]
+        for name in ("dense", "conv", "first"):
+            if getattr(self, name) is not None:
+                parts.append(f"{name}={getattr(self, name)!r}")
+        return f"AttnLRP({', '.join(parts)})"
 
 
 class Epsilon(LRP):

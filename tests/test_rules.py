@@ -281,7 +281,7 @@ def test_pass_on_cat_splits_relevance_by_position() -> None:
         ("neg", lambda x: -x),
         ("gelu", F.gelu),
         ("tanh", torch.tanh),
-        ("layer_norm", lambda x: F.layer_norm(x, (4,))),
+        ("rms_norm", lambda x: torch.ops.aten.rms_norm(x, [4], None, 1e-6)),
     ],
 )
 def test_classic_sets_pass_elementwise_ops_by_identity(name: str, fn: Callable) -> None:
