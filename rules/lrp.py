@@ -275,18 +275,39 @@ def _alpha_beta(layer: _Layer | NormMap, R: Tensor, alpha: float, beta: float, e
 
 
 class GammaRule(_Weighted):
-    """LRP-γ: weights W + γW⁺ favour positive contributions (Montavon 2019, Eq. 7)."""
+    """LRP-γ, generalized to signed inputs (Montavon 2019, Eq. 7; Andéol et al. 2021).
+
+    Each contribution z_ij = x_i w_ij is reinforced where it has the sign of its unit's
+    output z_j: for z_j > 0, R_i = Σ_j (z_ij + γ z_ij⁺) / Σ_i (z_ij + γ z_ij⁺) R_j, i.e. weights
+    W + γW⁺ on x⁺ and W + γW⁻ on x⁻ (bias b + γb⁺); for z_j < 0 the same with the roles of
+    the signs swapped.  The denominators keep the sign of z_j and are at least |z_j|, so
+    relevance cannot blow up on signed inputs (transformers).  For non-negative inputs
+    and positive outputs this is the original rule (weights W + γW⁺); Zennit 0.5's
+    ``Gamma`` computes the same.
+    """
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
         super().__init__(epsilon)
         self.gamma = gamma
 
     def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
-        w = layer.w + self.gamma * layer.w.clamp(min=0)
-        b = None if layer.b is None else layer.b + self.gamma * layer.b.clamp(min=0)
+        x, w, b, gamma = layer.x, layer.w, layer.b, self.gamma
+        up, down = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
+        b_up = None if b is None else b + gamma * b.clamp(min=0)
+        b_down = None if b is None else b + gamma * b.clamp(max=0)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        signed = bool((x < 0).any())
+        zero = torch.zeros((), dtype=R.dtype, device=R.device)
         with torch.no_grad():
-            z = layer.f(layer.x, w, b)
-        return layer.x * layer.jt(w, R / stabilize(z, self.epsilon))
+            z = layer.f(x, w, b)
+            z_up = layer.f(xp, up, b_up) + (layer.f(xn, down) if signed else 0)
+            z_down = layer.f(xp, down, b_down) + (layer.f(xn, up) if signed else 0)
+        g_up = torch.where(z > 0, R / stabilize(z_up, self.epsilon), zero)
+        g_down = torch.where(z < 0, R / stabilize(z_down, self.epsilon), zero)
+        rel = xp * (layer.jt(up, g_up) + layer.jt(down, g_down))
+        if signed:
+            rel = rel + xn * (layer.jt(down, g_up) + layer.jt(up, g_down))
+        return rel
 
 
 class FlatRule(_Weighted):

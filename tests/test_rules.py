@@ -107,10 +107,15 @@ def oracle_alpha_beta(x: Tensor, M: Tensor, R: Tensor, alpha: float, beta: float
 
 
 def oracle_gamma(x: Tensor, M: Tensor, b: Tensor, R: Tensor, gamma: float, eps: float) -> Tensor:
-    # Montavon et al. 2019, Eq. 7: weights (and bias) w + γw⁺
-    Mg, bg = M + gamma * M.clamp(min=0), b + gamma * b.clamp(min=0)
-    Z = contributions(x, Mg)
-    return spread(Z, R, stab(Z.sum(-1) + bg, eps))
+    # Montavon et al. 2019, Eq. 7, generalized to signed inputs (Andéol et al. 2021): at a unit
+    # with output z_j > 0 every contribution z_ij is reinforced by γ z_ij⁺ (bias b + γb⁺), at a
+    # unit with z_j < 0 by γ z_ij⁻ (bias b + γb⁻); units with z_j = 0 pass nothing
+    Z = contributions(x, M)
+    z = Z.sum(-1) + b
+    Zu, Zd = Z + gamma * Z.clamp(min=0), Z + gamma * Z.clamp(max=0)
+    up = spread(Zu, R * (z > 0), stab(Zu.sum(-1) + b + gamma * b.clamp(min=0), eps))
+    down = spread(Zd, R * (z < 0), stab(Zd.sum(-1) + b + gamma * b.clamp(max=0), eps))
+    return up + down
 
 
 def oracle_flat(x: Tensor, M: Tensor, R: Tensor, eps: float, connect: Tensor) -> Tensor:
@@ -521,3 +526,26 @@ def test_classic_start_is_the_target_value() -> None:
     want = torch.zeros(1, 3, 5, dtype=DT)
     want[0, [0, 1, 2], [1, 2, 0]] = logits[[0, 1, 2], [1, 2, 0]]
     assert not e.contrastive and torch.equal(e.node_relevance["linear_1"], want)
+
+
+def test_gamma_matches_zennit_on_signed_inputs() -> None:
+    """The generalized γ-rule equals Zennit 0.5's ``Gamma`` where inputs and outputs take both signs.
+
+    Two linear layers with no activation between them, so the second layer's input is signed
+    and both signs of output occur; the initial relevance is a random tensor (as-is).
+    """
+    zennit = pytest.importorskip("zennit")
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Gamma
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4)).to(DT).eval()
+    x = torch.randn(3, 6, dtype=DT)
+    R_out = torch.randn(3, 4, dtype=DT)
+    composite = LayerMapComposite([(nn.Linear, Gamma(gamma=0.25, stabilizer=1e-6))])
+    with Gradient(model, composite) as attributor:
+        _, want = attributor(x.clone().requires_grad_(True), R_out)
+    got = relprop.trace(model, rules.Gamma(0.25)).explain(x, R_out)
+    assert zennit is not None and (x < 0).any()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
