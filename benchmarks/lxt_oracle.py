@@ -4,6 +4,7 @@
     m = lxt_oracle.lxt_bert(model)                      # BERT family (transformers 5): LXT's BERT AttnLRP
     m = lxt_oracle.lxt_vit_cp(model)                    # torchvision ViT: LXT's vit_torch.cp_LRP map
     m = lxt_oracle.lxt_llama(model)                     # Llama (transformers 5): LXT's llama.attnLRP map
+    m = lxt_oracle.lxt_gpt2(model)                      # GPT-2 (transformers 5): LXT's gpt2.attnLRP map
     R = lxt_oracle.gradient_x_input(m, x, target)       # float input: relevance shaped like x
     R = lxt_oracle.token_gradient_x_input(m, enc, target)  # token ids: (batch, tokens)
 
@@ -18,10 +19,11 @@ Every ``lxt_*`` function returns a deep copy in eval mode with frozen parameters
 input gets a gradient); the model passed in is never changed.  LXT's patch maps replace
 *class* methods process-wide (``nn.LayerNorm.forward`` for every LayerNorm); here each map
 entry is instead bound to the matching *instances* of the copy (``types.MethodType``).
-LXT's attention patch for Llama (``patch_attention``) replaces module-level functions of
-``modeling_llama``; :func:`lxt_llama_attention` does it only inside a ``with`` block (the
-copy from :func:`lxt_llama` enters it around each forward; not thread-safe) and always
-restores the originals.  LXT's BERT patch swaps in its own transformers-4 copy of
+LXT's attention patch for decoders (``patch_attention``) replaces module-level functions of
+``modeling_llama`` / ``modeling_gpt2`` (and, as LXT 2.1 writes it, breaks them on
+transformers 5); :func:`lxt_attention` does it only inside a ``with`` block (the copies from
+:func:`lxt_llama` and :func:`lxt_gpt2` enter it around each forward; not thread-safe) and
+always restores the originals.  LXT's BERT patch swaps in its own transformers-4 copy of
 ``modeling_bert``; :func:`lxt_bert` puts the same rule functions where that copy marks them.
 
 Needs ``pip install --no-deps lxt==2.1`` (and transformers / torchvision, which it imports).
@@ -46,6 +48,8 @@ __all__ = [
     "lxt_bert",
     "lxt_vit_cp",
     "lxt_llama",
+    "lxt_gpt2",
+    "lxt_attention",
     "lxt_llama_attention",
     "gradient_x_input",
     "token_gradient_x_input",
@@ -58,7 +62,7 @@ Target = int | Sequence[int] | Tensor | Callable[[Any], Tensor]
 
 @functools.cache
 def import_lxt() -> types.SimpleNamespace:
-    """LXT's modules: ``rules``, ``patches`` and the patch maps ``bert``, ``vit_cp``, ``llama``.
+    """LXT's modules: ``rules``, ``patches`` and the patch maps ``bert``, ``vit_cp``, ``llama``, ``gpt2``.
 
     ``import lxt.efficient`` imports LXT's copies of transformers-4 model files; its BERT
     copy imports ``find_pruneable_heads_and_indices``, which transformers 5 removed from
@@ -76,6 +80,7 @@ def import_lxt() -> types.SimpleNamespace:
         pu.find_pruneable_heads_and_indices = None
     try:
         import lxt.efficient.models.bert as bert
+        import lxt.efficient.models.gpt2 as gpt2
         import lxt.efficient.models.llama as llama
         import lxt.efficient.models.vit_torch as vit_torch
         import lxt.efficient.patches as patches
@@ -84,7 +89,12 @@ def import_lxt() -> types.SimpleNamespace:
         if stub:
             del pu.find_pruneable_heads_and_indices
     return types.SimpleNamespace(
-        rules=rules, patches=patches, bert=bert.attnLRP, vit_cp=vit_torch.cp_LRP, llama=llama.attnLRP
+        rules=rules,
+        patches=patches,
+        bert=bert.attnLRP,
+        vit_cp=vit_torch.cp_LRP,
+        llama=llama.attnLRP,
+        gpt2=gpt2.attnLRP,
     )
 
 
@@ -185,17 +195,14 @@ def lxt_vit_cp(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def lxt_llama_attention(module: types.ModuleType | None = None) -> Iterator[None]:
-    """LXT's attention wrapper (q, k gradients ÷ 4, v ÷ 2) on ``modeling_llama``, inside the block only.
+def lxt_attention(module: types.ModuleType) -> Iterator[None]:
+    """LXT's attention wrapper (q, k gradients ÷ 4, v ÷ 2) on a transformers modeling module, inside the block.
 
-    What LXT's ``patch_attention`` does (it wraps ``eager_attention_forward`` and every entry
-    of ``ALL_ATTENTION_FUNCTIONS`` with ``wrap_attention_forward``), except that the wrapped
-    functions go into a new ``AttentionInterface`` (LXT's plain dict has no ``get_interface``,
-    which transformers 5 calls) and the originals are restored on exit.  ``module``: another
-    transformers modeling module with the same two names (default: ``modeling_llama``).
+    What LXT's ``patch_attention(module)`` does (it wraps ``eager_attention_forward`` and
+    every entry of ``ALL_ATTENTION_FUNCTIONS`` with ``wrap_attention_forward``), except that
+    the wrapped functions go into a new ``AttentionInterface`` (LXT's plain dict has no
+    ``get_interface``, which transformers 5 calls) and the originals are restored on exit.
     """
-    if module is None:
-        from transformers.models.llama import modeling_llama as module
     wrap = import_lxt().patches.wrap_attention_forward
     eager, functions = module.eager_attention_forward, module.ALL_ATTENTION_FUNCTIONS
     wrapped = type(functions)()
@@ -208,26 +215,50 @@ def lxt_llama_attention(module: types.ModuleType | None = None) -> Iterator[None
         module.eager_attention_forward, module.ALL_ATTENTION_FUNCTIONS = eager, functions
 
 
+def lxt_llama_attention() -> contextlib.AbstractContextManager[None]:
+    """:func:`lxt_attention` on ``modeling_llama``."""
+    from transformers.models.llama import modeling_llama
+
+    return lxt_attention(modeling_llama)
+
+
+def _decoder(model: nn.Module, patch_map: Mapping[Any, Any], module: types.ModuleType, name: str) -> nn.Module:
+    m = _frozen_copy(model)
+    if attach(m, patch_map) == 0:
+        raise ValueError(f"{name}: {type(model).__name__} has none of the modules LXT's map patches")
+    forward = m.forward
+
+    def patched_forward(*args: Any, **kwargs: Any) -> Any:
+        with lxt_attention(module):
+            return forward(*args, **kwargs)
+
+    m.forward = patched_forward
+    return m
+
+
 def lxt_llama(model: nn.Module) -> nn.Module:
     """A copy of a transformers-5 Llama model with LXT's ``llama.attnLRP`` map.
 
     ``gated_mlp_forward`` on every ``LlamaMLP`` (identity rule on the activation, uniform
     rule on the gate product), ``rms_norm_forward`` on every ``LlamaRMSNorm`` (1/rms
     detached), ``dropout_forward`` on dropout; the copy's forward runs inside
-    :func:`lxt_llama_attention` (the wrapped functions are only looked up during the
-    forward; the backward needs nothing patched).
+    :func:`lxt_attention` (the wrapped functions are only looked up during the forward;
+    the backward needs nothing patched).
     """
-    m = _frozen_copy(model)
-    if attach(m, import_lxt().llama) == 0:
-        raise ValueError(f"lxt_llama: {type(model).__name__} has no LlamaMLP or LlamaRMSNorm")
-    forward = m.forward
+    from transformers.models.llama import modeling_llama
 
-    def patched_forward(*args: Any, **kwargs: Any) -> Any:
-        with lxt_llama_attention():
-            return forward(*args, **kwargs)
+    return _decoder(model, import_lxt().llama, modeling_llama, "lxt_llama")
 
-    m.forward = patched_forward
-    return m
+
+def lxt_gpt2(model: nn.Module) -> nn.Module:
+    """A copy of a transformers-5 GPT-2 model with LXT's ``gpt2.attnLRP`` map.
+
+    LXT's GPT-2 ``mlp_forward`` on every ``GPT2MLP`` (identity rule on the whole activation
+    module), ``layer_norm_forward``, ``dropout_forward``; the forward inside :func:`lxt_attention`.
+    """
+    from transformers.models.gpt2 import modeling_gpt2
+
+    return _decoder(model, import_lxt().gpt2, modeling_gpt2, "lxt_gpt2")
 
 
 def _scores(out: Any, target: Target) -> Tensor:
