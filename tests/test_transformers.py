@@ -1,12 +1,14 @@
 """Hugging Face transformers: token relevance for sequence classifiers and decoder LMs.
 
-Small random configs (no downloads), float64.  For every model and for absLRP
-and a conservative set (LRP-ε): strict binding covers every node, relevance is
-(batch, tokens), finite, non-zero per sample, exactly 0 at padded positions
-(already in the raw walk, before relprop's own zeroing by the attention mask),
-and each sample of the batch is explained as if it were alone.  On BERT the
-conservative set conserves the target logit end to end: Σ over every embedding
-lookup (word, position, token type) = the logit.
+Small random configs (no downloads), float64.  For every model and for absLRP,
+a conservative set (LRP-ε), AttnLRP and AttnLRP with CP-LRP inside attention:
+strict binding covers every node, relevance is (batch, tokens), finite, non-zero
+per sample, exactly 0 at padded positions (already in the raw walk, before
+relprop's own zeroing by the attention mask), and each sample of the batch is
+explained as if it were alone.  On BERT with zero biases, LRP-ε and
+``AttnLRP(cp=True)`` conserve the target logit end to end: Σ over every embedding
+lookup (word, position, token type) = the logit; AttnLRP without CP does not (its
+softmax rule absorbs part of it).
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ MODELS: dict[str, Callable[[], Case]] = {
 RULE_SETS: dict[str, Callable[[], Any]] = {
     "abslrp": rules.AbsLRP,
     "epsilon": lambda: rules.Epsilon(1e-9),
+    "attnlrp": rules.AttnLRP,
+    "attnlrp_cp": lambda: rules.AttnLRP(cp=True),
 }
 
 
@@ -225,6 +229,9 @@ def test_model(case: Case, rule_set: str) -> None:
 def test_bert_epsilon_conserves_the_logit() -> None:
     """LRP-ε (ε = 1e-9, biases zeroed): Σ over all embedding lookups = the target logit.
 
+    LayerNorm gets the ε-rule on its linear map with σ held constant (the mean stays part
+    of the map): with a zero bias that map conserves, as the identity rule it replaced did.
+
     Tokens carry the word embeddings' share; the rest went to the position and
     token-type embeddings (reported in ``Explanation.embeddings``).  Position ids
     are one (1, tokens) tensor shared by the batch: that lookup's relevance is the
@@ -256,6 +263,54 @@ def test_bert_epsilon_conserves_the_logit() -> None:
         got = sum(v.sum() for v in one.embeddings.values())
         torch.testing.assert_close(got, logits[i], rtol=1e-6, atol=1e-10)
         assert torch.equal(one.relevance, one.inputs["input_ids"])
+
+
+def _bert_without_biases(sharpen: float = 1.0) -> tuple[Case, dict[str, Tensor], list[int], Tensor]:
+    """BERT (float64) with every bias zeroed, a batch with token types, targets and their logits.
+
+    ``sharpen`` multiplies the query and key weights: a random BERT attends almost
+    uniformly, and the softmax rule absorbs nothing where its input is constant along a row.
+    """
+    torch.manual_seed(0)
+    case = _bert()
+    model = case.model.double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            if name.endswith(("query.weight", "key.weight")):
+                p.mul_(sharpen)
+    torch.manual_seed(2)
+    inputs = _inputs(False)
+    inputs["token_type_ids"] = torch.randint(0, 2, (2, TOKENS))
+    targets = [1, 2]
+    with torch.no_grad():
+        logits = model(**inputs).logits[torch.arange(2), targets]
+    return case, inputs, targets, logits
+
+
+def test_bert_cp_attnlrp_conserves_the_logit_and_attnlrp_does_not() -> None:
+    """AttnLRP(cp=True) (ε = 1e-12, biases zeroed): Σ over all embedding lookups = the logit.
+
+    LayerNorm is its linear map with σ held constant under the ε-rule (conservative
+    without bias), GELU and the pooler's tanh pass by identity, attention holds its
+    probabilities constant.  Without CP, the softmax rule absorbs a share (Prop. 3.1:
+    Σ_i R_x,i = Σ_i x_i R_i − (Σ_i x_i s_i) Σ_j R_j per row), so the sum differs.
+    """
+    case, inputs, targets, logits = _bert_without_biases(sharpen=10.0)
+    graph = relprop.trace(case.model, rules=rules.AttnLRP(1e-12, cp=True))
+    expl = graph.explanation(inputs, targets)
+    assert set(expl.embeddings) == {case.words, *case.others}
+    total = sum(v.sum() for v in expl.embeddings.values())
+    torch.testing.assert_close(total, logits.sum(), rtol=1e-8, atol=1e-12)
+    for i in range(2):
+        one = graph.explanation(_alone(inputs, i), targets[i])
+        got = sum(v.sum() for v in one.embeddings.values())
+        torch.testing.assert_close(got, logits[i], rtol=1e-8, atol=1e-12)
+
+    attn = relprop.trace(case.model, rules=rules.AttnLRP(1e-12)).explanation(inputs, targets)
+    absorbed = logits.sum() - sum(v.sum() for v in attn.embeddings.values())
+    assert absorbed.abs() > 1e-3 * logits.sum().abs(), absorbed  # 10⁵ × the tolerance above
 
 
 def test_next_token_helper_equals_the_lambda() -> None:

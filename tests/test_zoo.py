@@ -5,6 +5,11 @@ like the input, finite, non-zero for every sample; strict binding covers every
 node; absLRP's positive pass has Σ|R| = 1 per sample at the input; each sample
 of a batch of two (different targets) is explained as if it were alone; and the
 model is left exactly as it was.
+
+Which rule sets run on which model (``RULES_FOR``): the CNNs get absLRP, LRP-ε and
+ε-z⁺-flat; the transformers also get AttnLRP and AttnLRP with CP-LRP inside attention
+(``AttnLRP(cp=True)``).  In float64 with zero biases, ``AttnLRP(cp=True)`` conserves
+the target logit on a timm ViT (``test_timm_vit_cp_attnlrp_conserves_the_logit``).
 """
 
 from __future__ import annotations
@@ -61,6 +66,46 @@ def _bert() -> Case:
     return Case(model, inputs, [0, 2], poolings=1)
 
 
+def _tv_vit() -> nn.Module:
+    model = tv.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    )
+    nn.init.normal_(model.heads.head.weight, std=0.2)  # torchvision initialises the head to zero
+    nn.init.normal_(model.heads.head.bias, std=0.2)
+    return model
+
+
+class TorchEncoder(nn.Module):
+    """``nn.TransformerEncoder`` (batch first, causal mask), read out at the last token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
+        return self.head(self.encoder(self.embed(x), mask=mask, is_causal=True)[:, -1])
+
+
+class TorchAttention(nn.Module):
+    """``nn.MultiheadAttention`` called directly (with its weights: the explicit softmax path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        a, _ = self.attention(h, h, h)
+        return self.head(self.norm(h + a).mean(1))
+
+
 ZOO: dict[str, Callable[[], Case]] = {
     "timm_vgg16": lambda: Case(timm.create_model("vgg16", num_classes=10), _image(32), [3, 7]),
     "timm_resnet50": lambda: Case(timm.create_model("resnet50", num_classes=10), _image(64), [3, 7]),
@@ -76,12 +121,55 @@ ZOO: dict[str, Callable[[], Case]] = {
     "tv_swin_t": lambda: Case(tv.swin_t(num_classes=10), _image(64), [3, 7]),
     "tv_densenet121": lambda: Case(tv.densenet121(num_classes=10), _image(64), [3, 7]),
     "hf_bert": _bert,
+    # transformers beyond ViT-B, Swin-T and BERT, small configs
+    "timm_deit_tiny_distilled": lambda: Case(
+        timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32, depth=2),
+        _image(32),
+        # classes whose logit is positive in both heads: the two heads' mean is a sum, where
+        # absLRP's positive pass keeps only positive addends (a class negative in both heads
+        # gets Σ|R| = 0 in that pass, as in the reference's rule for sums)
+        [6, 1],
+        poolings=2,  # the class token and the distillation token
+    ),
+    "timm_swin_tiny": lambda: Case(  # two blocks per stage: the second has the shifted-window mask
+        timm.create_model(
+            "swin_tiny_patch4_window7_224", num_classes=10, img_size=56, depths=(2, 2), num_heads=(2, 4), embed_dim=32
+        ),
+        _image(56),
+        [3, 7],
+    ),
+    "timm_eva02_tiny": lambda: Case(
+        timm.create_model("eva02_tiny_patch14_224", num_classes=10, img_size=28, depth=2),
+        _image(28),
+        [3, 7],
+        poolings=1,
+    ),
+    "tv_vision_transformer": lambda: Case(_tv_vit(), _image(32), [3, 7], poolings=1),
+    "torch_transformer_encoder": lambda: Case(TorchEncoder(), torch.randn(2, 5, 6), [3, 7], poolings=1),
+    "torch_multihead_attention": lambda: Case(TorchAttention(), torch.randn(2, 5, 6), [3, 7]),
 }
 
 RULE_SETS: dict[str, Callable[[], Any]] = {
     "abslrp": rules.AbsLRP,
     "epsilon": lambda: rules.Epsilon(1e-6),
     "epsilon_plus_flat": rules.EpsilonPlusFlat,
+    "attnlrp": rules.AttnLRP,
+    "attnlrp_cp": lambda: rules.AttnLRP(cp=True),
+}
+
+_CLASSIC = ("abslrp", "epsilon", "epsilon_plus_flat")
+_ATTENTION = ("attnlrp", "attnlrp_cp")
+_TRANSFORMERS = ("timm_vit_base_patch16_224", "tv_swin_t", "hf_bert")
+_NEW_TRANSFORMERS = (
+    "timm_deit_tiny_distilled", "timm_swin_tiny", "timm_eva02_tiny", "tv_vision_transformer",
+    "torch_transformer_encoder", "torch_multihead_attention",
+)
+#: the rule sets each model runs with: the CNNs do not need AttnLRP; the transformers added
+#: for it skip ε-z⁺-flat (its first-layer and convolution rules are the CNNs' business)
+RULES_FOR: dict[str, tuple[str, ...]] = {
+    **{name: _CLASSIC for name in ZOO},
+    **{name: _CLASSIC + _ATTENTION for name in _TRANSFORMERS},
+    **{name: ("abslrp", "epsilon") + _ATTENTION for name in _NEW_TRANSFORMERS},
 }
 
 
@@ -116,13 +204,30 @@ def _one_export_per_model(model: nn.Module) -> Iterator[None]:
 
 
 
-@pytest.fixture(scope="module", params=list(ZOO))
-def case(request: pytest.FixtureRequest) -> Iterator[Case]:
-    torch.manual_seed(0)
-    built = ZOO[request.param]()
-    built.model.eval()
-    with _one_export_per_model(built.model):
-        yield built
+@pytest.fixture(scope="module")
+def _built() -> Iterator[dict[str, Any]]:
+    """The zoo model under test, kept (with its memoized export) while consecutive tests use it.
+
+    ``test_zoo`` is parametrized over (model, rule set) pairs grouped by model; a
+    module-scoped fixture parametrized indirectly by such pairs would be rebuilt per test.
+    """
+    held: dict[str, Any] = {"name": None, "case": None, "stack": contextlib.ExitStack()}
+    yield held
+    held["stack"].close()
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest, _built: dict[str, Any]) -> Case:
+    name = request.param
+    if _built["name"] != name:
+        _built["stack"].close()
+        _built.update(name=None, case=None, stack=contextlib.ExitStack())
+        torch.manual_seed(0)
+        built = ZOO[name]()
+        built.model.eval()
+        _built["stack"].enter_context(_one_export_per_model(built.model))
+        _built.update(name=name, case=built)
+    return _built["case"]
 
 
 def _snapshot(model: nn.Module) -> dict[str, Any]:
@@ -149,7 +254,11 @@ def _sample(inputs: Any, i: int) -> Any:
     return inputs[i : i + 1]
 
 
-@pytest.mark.parametrize("rule_set", list(RULE_SETS))
+@pytest.mark.parametrize(
+    "case, rule_set",
+    [(name, rule_set) for name in ZOO for rule_set in RULES_FOR[name]],
+    indirect=["case"],
+)
 def test_zoo(case: Case, rule_set: str) -> None:
     before, out_before = _snapshot(case.model), _output(case)
 
@@ -171,12 +280,13 @@ def test_zoo(case: Case, rule_set: str) -> None:
     assert all(b.source in ("default", "structural") for b in graph.bindings)
     assert "passed by their gradient" not in graph.summary()
 
+    key = "input_ids" if isinstance(case.inputs, dict) else 0
     if rule_set == "abslrp":
         # the positive pass (from the target) reaches the input with Σ|R| = 1 per sample
-        key = "input_ids" if isinstance(case.inputs, dict) else 0
         positive = expl.passes[key][0]
         assert expl.contrastive and expl.passes[key].shape[0] == 2
         torch.testing.assert_close(positive.flatten(1).abs().sum(1), torch.ones(2))
+    if rule_set in ("abslrp",) + _ATTENTION:
         # a batch of two with different targets: each sample explained as if alone (per
         # pass: a contrastive map is a small difference of two unit maps)
         for i, t in enumerate(case.targets):
@@ -207,6 +317,30 @@ def test_bert_padding_gets_no_relevance() -> None:
     assert R.shape == (2, 8)
     assert torch.all(R[1, 5:] == 0)
     assert (R[:, :5] != 0).all()
+
+
+def test_timm_vit_cp_attnlrp_conserves_the_logit() -> None:
+    """AttnLRP with CP-LRP inside attention, float64, every bias, the position embedding and
+    the class token zeroed: Σ over the pixels = the target logit.
+
+    Every rule on the way conserves: ε (tiny) on the patch convolution, the linear layers,
+    LayerNorm's linear map and the residual sums; the identity on GELU; the attention
+    probabilities held constant.  Without CP the softmax rule absorbs part of the logit.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, depth=2).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name in ("pos_embed", "cls_token"):
+                p.zero_()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    targets = [3, 7]
+    with torch.no_grad():
+        logits = model(x)[torch.arange(2), targets]
+    R = relprop.trace(model, rules.AttnLRP(1e-12, cp=True)).explain(x, targets)
+    torch.testing.assert_close(R.sum((1, 2, 3)), logits, rtol=1e-8, atol=1e-12)
+    R_attn = relprop.trace(model, rules.AttnLRP(1e-12)).explain(x, targets)
+    assert not torch.allclose(R_attn.sum((1, 2, 3)), logits, rtol=1e-2)
 
 
 # -- ops outside the rule tables ---------------------------------------------------------------
