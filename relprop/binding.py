@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from relprop.rules.base import NodeInfo, Rule
+from relprop.rules.base import NodeInfo, Rule, RuleCache
 from relprop.rules.lrp import Pass
 from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, is_constant, is_statistic, op_name
 from relprop.rules.sets import RuleSet, as_rule
@@ -114,6 +114,8 @@ class Bound:
     releases: dict[fx.Node, list[fx.Node]] | None = field(default=None, repr=False)
     #: node -> per input, may its relevance skip normalization (engine._free_scale, cached)
     free_scale: dict[fx.Node, list[bool]] | None = field(default=None, repr=False)
+    #: what rules keep between explains (``ctx.cache``): the Graph's, shared by its traces
+    cache: RuleCache = field(default_factory=RuleCache, repr=False)
 
 
 def _floating(val: Any) -> bool:

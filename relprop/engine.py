@@ -247,6 +247,7 @@ def backward(
         ctx = Context(binding.info, leaves, values, spec, slots, value, batch)
         if n in free_scale:
             ctx.free_scale = free_scale[n]
+        ctx.cache = bound.cache
         ctx.owns_relevance = not record and owned(R)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)

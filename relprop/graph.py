@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from relprop.rules.base import RuleCache
 from relprop.rules.sets import AbsLRP, RuleSet
 
 from . import engine, targets
@@ -99,6 +100,8 @@ class Graph:
         self.strict = strict
         self._cache: dict[tuple, Bound] = {}
         self._last: Bound | None = None
+        #: what rules keep between explains (absLRP's derived weights), shared by all traces
+        self.rule_cache = RuleCache()
         #: how many times the model was traced (one per new input signature); an export
         #: shared with another Graph of the same model (tracing.trace_program) counts too
         self.trace_count = 0
@@ -117,6 +120,8 @@ class Graph:
             program = trace_program(self.model, args, kwargs)
             self.trace_count += 1
             bound = bind(program, self.model, self.rules, self.overrides, self.strict)
+            self.rule_cache.parameter_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            bound.cache = self.rule_cache
             self._cache[key] = bound
         self._last = bound
         return bound

@@ -13,7 +13,8 @@ x ⊙ (Wᵀg) + |x| ⊙ (|W|ᵀg) = 2 Σ_j (x_i w_ij)⁺ g_j.
 
 from __future__ import annotations
 
-import weakref
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
 from .ops import MAXPOOL, MOVE, op_name
 from .products import input_product
 
-__all__ = ["AbsRule", "AbsAttentionRule", "abs_step"]
+__all__ = ["AbsRule", "AbsAttentionRule", "DerivedWeights", "abs_step", "weight_cache_bytes"]
 
 
 def _divide(R: Relevance, y: Any, eps: float, nonnegative: bool = False, inplace: bool = False) -> Relevance:
@@ -95,14 +96,17 @@ class AbsRule(Rule):
     """The absLRP rule for any op (linear, conv, norms, activations, products, pooling).
 
     ``divide=False`` skips the division by |y| (the reference's max-pooling rule
-    for VGG: ``AbsLRP(maxpool_divide=False)``).
+    for VGG: ``AbsLRP(maxpool_divide=False)``).  ``weight_cache``: how much memory of
+    derived weights linear and convolution layers may keep between explains (see
+    :class:`~relprop.rules.AbsLRP`).
     """
 
     scale_free = True  # every result is rescaled to unit L1 per pass and sample
 
-    def __init__(self, divide: bool = True, eps: float = 1e-9) -> None:
+    def __init__(self, divide: bool = True, eps: float = 1e-9, weight_cache: Any = "auto") -> None:
         self.divide = divide
         self.eps = eps
+        self.weight_cache = check_weight_cache(weight_cache, type(self).__name__)
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         dense = ctx.info.category in ("dense", "conv")
@@ -133,7 +137,7 @@ class AbsRule(Rule):
         return out
 
     def _weighted(self, ctx: Context, g: Tensor) -> list[Tensor | None] | None:
-        return _weighted(ctx, g)
+        return _weighted(ctx, g, self.weight_cache)
 
 
 # Closed forms of one absLRP step, x ⊙ Jᵀg + |x| ⊙ J_absᵀg, for ops whose Jacobians are
@@ -160,64 +164,232 @@ def _result(ctx: Context, contributions: dict[int, Tensor]) -> list[Tensor | Non
     return out
 
 
-def _weighted(ctx: Context, g: Tensor) -> list[Tensor | None] | None:
+def _weighted(ctx: Context, g: Tensor, weight_cache: Any = "auto") -> list[Tensor | None] | None:
     """Linear and convolution: x ⊙ Wᵀg + |x| ⊙ |W|ᵀg from backward products (Eq. 12).
 
     Where x ≥ 0 by construction (after a ReLU or a max pooling), x = |x| and the sum is
-    x ⊙ (W + |W|)ᵀg = x ⊙ (2W⁺)ᵀg: one product instead of two.
+    x ⊙ (W + |W|)ᵀg = x ⊙ (2W⁺)ᵀg: one product instead of two.  The derived weights
+    come from the graph's :class:`DerivedWeights` within ``weight_cache``'s budget.
     """
     w = ctx.args()[0][1]
     x = ctx.inputs[0]
     if _nonnegative(ctx.input_nodes[0]):
-        c = input_product(ctx, _derived_weight(ctx.node, w, _double_positive), g)
+        c = _derived_product(ctx, w, _DOUBLE_POSITIVE, g, weight_cache)
         return None if c is None else _result(ctx, {0: c.mul_(x)})
     # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] (one larger GEMM is faster)
-    both = input_product(ctx, _derived_weight(ctx.node, w, _with_absolute), g, copies=2)
+    both = _derived_product(ctx, w, _WITH_ABSOLUTE, g, weight_cache)
     if both is not None:
         a, b = both.chunk(2, dim=-1 if op_name(ctx.op) == "aten.linear" else 2)
     else:
         a = input_product(ctx, w, g)
         if a is None:
             return None
-        b = input_product(ctx, _derived_weight(ctx.node, w, torch.abs), g)
+        b = _derived_product(ctx, w, _ABSOLUTE, g, weight_cache)
+        if b is None:
+            return None
     return _result(ctx, {0: (a * x).add_(b.mul_(x.abs()))})
 
 
-def _with_absolute(w: Tensor) -> Tensor:
-    """[W, |W|] along the input dimension (dimension 1 of linear and convolution weights)."""
-    return torch.cat([w, w.abs()], dim=1)
+class Derivation:
+    """A weight absLRP derives from a layer's weight W: |W|, 2W⁺ or [W, |W|].
 
-
-def _double_positive(w: Tensor) -> Tensor:
-    """W + |W| = 2·W⁺."""
-    return w.clamp_min(0).mul_(2)
-
-
-#: graph node -> (weight, version, derive, derived weight): |W|, 2W⁺ or [W, |W|], computed once
-#: per trace (freed with the trace: the keys are its graph nodes)
-_DERIVED_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _derived_weight(node: Any, w: Tensor, derive: Callable[[Tensor], Tensor]) -> Tensor:
-    """``derive(w)`` (|w|, 2w⁺ or [w, |w|]; one per node) of a weighted node, cached while w is unchanged.
-
-    The cache holds the weight it was computed from (so its memory cannot be reused by
-    another tensor) and is checked against the weight's storage, layout and in-place
-    version counter (optimizer steps bump it), so a changed weight is recomputed.
+    ``copies``: how many weights the derived one holds along the input dimension
+    (dimension 1 of linear and convolution weights); ``fill(w, out)`` writes it into
+    ``out``.  Calling it returns a new tensor, or fills ``out`` (a block of rows).
     """
-    hit = _DERIVED_WEIGHTS.get(node)
-    if hit is not None:
-        old, version, fn, derived = hit  # ``old`` shares w's version counter: compare the number
+
+    def __init__(self, name: str, copies: int, fill: Callable[[Tensor, Tensor], Any]) -> None:
+        self.name = name
+        self.copies = copies
+        self.fill = fill
+
+    def __call__(self, w: Tensor, out: Tensor | None = None) -> Tensor:
+        if out is None:
+            out = w.new_empty(w.shape[0], self.copies * w.shape[1], *w.shape[2:])
+        self.fill(w, out)
+        return out
+
+    def nbytes(self, w: Tensor) -> int:
+        return self.copies * w.numel() * w.element_size()
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _fill_with_absolute(w: Tensor, out: Tensor) -> None:
+    n = w.shape[1]
+    out.narrow(1, 0, n).copy_(w)
+    torch.abs(w, out=out.narrow(1, n, n))
+
+
+def _fill_double_positive(w: Tensor, out: Tensor) -> None:
+    torch.clamp_min(w, 0, out=out).mul_(2)
+
+
+_ABSOLUTE = Derivation("|W|", 1, lambda w, out: torch.abs(w, out=out))
+_DOUBLE_POSITIVE = Derivation("2W⁺", 1, _fill_double_positive)  # W + |W|
+_WITH_ABSOLUTE = Derivation("[W, |W|]", 2, _fill_with_absolute)
+
+#: ``weight_cache="auto"``: keep derived weights up to this share of the model's parameter
+#: bytes, and up to :data:`AUTO_FLOOR` bytes whatever the model (see :class:`~relprop.rules.AbsLRP`)
+AUTO_FRACTION = 0.25
+AUTO_FLOOR = 64 << 20
+#: derived weights not kept are built block by block of output features of at most this
+#: many bytes (linear layers in float32/float64), on the CPU and on other devices
+BLOCK_BYTES = {"cpu": 4 << 20}
+DEFAULT_BLOCK_BYTES = 64 << 20
+
+
+def check_weight_cache(value: Any, owner: str = "AbsLRP") -> Any:
+    """``value`` if it is a valid ``weight_cache`` option, else :class:`~relprop.RuleError`."""
+    if isinstance(value, bool) or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0:
+        return value
+    from relprop.errors import RuleError
+
+    raise RuleError(
+        f"{owner}(weight_cache=...) must be 'auto' (the default: derived weights kept up to "
+        f"max({AUTO_FLOOR >> 20} MiB, {AUTO_FRACTION:g} × the model's parameter bytes)), True (keep all), "
+        f"False (keep none) or a budget in bytes (a number ≥ 0); got {value!r}"
+    )
+
+
+def weight_budget(value: Any, parameter_bytes: int) -> float:
+    """The bytes of derived weights a ``weight_cache`` option allows (inf: no bound)."""
+    if value is True:
+        return math.inf
+    if value is False:
+        return 0
+    if isinstance(value, str):  # "auto"
+        return max(AUTO_FLOOR, AUTO_FRACTION * parameter_bytes)
+    return float(value)
+
+
+class DerivedWeights:
+    """absLRP's derived weights (|W|, 2W⁺, [W, |W|]) kept for one Graph, within a budget.
+
+    Lives in the Graph's :class:`~relprop.rules.base.RuleCache` (``ctx.cache``), so it is
+    freed with the Graph and shared by all its traces.  Keyed by the weight's graph input
+    (a parameter's placeholder, the same in every trace) and the derivation; only weights
+    that are graph inputs are kept (a weight computed in the graph is new at every explain).
+    An entry is used only while the weight is the same tensor, unchanged: the same storage,
+    layout, dtype and device, and the same in-place version counter (optimizer steps bump
+    it).  It holds the weight it was computed from, so that memory cannot be reused by
+    another tensor; a stale entry is dropped when its weight is next seen.
+
+    Entries are admitted first come, first kept: one that would take the total over the
+    asking rule's budget is not kept (its weight is derived on the fly at every explain)
+    and nothing is evicted, so a walk that needs more than the budget keeps the same
+    layers every time instead of evicting each one before its next use.
+    """
+
+    def __init__(self) -> None:
+        #: (placeholder name, derivation) -> (weight, version, derived weight)
+        self.entries: dict[tuple[str, Derivation], tuple[Tensor, int, Tensor]] = {}
+        self.nbytes = 0
+
+    @classmethod
+    def of(cls, ctx: Context) -> DerivedWeights:
+        store = ctx.cache.get(cls)
+        if store is None:
+            store = ctx.cache[cls] = cls()
+        return store
+
+    def get(self, key: tuple[str, Derivation], w: Tensor) -> Tensor | None:
+        """The derived weight kept for ``key`` if it was made from ``w`` as it is now; drops a stale one."""
+        hit = self.entries.get(key)
+        if hit is None:
+            return None
+        old, version, derived = hit  # ``old`` shares w's version counter: compare the number
         if (
-            fn is derive and old.data_ptr() == w.data_ptr() and version == w._version
-            and old.shape == w.shape and old.stride() == w.stride() and old.dtype == w.dtype
-            and old.device == w.device
+            old.data_ptr() == w.data_ptr() and version == w._version and old.shape == w.shape
+            and old.stride() == w.stride() and old.dtype == w.dtype and old.device == w.device
         ):
             return derived
+        self.drop(key)
+        return None
+
+    def fits(self, nbytes: int, budget: float) -> bool:
+        return self.nbytes + nbytes <= budget
+
+    def put(self, key: tuple[str, Derivation], w: Tensor, derived: Tensor) -> None:
+        self.drop(key)
+        self.entries[key] = (w, w._version, derived)
+        self.nbytes += derived.numel() * derived.element_size()
+
+    def drop(self, key: tuple[str, Derivation]) -> None:
+        hit = self.entries.pop(key, None)
+        if hit is not None:
+            self.nbytes -= hit[2].numel() * hit[2].element_size()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _derived_product(
+    ctx: Context, w: Tensor, derive: Derivation, g: Tensor, weight_cache: Any
+) -> Tensor | None:
+    """Jᵀg with ``derive(w)`` as the op's weight (:func:`input_product`); None if unsupported.
+
+    The derived weight comes from the graph's :class:`DerivedWeights`, or is derived here
+    and kept there if the budget of ``weight_cache`` allows.  Otherwise it is dropped after
+    the product; a linear layer's is then built and multiplied in blocks of output
+    features (bounded memory, and blocks small enough to be reused by the allocator).
+    """
+    node = ctx.node.args[1] if len(ctx.node.args) > 1 else None
+    key = (node.name, derive) if isinstance(node, torch.fx.Node) and node.op == "placeholder" else None
+    store = DerivedWeights.of(ctx)
+    if key is not None:
+        kept = store.get(key, w)
+        if kept is not None:
+            return input_product(ctx, kept, g, derive.copies)
+    nbytes = derive.nbytes(w)
+    budget = weight_budget(weight_cache, ctx.cache.parameter_bytes)
+    keep = key is not None and not w.requires_grad and store.fits(nbytes, budget)
+    block = BLOCK_BYTES.get(w.device.type, DEFAULT_BLOCK_BYTES)
+    if not keep and nbytes > block and op_name(ctx.op) == "aten.linear" and w.dtype in (torch.float32, torch.float64):
+        args, kwargs = ctx.args()
+        if not kwargs and ctx.live_inputs == [0]:
+            return linear_product_in_blocks(g, w, derive, block)
     derived = derive(w)
-    if not w.requires_grad:
-        _DERIVED_WEIGHTS[node] = (w, w._version, derive, derived)
-    return derived
+    out = input_product(ctx, derived, g, derive.copies)
+    if keep and out is not None:
+        store.put(key, w, derived)
+    return out
+
+
+def linear_product_in_blocks(g: Tensor, w: Tensor, derive: Derivation, block_bytes: int) -> Tensor:
+    """``g @ derive(w)`` for a linear weight w (out, in), derived block by block of output features.
+
+    Σ over blocks of rows of g[..., rows] @ derive(w[rows]): at most ``block_bytes`` of
+    derived weight exist at a time (one buffer, refilled).  The same numbers as one product
+    up to the order of summation.
+    """
+    rows = max(1, block_bytes // derive.nbytes(w[:1]))
+    g2 = g.reshape(-1, g.shape[-1])
+    out: Tensor | None = None
+    buffer: Tensor | None = None
+    for start in range(0, w.shape[0], rows):
+        part = w[start : start + rows]
+        if buffer is None or buffer.shape[0] != part.shape[0]:
+            buffer = derive(part)
+        else:
+            derive(part, out=buffer)
+        gp = g2[:, start : start + rows]
+        out = torch.mm(gp, buffer) if out is None else out.addmm_(gp, buffer)
+    assert out is not None
+    return out.reshape(*g.shape[:-1], out.shape[-1])
+
+
+def weight_cache_bytes(graph: Any) -> int:
+    """Bytes of the derived weights absLRP keeps for ``graph`` (a :class:`~relprop.Graph`)."""
+    store = graph.rule_cache.get(DerivedWeights)
+    return 0 if store is None else store.nbytes
 
 
 def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor | None] | None:

@@ -25,6 +25,7 @@ __all__ = [
     "NodeInfo",
     "Relevance",
     "Rule",
+    "RuleCache",
     "FunctionRule",
     "vjp",
     "stabilize",
@@ -69,6 +70,24 @@ class NodeInfo:
     in_layouts: list[Any] = field(default_factory=list)
 
 
+class RuleCache(dict):
+    """What rules keep between explains of one :class:`~relprop.Graph`, freed with it.
+
+    One per Graph, shared by all its traces (one per input signature); rules reach it
+    as :attr:`Context.cache`.  A dict: each rule keys its entries by something of its own
+    (absLRP keeps its derived weights under
+    :class:`~relprop.rules.abslrp.DerivedWeights`).  ``parameter_bytes`` is the memory
+    of the model's parameters, for rules that size what they keep by the model's.
+    """
+
+    def __init__(self, parameter_bytes: int = 0) -> None:
+        super().__init__()
+        self.parameter_bytes = parameter_bytes
+
+    def __repr__(self) -> str:
+        return f"RuleCache({len(self)} entries, parameter_bytes={self.parameter_bytes})"
+
+
 class Context:
     """A node as a rule sees it, at explain time."""
 
@@ -104,6 +123,9 @@ class Context:
         #: allocated by a rule for this node alone (:func:`mark_owned`) and nothing else
         #: (a recorded walk, another input) holds it.  Set by the engine.
         self.owns_relevance = False
+        #: what rules keep between explains of this Graph (:class:`RuleCache`).  Set by the
+        #: engine; a Context made elsewhere has an empty one of its own.
+        self.cache: RuleCache = RuleCache()
 
     @property
     def live_inputs(self) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .abslrp import AbsAttentionRule, AbsRule
+from .abslrp import AbsAttentionRule, AbsRule, check_weight_cache
 from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
 from .base import NodeInfo, Rule
 from .lrp import (
@@ -90,16 +90,39 @@ class AbsLRP(RuleSet):
     ``maxpool_divide=False`` gives the reference's VGG variant (no division by |y|
     at max pooling).  Contrastive by default: the explanation is the positive
     pass (from the target) minus the negative pass (from all other classes).
+
+    ``weight_cache``: linear and convolution layers multiply by a weight derived from
+    theirs — 2·W⁺ where the layer's input is non-negative, else [W, |W|] (one product
+    for Wᵀg and |W|ᵀg) — and a Graph may keep these between explains instead of
+    deriving them again; kept ones cost memory (all of them: about twice the weights).
+
+    - ``"auto"`` (default): keep derived weights while their total stays within
+      max(64 MiB, ¼ of the model's parameter bytes), so that a large model (a language
+      model) is not held twice; small models keep all of theirs;
+    - ``True``: keep all (fastest where deriving is not free: small layers, convolutions);
+    - ``False``: keep none;
+    - a number: a budget in bytes.
+
+    Layers are kept first come (in walk order), and none is evicted.  The others derive
+    their weight at every explain and drop it after their product; a linear layer's is
+    built block by block of output features (a few MiB at a time), so that not even one
+    layer's copy exists at once.  The numbers are the same either way (up to the order
+    of summation in those blocks).  The kept weights belong to the Graph
+    (``graph.rule_cache``), are shared by all its traces, and are freed with it or by
+    ``graph.rule_cache.clear()``; a weight changed in place or replaced is derived again.
     """
 
     start = "onehot"
 
-    def __init__(self, maxpool_divide: bool = True, contrastive: bool = True, eps: float = 1e-9):
+    def __init__(
+        self, maxpool_divide: bool = True, contrastive: bool = True, eps: float = 1e-9, weight_cache: Any = "auto"
+    ):
         self.maxpool_divide = maxpool_divide
         self.contrastive = contrastive
         self.eps = eps
-        self._rule = AbsRule(eps=eps)
-        self._maxpool = AbsRule(divide=maxpool_divide, eps=eps)
+        self.weight_cache = check_weight_cache(weight_cache)
+        self._rule = AbsRule(eps=eps, weight_cache=weight_cache)
+        self._maxpool = AbsRule(divide=maxpool_divide, eps=eps, weight_cache=weight_cache)
         self._attention = AbsAttentionRule(eps=eps)
         self._pass = Pass()
 

@@ -187,21 +187,21 @@ def test_attention_closed_form_matches_autograd(case: str, monkeypatch: pytest.M
 
 
 def test_cached_absolute_weights_follow_weight_changes() -> None:
-    """|W| is cached per trace; in-place updates and replaced tensors must be seen."""
+    """Derived weights are kept per Graph; in-place updates and replaced tensors must be seen."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).double().eval()
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
     graph = relprop.trace(model)
     before = graph.explain(x, [0, 1])
-    assert len(abslrp._DERIVED_WEIGHTS) >= 2
+    assert len(graph.rule_cache[abslrp.DerivedWeights]) >= 2
     with torch.no_grad():
         model[0].weight.add_(torch.randn_like(model[0].weight))
     after_inplace = graph.explain(x, [0, 1])
-    abslrp._DERIVED_WEIGHTS.clear()
+    graph.rule_cache.clear()
     assert torch.equal(after_inplace, graph.explain(x, [0, 1]))
     model[3].weight.data = torch.randn_like(model[3].weight)
     after_replace = graph.explain(x, [0, 1])
-    abslrp._DERIVED_WEIGHTS.clear()
+    graph.rule_cache.clear()
     assert torch.equal(after_replace, graph.explain(x, [0, 1]))
     assert not torch.allclose(before, after_inplace) and not torch.allclose(after_inplace, after_replace)
 
