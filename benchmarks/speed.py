@@ -1,26 +1,33 @@
 """Speed and memory of relprop against one gradient pass (and Zennit), in one run on the same inputs.
 
-    .venv/bin/python benchmarks/speed.py [--models timm_vgg16,timm_resnet50,timm_vit_b_16,bert,tv_vgg16,tv_resnet50]
+    .venv/bin/python benchmarks/speed.py [--models timm_vgg16,timm_resnet50,timm_vit_b_16,bert,tv_vgg16,...]
                                          [--batches 1,8] [--repeats 5] [--device cpu|cuda|auto] [--threads N]
-                                         [--json out.json] [--markdown out.md] [--quick]
+                                         [--json out.json] [--markdown out.md] [--quick] [--weight-cache-rows]
 
-Models (random weights, nothing is downloaded; float32, eval mode, parameters frozen):
+Models (all by default; random weights, nothing is downloaded; float32, eval mode, parameters frozen):
 
 * ``timm_vgg16``, ``timm_resnet50``, ``timm_vit_b_16`` (``vit_base_patch16_224``): timm, 224×224 inputs;
 * ``bert``: ``BertForSequenceClassification(BertConfig())`` (BERT-base sized: 12 layers, hidden 768),
   random token ids, sequence length 128, input ``dict(input_ids, attention_mask)``;
 * ``tv_vgg16``, ``tv_resnet50``: torchvision (``weights=None``), the models Zennit's canonizers are written
-  for; only these rows have the Zennit column.
+  for; only these rows have the Zennit column;
+* ``llama``: ``LlamaForCausalLM`` (:func:`llama_config`: 12 layers, hidden 768, MLP 3072, 12 query and 4
+  key/value heads, vocabulary 32000, untied output layer; 153.0M parameters), random token ids, sequence
+  length 128, input ``dict(input_ids, attention_mask)``, ``use_cache=False``; the target is the next token.
 
 Methods, for every model and batch size (weights drawn after ``torch.manual_seed(0)``; one fixed input per
 (model, batch) from a generator seeded with the batch size; target = the predicted class of each sample, the
-same for every method):
+same for every method; for ``llama`` the predicted next token, explained by relprop through
+``relprop.targets.next_token(ids)``, the logit at the last position):
 
 * ``forward``: ``model(x)`` under ``torch.no_grad()``;
 * ``gradient`` (the unit): forward + ``torch.autograd.grad`` of the sum of the target logits w.r.t. the
-  input. For BERT the gradient is taken w.r.t. the word-embedding output: the lookup is done under
+  input. For BERT and Llama the gradient is taken w.r.t. the word-embedding output: the lookup is done under
   ``no_grad`` and fed as ``inputs_embeds`` (the same tensor relprop reads token relevance at);
-* ``absLRP``: ``relprop.trace(model, rules.AbsLRP()).explain(x, target)`` (contrastive, the default);
+* ``absLRP``: ``relprop.trace(model, rules.AbsLRP()).explain(x, target)`` (contrastive, the default; derived
+  weights kept within the default ``weight_cache="auto"`` budget);
+* ``absLRP weight_cache=True`` (decoder rows; every row with ``--weight-cache-rows``): the same with every
+  derived weight kept;
 * ``LRP-eps``: ``relprop.trace(model, rules.Epsilon()).explain(x, target)`` (ε = 1e-6);
 * ``EpsilonPlusFlat`` (torchvision rows): relprop's ``rules.EpsilonPlusFlat()``, the same rules as Zennit's;
 * ``zennit EpsilonPlusFlat`` (torchvision rows): ``zennit.attribution.Gradient`` with
@@ -35,15 +42,22 @@ machine slows all methods alike); the table reports the median. Threads: ``torch
 core the process may use (``os.sched_getaffinity``), or ``--threads``.
 
 Columns: ``median s`` (median wall time of one call), ``× gradient`` (median / the gradient row's median,
-same model and batch), ``peak MB`` (below), ``memory × gradient`` (peak / the gradient row's peak),
-``target`` (the targets that apply to the row) and pass / **FAIL**.
+same model and batch), ``peak MB`` (below), ``memory × gradient`` (peak / the gradient row's peak), ``kept
+MB``, ``process peak MB`` and ``process × gradient`` (below), ``target`` (the targets that apply to the row)
+and pass / **FAIL**.
 
-Peak memory (``peak MB``): the extra memory one call needs above what is already held (model, inputs,
-relprop's cached trace). CPU: the process's resident-set high-water mark (``VmHWM``, reset before the call
-by writing 5 to ``/proc/self/clear_refs``) minus the resident set before the call, measured on a separate
-call with glibc's mmap threshold at 64 KiB so that every tensor gets its own mapping and the resident set
-tracks live memory (tracemalloc does not see torch's allocator, and ``ru_maxrss`` cannot be reset). Where
-the kernel does not allow the reset the column is empty. Timed calls run with the threshold fixed at 32 MiB,
+Peak memory (``peak MB``): the memory one call needs beyond the model: the extra memory of the call above what
+is already held (model, inputs, relprop's traces, the derived weights absLRP keeps), plus what the method itself
+keeps between calls (``kept MB``: absLRP's derived weights, counted in bytes; built by the warm-up and held at
+every later call, so a part of every steady-state call's peak). ``process peak MB``: the process's peak in one
+call as if the method ran alone: what the process held after building the model, before any method ran
+(``base_mb`` in ``cases``; the libraries and the model), plus ``peak MB`` (the issue's "peak RSS including the
+model"; relprop's traces themselves are left out). How a call's own peak is read: on the CPU, the process's
+resident-set high-water mark (``VmHWM``, reset before the call by writing 5 to ``/proc/self/clear_refs``)
+minus the resident set before the call, measured on a separate call with glibc's mmap threshold at 64 KiB
+so that every tensor gets its own mapping and the resident set tracks live memory (tracemalloc does not see
+torch's allocator, and ``ru_maxrss`` cannot be reset). Where the kernel does not allow the reset the column
+is empty. Timed calls run with the threshold fixed at 32 MiB,
 glibc's own steady state (a 64 KiB threshold would add page faults to every call, in proportion to what
 each method allocates). CUDA: ``torch.cuda.max_memory_allocated()`` after
 ``reset_peak_memory_stats()``, minus the memory allocated before the call.
@@ -52,18 +66,20 @@ Trace time: per model and rule set, the first ``explain`` (export + rule binding
 median steady-state ``explain`` at the same batch size. ``trace_count`` is read after the warm-up and again
 after every explain at every batch size: a second explain on the same signature (and, the batch dimension
 being dynamic, at another batch size) must not trace again. ``weight cache MB``: the derived weights
-absLRP keeps per weighted layer while the trace lives (2·W⁺ where the layer's input is non-negative, else
-[W, |W|]); they are built on the first explain, so the peak columns do not include them.
+absLRP keeps at the end (2·W⁺ where the layer's input is non-negative, else [W, |W|]; within the
+``weight_cache`` budget); the peak columns include them (``kept MB``, above).
 
 Targets (issue 5), checked on the rows they name: absLRP ≤ 2.5× gradient and LRP-ε ≤ 1.5× at batch 8 on
 the three timm image models and BERT; both faster than Zennit where Zennit runs; peak memory ≤ 2× the
-gradient pass's (checked at every batch size); tracing ViT-B/16 under 3 s; no second trace.
+gradient pass's (checked at every batch size); tracing ViT-B/16 under 3 s; no second trace. Issue 10: on
+decoders (``llama``) absLRP's process peak ≤ 1.5× the gradient pass's, at every batch size.
 
 Devices: ``--device auto`` (default) runs on the CPU and, when CUDA is available, again on the GPU.
 
 ``--quick`` swaps in tiny models of the same families (narrow 7-conv VGGs and one-bottleneck-per-stage ResNets
 built from timm's and torchvision's classes, vit_tiny at depth 2, all at 32×32; a 2-layer BERT with hidden 64
-at sequence length 16) and one repeat: a smoke test of the whole pipeline in seconds, its numbers mean nothing.
+and a 2-layer Llama with hidden 64 and vocabulary 1000, both at sequence length 16) and one repeat: a smoke test
+of the whole pipeline in seconds, its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -90,14 +106,22 @@ from torch import Tensor, nn
 import relprop
 from relprop import rules
 
-ALL_MODELS = ["timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert", "tv_vgg16", "tv_resnet50"]
+ALL_MODELS = ["timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert", "tv_vgg16", "tv_resnet50", "llama"]
 TARGET_MODELS = {"timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert"}  # the rows the ratio targets name
+DECODER_MODELS = {"llama"}  # the rows the process-peak target names
 ALIASES = {"vgg16": "timm_vgg16", "resnet50": "timm_resnet50", "vit_b_16": "timm_vit_b_16", "vit": "timm_vit_b_16"}
 GRADIENT = "gradient"
-RELPROP_METHODS = {"absLRP": rules.AbsLRP, "LRP-eps": rules.Epsilon, "EpsilonPlusFlat": rules.EpsilonPlusFlat}
+ABSLRP_ALL = "absLRP weight_cache=True"  # every derived weight kept (decoder rows, or --weight-cache-rows)
+RELPROP_METHODS: dict[str, Callable[[], rules.RuleSet]] = {
+    "absLRP": rules.AbsLRP,
+    ABSLRP_ALL: lambda: rules.AbsLRP(weight_cache=True),
+    "LRP-eps": rules.Epsilon,
+    "EpsilonPlusFlat": rules.EpsilonPlusFlat,
+}
 ZENNIT = "zennit EpsilonPlusFlat"
 TIME_TARGETS = {"absLRP": 2.5, "LRP-eps": 1.5}
 MEMORY_TARGET = 2.0
+PROCESS_TARGET = 1.5  # decoders: absLRP's process peak (model and kept derived weights included) / the gradient's
 VIT_TRACE_TARGET_S = 3.0
 TARGET_BATCH = 8
 QUICK_VGG: list[Any] = [16, "M", 32, "M", 32, 32, "M", 64, "M", 64, "M"]  # the --quick VGGs' layers
@@ -235,6 +259,8 @@ class Case:
     make_inputs: Callable[[int], Any]
     text: bool = False
     canonizer: Callable[[], Any] | None = None
+    #: a causal language model: the target is the next token's logit (``relprop.targets.next_token``)
+    decoder: bool = False
 
 
 def _image_inputs(size: int) -> Callable[[int], Tensor]:
@@ -292,6 +318,12 @@ def build_case(name: str, quick: bool) -> Case:
         )
         model = transformers.BertForSequenceClassification(config)
         return Case(name, model.eval(), _text_inputs(config.vocab_size, 16 if quick else 128), text=True)
+    elif name == "llama":
+        import transformers
+
+        model = transformers.LlamaForCausalLM(llama_config(quick))
+        vocab = model.config.vocab_size
+        return Case(name, model.eval(), _text_inputs(vocab, 16 if quick else 128), text=True, decoder=True)
     elif name in ("tv_vgg16", "tv_resnet50"):
         from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
@@ -310,6 +342,24 @@ def build_case(name: str, quick: bool) -> Case:
     else:
         raise SystemExit(f"unknown model {name!r}; choose from {', '.join(ALL_MODELS)}")
     return Case(name, model.eval(), _image_inputs(size))
+
+
+def llama_config(quick: bool) -> Any:
+    """The Llama-style decoder: 12 layers, hidden 768, MLP 3072, 12 query and 4 key/value heads, vocabulary
+    32000, untied output layer: 153.0M parameters (``--quick``: 2 layers, hidden 64, vocabulary 1000)."""
+    import transformers
+
+    size = (
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=1000)
+        if quick
+        else dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  num_key_value_heads=4, vocab_size=32000)
+    )
+    return transformers.LlamaConfig(
+        **size, max_position_embeddings=512, tie_word_embeddings=False, use_cache=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
 
 
 def _small_tv_vgg() -> nn.Module:
@@ -342,6 +392,12 @@ def _logits(out: Any) -> Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+def _scores(case: Case, out: Any) -> Tensor:
+    """(batch, classes): the logits, or for a decoder those of the token after the last."""
+    logits = _logits(out)
+    return logits[:, -1] if case.decoder else logits
+
+
 # -- methods -----------------------------------------------------------------------------------------------------
 
 
@@ -350,7 +406,7 @@ def method_calls(
 ) -> dict[str, Callable[[], Any]]:
     """One zero-argument callable per method, each running that method once on ``inputs``."""
     model = case.model
-    classes = target.tolist()
+    classes: Any = relprop.targets.next_token(target.tolist()) if case.decoder else target.tolist()
 
     def forward() -> Any:
         with torch.no_grad():
@@ -361,7 +417,7 @@ def method_calls(
             with torch.no_grad():
                 embeds = model.get_input_embeddings()(inputs["input_ids"])
             embeds.requires_grad_(True)
-            out = _logits(model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]))
+            out = _scores(case, model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]))
             (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), embeds)
             return grad
         x = inputs.detach().requires_grad_(True)
@@ -375,7 +431,7 @@ def method_calls(
     return calls
 
 
-def _explainer(graph: relprop.Graph, inputs: Any, classes: list[int]) -> Callable[[], Tensor]:
+def _explainer(graph: relprop.Graph, inputs: Any, classes: Any) -> Callable[[], Tensor]:
     def explain() -> Tensor:
         return graph.explain(inputs, classes)
 
@@ -406,8 +462,14 @@ class Row:
     median_s: float | None = None
     times_s: list[float] = field(default_factory=list)
     ratio: float | None = None
+    #: memory one call needs beyond the model: ``kept_mb`` + the call's own peak above what is held before it
     peak_mb: float | None = None
     memory_ratio: float | None = None
+    #: what the method keeps between calls (absLRP's derived weights), MB
+    kept_mb: float | None = None
+    #: the process's peak in that call: what it held with the model loaded, before any method ran, + ``peak_mb``
+    process_peak_mb: float | None = None
+    process_ratio: float | None = None
     target: str = ""
     passed: bool | None = None
     error: str | None = None
@@ -434,13 +496,28 @@ class Trace:
 
 
 def run_case(
-    case: Case, batches: list[int], repeats: int, device: str, log: Callable[[str], None]
-) -> tuple[list[Row], list[Trace]]:
-    """Measure every method on ``case`` at every batch size."""
+    case: Case,
+    batches: list[int],
+    repeats: int,
+    device: str,
+    log: Callable[[str], None],
+    weight_cache_rows: bool = False,
+) -> tuple[list[Row], list[Trace], dict[str, Any]]:
+    """Measure every method on ``case`` at every batch size; also returns the model's size and base memory."""
     model = case.model.to(device).requires_grad_(False)
-    graphs = {m: relprop.trace(model, cls()) for m, cls in RELPROP_METHODS.items()}
+    base = resident_mb(device)
+    info = {
+        "device": device,
+        "model": case.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameter_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "base_mb": base,
+    }
+    graphs = {m: relprop.trace(model, make()) for m, make in RELPROP_METHODS.items()}
     if case.canonizer is None:
         del graphs["EpsilonPlusFlat"]
+    if not (case.decoder or weight_cache_rows):
+        del graphs[ABSLRP_ALL]
     traces: dict[str, Trace] = {}
     explains = dict.fromkeys(graphs, 0)
     rows: list[Row] = []
@@ -453,7 +530,7 @@ def run_case(
     for batch in batches:
         inputs = _to(case.make_inputs(batch), device)
         with torch.no_grad():
-            out = _logits(model(**inputs) if case.text else model(inputs))
+            out = _scores(case, model(**inputs) if case.text else model(inputs))
         target = out.argmax(1)
         calls = method_calls(case, inputs, target, graphs)
         # Zennit's hooks and canonizers are attached only around its own calls, outside the timer
@@ -477,8 +554,16 @@ def run_case(
                 if method not in traces:
                     traces[method] = Trace(device, case.name, method, t, None, None, batch, graphs[method].trace_count)
         for method, fn in live.items():
+            row = batch_rows[method]
             with setups[method]():
-                batch_rows[method].peak_mb = peak_memory_mb(fn, device)
+                row.peak_mb = peak_memory_mb(fn, device)
+            # what the method keeps between calls (absLRP's derived weights) is held before the call, so the
+            # reading above leaves it out: it is added, as it is part of every call's peak
+            row.kept_mb = weight_cache_mb(graphs[method]) if method in graphs else 0.0
+            if row.peak_mb is not None:
+                row.peak_mb += row.kept_mb
+                if base is not None:
+                    row.process_peak_mb = base + row.peak_mb
             if method in explains:
                 explains[method] += 1
         for _ in range(repeats):
@@ -501,22 +586,30 @@ def run_case(
     for method, tr in traces.items():
         tr.trace_count_final = graphs[method].trace_count
         tr.explains = explains[method]
-        if method == "absLRP":  # the other rule sets share the export but keep no derived weights
+        if method.startswith("absLRP"):  # the other rule sets keep no derived weights
             tr.weight_cache_mb = weight_cache_mb(graphs[method])
-    return rows, list(traces.values())
+    return rows, list(traces.values()), info
 
 
 def weight_cache_mb(graph: relprop.Graph) -> float:
-    """Memory of the derived weights cached for ``graph``'s traces (not in the peak columns)."""
-    from relprop.rules import abslrp
+    """Memory of the derived weights absLRP keeps for ``graph`` (included in the peak columns)."""
+    from relprop.rules.abslrp import weight_cache_bytes
 
-    total = 0
-    for bound in graph._cache.values():
-        for node in bound.program.graph.nodes:
-            hit = abslrp._DERIVED_WEIGHTS.get(node)
-            if hit is not None:
-                total += hit[-1].numel() * hit[-1].element_size()
-    return total / 2**20
+    return weight_cache_bytes(graph) / 2**20
+
+
+def resident_mb(device: str) -> float | None:
+    """What the process holds now (CPU: resident set after a trim; CUDA: allocated), MB."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated() / 2**20
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        return _status_mb("VmRSS")
+    except OSError:
+        return None
 
 
 def _ratios(rows: list[Row]) -> None:
@@ -528,6 +621,8 @@ def _ratios(rows: list[Row]) -> None:
             row.ratio = row.median_s / grad.median_s
         if row.peak_mb is not None and grad.peak_mb:
             row.memory_ratio = row.peak_mb / grad.peak_mb
+        if row.process_peak_mb is not None and grad.process_peak_mb:
+            row.process_ratio = row.process_peak_mb / grad.process_peak_mb
 
 
 def evaluate_targets(rows: list[Row], traces: list[Trace]) -> None:
@@ -540,6 +635,8 @@ def evaluate_targets(rows: list[Row], traces: list[Trace]) -> None:
             checks.append((f"≤{limit}× grad", row.ratio <= limit))
         if limit is not None and row.memory_ratio is not None:
             checks.append((f"mem ≤{MEMORY_TARGET}×", row.memory_ratio <= MEMORY_TARGET))
+        if row.method == "absLRP" and row.model in DECODER_MODELS and row.process_ratio is not None:
+            checks.append((f"process ≤{PROCESS_TARGET}×", row.process_ratio <= PROCESS_TARGET))
         z = zennit.get((row.device, row.model, row.batch))
         if limit is not None and z is not None and row.median_s is not None:
             checks.append(("< zennit", row.median_s < z))
@@ -572,7 +669,9 @@ def _row_line(row: Row) -> str:
         return f"  {row.device} {row.model} b{row.batch} {row.method}: error {row.error}"
     return (
         f"  {row.device} {row.model} b{row.batch} {row.method}: {_fmt(row.median_s, '.4f')} s "
-        f"({_fmt(row.ratio, '.2f')}× grad), peak {_fmt(row.peak_mb, '.1f')} MB ({_fmt(row.memory_ratio, '.2f')}×)"
+        f"({_fmt(row.ratio, '.2f')}× grad), peak {_fmt(row.peak_mb, '.1f')} MB ({_fmt(row.memory_ratio, '.2f')}×; "
+        f"kept {_fmt(row.kept_mb, '.0f')} MB), "
+        f"process peak {_fmt(row.process_peak_mb, '.0f')} MB ({_fmt(row.process_ratio, '.2f')}×)"
     )
 
 
@@ -588,19 +687,22 @@ def markdown(result: dict[str, Any]) -> str:
         + (", **--quick** (tiny stand-in models)" if result["quick"] else "")
         + ".",
         "",
-        "| device | model | batch | method | median s | × gradient | peak MB | memory × gradient | target | |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|---|",
+        "| device | model | batch | method | median s | × gradient | peak MB | memory × gradient | kept MB "
+        "| process peak MB | process × gradient | target | |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:
         if r["error"]:
             lines.append(
                 f"| {r['device']} | {r['model']} | {r['batch']} | {r['method']} | error: {r['error']} "
-                "| | | | runs | **FAIL** |"
+                "| | | | | | | runs | **FAIL** |"
             )
             continue
         lines.append(
             f"| {r['device']} | {r['model']} | {r['batch']} | {r['method']} | {_fmt(r['median_s'], '.4f')} "
             f"| {_fmt(r['ratio'], '.2f')} | {_fmt(r['peak_mb'], '.1f')} | {_fmt(r['memory_ratio'], '.2f')} "
+            f"| {_fmt(r.get('kept_mb'), '.0f')} | {_fmt(r.get('process_peak_mb'), '.0f')} "
+            f"| {_fmt(r.get('process_ratio'), '.2f')} "
             f"| {r['target']} | {_verdict(r['passed'])} |"
         )
     lines += [
@@ -630,6 +732,7 @@ def run(
     quick: bool = False,
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    weight_cache_rows: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-able dict (``rows``, ``traces``, ``machine``, settings)."""
     _timing_malloc()
@@ -641,14 +744,16 @@ def run(
     t0 = time.perf_counter()
     rows: list[Row] = []
     traces: list[Trace] = []
+    cases: list[dict[str, Any]] = []
     try:
         for dev in devices:
             for name in models:
                 log(f"{dev} {name}{' (quick)' if quick else ''}")
                 case = build_case(name, quick)
-                r, t = run_case(case, batches, repeats, dev, log)
+                r, t, info = run_case(case, batches, repeats, dev, log, weight_cache_rows)
                 rows += r
                 traces += t
+                cases.append(info)
                 del case
                 gc.collect()
                 if dev == "cuda":
@@ -665,6 +770,8 @@ def run(
         "batches": batches,
         "models": models,
         "devices": devices,
+        "weight_cache_rows": weight_cache_rows,
+        "cases": cases,
         "rows": [asdict(r) for r in rows],
         "traces": [asdict(t) for t in traces],
         "wall_s": time.perf_counter() - t0,
@@ -682,6 +789,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="tiny stand-in models, one repeat (smoke test)")
+    p.add_argument(
+        "--weight-cache-rows", action="store_true",
+        help=f"add the row '{ABSLRP_ALL}' (every derived weight kept) to every model, not only decoders",
+    )
     return p.parse_args(argv)
 
 
@@ -694,7 +805,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"unknown model {m!r}; choose from {', '.join(ALL_MODELS)}")
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
-    result = run(models, batches, repeats, args.device, args.quick, args.threads)
+    result = run(
+        models, batches, repeats, args.device, args.quick, args.threads, weight_cache_rows=args.weight_cache_rows
+    )
     text = markdown(result)
     print(text)
     if args.json:

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+import relprop
+
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
 pytest.importorskip("zennit")
@@ -51,6 +53,8 @@ def _expected_methods(model: str) -> list[str]:
     methods = ["forward", "gradient", "absLRP", "LRP-eps"]
     if model.startswith("tv_"):
         methods += ["EpsilonPlusFlat", "zennit EpsilonPlusFlat"]
+    if model in speed.DECODER_MODELS:
+        methods.append(speed.ABSLRP_ALL)
     return methods
 
 
@@ -74,6 +78,15 @@ def test_every_row_is_there_and_measured(quick: tuple[dict[str, Any], Path, Path
             assert r["peak_mb"] is not None and r["peak_mb"] >= 0, r
             if r["memory_ratio"] is not None:
                 assert math.isfinite(r["memory_ratio"]) and r["memory_ratio"] >= 0
+            # absLRP's kept derived weights are part of its peak
+            assert (r["kept_mb"] > 0) == r["method"].startswith("absLRP") and r["peak_mb"] >= r["kept_mb"], r
+            # the process peak: what the process held with the model loaded + the call's peak
+            base = next(c["base_mb"] for c in result["cases"] if c["model"] == r["model"])
+            assert r["process_peak_mb"] == pytest.approx(base + r["peak_mb"]), r
+            assert math.isfinite(r["process_ratio"]) and r["process_ratio"] > 0, r
+    cases = {c["model"]: c for c in result["cases"]}
+    assert set(cases) == set(speed.ALL_MODELS)
+    assert all(c["parameters"] > 0 and c["parameter_mb"] > 0 for c in cases.values())
 
 
 def test_targets_are_evaluated_on_the_rows_they_name(quick: tuple[dict[str, Any], Path, Path]) -> None:
@@ -85,8 +98,10 @@ def test_targets_are_evaluated_on_the_rows_they_name(quick: tuple[dict[str, Any]
         if r["method"] in ("absLRP", "LRP-eps"):
             assert isinstance(r["passed"], bool)
             assert ("< zennit" in r["target"]) == r["model"].startswith("tv_")
-        elif r["method"] in ("forward", "gradient", "zennit EpsilonPlusFlat"):
+        elif r["method"] in ("forward", "gradient", "zennit EpsilonPlusFlat", speed.ABSLRP_ALL):
             assert r["passed"] is None and r["target"] == ""
+        decoder = r["method"] == "absLRP" and r["model"] in speed.DECODER_MODELS
+        assert ("process ≤1.5×" in r["target"]) == decoder, r
 
 
 def test_trace_time_and_no_retrace(quick: tuple[dict[str, Any], Path, Path]) -> None:
@@ -103,6 +118,8 @@ def test_trace_time_and_no_retrace(quick: tuple[dict[str, Any], Path, Path]) -> 
         assert t["first_explain_s"] > 0 and t["trace_s"] is not None and t["trace_s"] >= 0
         assert "no retrace" in t["target"]
         assert ("trace <3 s" in t["target"]) == (t["model"] == "timm_vit_b_16")
+        # absLRP keeps derived weights (a quick model's all fit in the default budget), the other sets none
+        assert (t["weight_cache_mb"] is not None and t["weight_cache_mb"] > 0) == t["method"].startswith("absLRP")
 
 
 def test_outputs_written(quick: tuple[dict[str, Any], Path, Path]) -> None:
@@ -131,6 +148,34 @@ def test_evaluate_targets_pass_and_fail() -> None:
     speed.evaluate_targets(rows, [])
     assert [r.passed for r in rows] == [True, False, False, True, False, None, True]
     assert rows[4].target == "mem ≤2.0×, < zennit"
+    # decoders: absLRP's process peak (model and kept derived weights included) ≤ 1.5× the gradient pass's
+    rows = [row("llama", "absLRP", 5.0, 5.0, 1.9, batch=b) for b in (1, 8)]
+    rows += [row("llama", speed.ABSLRP_ALL, 5.0, 5.0, 9.0), row("bert", "absLRP", 2.0, 2.0, 1.0)]
+    for r, process in zip(rows, (1.49, 1.51, 3.0, 3.0)):
+        r.process_ratio = process
+    speed.evaluate_targets(rows, [])
+    assert [r.passed for r in rows] == [True, False, None, True]
+    assert rows[0].target == "mem ≤2.0×, process ≤1.5×" and rows[2].target == ""
+
+
+def test_peak_includes_what_abslrp_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """absLRP's derived weights, held between calls, are added to every call's peak (and the process peak)."""
+    from relprop.rules.abslrp import weight_cache_bytes
+
+    graphs: list[relprop.Graph] = []
+    trace = speed.relprop.trace
+    monkeypatch.setattr(speed.relprop, "trace", lambda *a, **k: graphs.append(trace(*a, **k)) or graphs[-1])
+    # in this process, leave glibc's allocator alone: the call runs, its own peak reads as 0
+    monkeypatch.setattr(speed, "peak_memory_mb", lambda fn, device: (fn(), 0.0)[1])
+    rows, _, info = speed.run_case(speed.build_case("llama", True), [1, 2], 1, "cpu", lambda line: None)
+    kept = {repr(g.rules): weight_cache_bytes(g) / 2**20 for g in graphs}
+    assert info["parameters"] > 0 and info["base_mb"] > 0
+    for r in rows:
+        assert r.error is None
+        expected = kept.get(repr(speed.RELPROP_METHODS[r.method]()), 0.0) if r.method in speed.RELPROP_METHODS else 0.0
+        assert r.kept_mb == r.peak_mb == expected, r
+        assert r.process_peak_mb == info["base_mb"] + expected
+        assert (expected > 0) == r.method.startswith("absLRP"), r
 
 
 def test_trace_targets() -> None:
