@@ -25,7 +25,7 @@ from torch import Tensor
 from .base import Context, Layout, Relevance, Rule, mark_owned, sample_l1, vjp
 from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
 from .ops import MAXPOOL, MOVE, op_name
-from .products import input_product
+from .products import input_product, supports
 
 __all__ = ["AbsRule", "AbsAttentionRule", "DerivedWeights", "abs_step", "weight_cache_bytes"]
 
@@ -341,6 +341,8 @@ def _derived_product(
     the product; a linear layer's is then built and multiplied in blocks of output
     features (bounded memory, and blocks small enough to be reused by the allocator).
     """
+    if not supports(ctx, derive.copies):  # nothing derived for a product done elsewhere
+        return None
     node = ctx.node.args[1] if len(ctx.node.args) > 1 else None
     key = (node.name, derive) if isinstance(node, torch.fx.Node) and node.op == "placeholder" else None
     store = DerivedWeights.of(ctx)
@@ -353,9 +355,7 @@ def _derived_product(
     keep = key is not None and not w.requires_grad and store.fits(nbytes, budget)
     block = BLOCK_BYTES.get(w.device.type, DEFAULT_BLOCK_BYTES)
     if not keep and nbytes > block and op_name(ctx.op) == "aten.linear" and w.dtype in (torch.float32, torch.float64):
-        args, kwargs = ctx.args()
-        if not kwargs and ctx.live_inputs == [0]:
-            return linear_product_in_blocks(g, w, derive, block)
+        return linear_product_in_blocks(g, w, derive, block)
     derived = derive(w)
     out = input_product(ctx, derived, g, derive.copies)
     if keep and out is not None:

@@ -15,7 +15,7 @@ from torch import Tensor
 from .base import Context
 from .ops import op_name
 
-__all__ = ["input_product"]
+__all__ = ["input_product", "supports"]
 
 _TRANSPOSED = {
     "aten.conv1d": F.conv_transpose1d,
@@ -31,6 +31,21 @@ def _tuple(v: object, n: int) -> list[int]:
     return v * n if len(v) == 1 else v
 
 
+def supports(ctx: Context, copies: int = 1) -> bool:
+    """Whether :func:`input_product` computes ``ctx``'s product (with ``copies`` weights in one)."""
+    args, kwargs = ctx.args()
+    if kwargs or ctx.live_inputs != [0]:
+        return False
+    name = op_name(ctx.op)
+    if name == "aten.linear":
+        return True
+    if name not in _TRANSPOSED:
+        return False
+    padding = args[4] if len(args) > 4 else 0
+    groups = args[6] if len(args) > 6 else 1
+    return not isinstance(padding, str) and (copies == 1 or groups == 1)  # "same"/"valid": autograd
+
+
 def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> Tensor | None:
     """Jᵀg of x ↦ f(x; weight) for the node's op, g shaped (P, *out); None if unsupported.
 
@@ -39,19 +54,15 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> T
     way (along x's last dimension for linear, its channels for convolutions): one
     larger product instead of several.  Grouped convolutions take only one weight.
     """
-    name = op_name(ctx.op)
-    args, kwargs = ctx.args()
-    if kwargs or ctx.live_inputs != [0]:
+    if not supports(ctx, copies):
         return None
+    name = op_name(ctx.op)
+    args, _ = ctx.args()
     x = args[0]
     if name == "aten.linear":
         return g @ weight
-    transposed = _TRANSPOSED.get(name)
-    if transposed is None:
-        return None
+    transposed = _TRANSPOSED[name]
     stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :])[:4]
-    if isinstance(padding, str) or (copies > 1 and groups != 1):  # "same"/"valid": autograd
-        return None
     n = x.dim() - 2
     stride, padding, dilation = _tuple(stride, n), _tuple(padding, n), _tuple(dilation, n)
     # the transposed convolution can be ambiguous in size by up to stride - 1: pad to x

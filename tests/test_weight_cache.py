@@ -180,6 +180,27 @@ def test_a_rule_keeps_within_its_own_budget() -> None:
     assert not any("fc1" in name for name, _ in _store(graph).entries)
 
 
+class _ConstantMatmul(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 3, dtype=DT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) @ self.w
+
+
+def test_nothing_is_derived_for_products_taken_by_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weighted op without a transposed product (a matmul with a parameter) derives nothing."""
+    torch.manual_seed(0)
+    derived: list[str] = []
+    for d in (abslrp._WITH_ABSOLUTE, abslrp._DOUBLE_POSITIVE, abslrp._ABSOLUTE):
+        monkeypatch.setattr(d, "fill", lambda w, out, fill=d.fill, name=d.name: derived.append(name) or fill(w, out))
+    graph = relprop.trace(_ConstantMatmul().eval(), rules.AbsLRP(weight_cache=True))
+    R = graph.explain(torch.randn(2, 8, dtype=DT), [0, 2])
+    assert "dense" in [b.info.category for b in graph.bindings]
+    assert R.abs().sum() > 0 and not derived and len(_store(graph)) == 0
+
+
 @pytest.mark.parametrize("derive", [abslrp._WITH_ABSOLUTE, abslrp._DOUBLE_POSITIVE, abslrp._ABSOLUTE], ids=repr)
 @pytest.mark.parametrize("block", [1, 200, 1000, 10**6])
 def test_blocks_give_one_product(derive: abslrp.Derivation, block: int) -> None:
