@@ -28,6 +28,8 @@ def _rules() -> dict[str, Callable[[], object]]:
 
     return {
         "abslrp": lambda: rules.AbsLRP(),
+        "attnlrp": lambda: rules.AttnLRP(),
+        "attnlrp-cp": lambda: rules.AttnLRP(cp=True),
         "epsilon": lambda: rules.Epsilon(1e-6),
         "zplus": lambda: rules.ZPlus(),
         "alphabeta": lambda: rules.AlphaBeta(2, 1),
@@ -36,7 +38,10 @@ def _rules() -> dict[str, Callable[[], object]]:
 
 
 #: the rule sets ``--rules`` accepts
-RULES: tuple[str, ...] = ("abslrp", "epsilon", "zplus", "alphabeta", "epsilon-plus-flat")
+RULES: tuple[str, ...] = ("abslrp", "attnlrp", "attnlrp-cp", "epsilon", "zplus", "alphabeta", "epsilon-plus-flat")
+#: the rule set ``explain-text`` uses by default: it points at the sentiment words of the held-out
+#: reviews most often (README, "Which rule set for transformers")
+TEXT_RULES = "attnlrp"
 DEFAULT_COMMAND = "example"
 
 
@@ -228,7 +233,7 @@ def _add_explain_text(sub: argparse._SubParsersAction) -> None:
         metavar="CLASS",
         help="class to explain, an index or a label name (default: each text's predicted class)",
     )
-    ex.add_argument("--rules", choices=RULES, default="abslrp", help="rule set (default: %(default)s)")
+    ex.add_argument("--rules", choices=RULES, default=TEXT_RULES, help="rule set (default: %(default)s)")
     ex.add_argument("--html", default=None, metavar="FILE", help="also write the coloured words as HTML")
     ex.add_argument("--no-color", dest="color", action="store_false", help="print values instead of colours")
     ex.set_defaults(run=run_explain_text)
