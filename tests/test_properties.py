@@ -133,6 +133,26 @@ class Attention(nn.Module):
         return self.head((h + a).mean(1))
 
 
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(LN(x)), then + MLP(LN(·)) with GELU, LN, mean, head.
+
+    Without biases (layer norms included) the conservative rule sets conserve through it.
+    """
+
+    def __init__(self, d: int, bias: bool) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d, bias=bias) for _ in range(3))
+        self.attn = Attention(d, bias)
+        self.up = _tag(nn.Linear(d, 2 * d, bias=bias), "all")
+        self.down = _tag(nn.Linear(2 * d, d, bias=bias), "all")
+        self.head = _tag(nn.Linear(d, CLASSES, bias=bias), "target")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn.parts(self.norm1(x))[1]
+        x = x + self.down(F.gelu(self.up(self.norm2(x))))
+        return self.head(self.norm3(x).mean(1))
+
+
 #: (family, constructor arguments, input shape without the batch)
 SPECS: dict[str, tuple[str, tuple, tuple[int, ...]]] = {
     "mlp1": ("mlp", (5, (8,)), (5,)),
@@ -143,11 +163,13 @@ SPECS: dict[str, tuple[str, tuple, tuple[int, ...]]] = {
     "res_stem_relu": ("res", (5, 8, True, True, 1.0), (5,)),
     "attn": ("attn", (8,), (3, 8)),
 }
-FAMILIES = {"mlp": MLP, "cnn": CNN, "res": Residual, "attn": Attention}
+#: architectures with layer norms (not in SPECS: the sentinel and margin checks are for Linear/Conv)
+NORM_SPECS: dict[str, tuple[str, tuple, tuple[int, ...]]] = {"block": ("block", (8,), (4, 8))}
+FAMILIES = {"mlp": MLP, "cnn": CNN, "res": Residual, "attn": Attention, "block": Block}
 
 
 def build(spec: str, bias: bool) -> nn.Module:
-    family, args, _ = SPECS[spec]
+    family, args, _ = {**SPECS, **NORM_SPECS}[spec]
     return FAMILIES[family](*args, bias=bias).to(DT).eval()
 
 
@@ -156,6 +178,7 @@ RULE_SETS: dict[str, Callable[[], rules.RuleSet]] = {
     "zplus": lambda: rules.ZPlus(),
     "alpha2beta1": lambda: rules.AlphaBeta(2.0, 1.0),
     "abslrp": lambda: rules.AbsLRP(),
+    "attnlrp_cp": lambda: rules.AttnLRP(1e-12, cp=True),
 }
 _GRAPHS: dict[tuple[str, bool, str], relprop.Graph] = {}
 
@@ -222,7 +245,7 @@ def examples(draw: st.DrawFn, specs: list[str]) -> dict[str, Any]:
     seed = draw(st.integers(0, 2**31 - 1))
     x_scale = draw(st.sampled_from([0.3, 1.0, 3.0]))
     gen = torch.Generator().manual_seed(seed + 1)
-    x = x_scale * torch.randn((batch, *SPECS[spec][2]), generator=gen, dtype=DT)
+    x = x_scale * torch.randn((batch, *{**SPECS, **NORM_SPECS}[spec][2]), generator=gen, dtype=DT)
     return {
         "spec": spec,
         "seed": seed,
@@ -354,7 +377,7 @@ def assert_conserved(
 # - ZPlus, drawn freely: a branch ending in a linear map (spec "res") often outputs f_j < 0
 #   with z⁺_j = 0, whose relevance z⁺ then drops; those examples are rejected.
 
-TOL = {"epsilon": (1e-9, 1e-10), "zplus": (1e-6, 1e-7), "alpha2beta1": (1e-6, 1e-7)}
+TOL = {"epsilon": (1e-9, 1e-10), "zplus": (1e-6, 1e-7), "alpha2beta1": (1e-6, 1e-7), "attnlrp_cp": (1e-9, 1e-10)}
 
 
 def conservation_case(rule_set: str, ex: dict[str, Any]) -> None:
@@ -390,6 +413,20 @@ def test_zplus_conserves_per_layer_and_end_to_end(ex: dict[str, Any]) -> None:
 @given(ex=examples(list(SPECS)))
 def test_alpha2beta1_conserves_per_layer_and_end_to_end(ex: dict[str, Any]) -> None:
     conservation_case("alpha2beta1", ex)
+
+
+@pytest.mark.parametrize("rule_set", ["epsilon", "attnlrp_cp"])
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_conservation_through_layer_norm_and_attention(rule_set: str, data: st.DataObject) -> None:
+    """LRP-ε and AttnLRP(cp=True), no biases: every node and the whole network conserve, through
+    layer norms (σ held constant, the linear map left), GELU (identity), attention and residuals.
+
+    (Non-cp AttnLRP does not conserve at the softmax; tests/test_attnlrp.py checks what it absorbs.)
+    """
+    ex = data.draw(examples(list(NORM_SPECS) + ["attn"]))
+    ex["sentinels"] = False
+    conservation_case(rule_set, ex)
 
 
 def test_alpha_beta_does_not_conserve_without_negative_contributions() -> None:
