@@ -33,6 +33,7 @@ from relprop.rules.sets import RuleSet, as_rule
 
 from .errors import InputError, MissingRuleError, RuleError
 from .layouts import batch_layouts
+from .regions import Region, find_regions
 from .tracing import Program
 
 __all__ = ["register_rule", "unregister_rule", "bind", "Bound", "Binding", "OverrideKey"]
@@ -92,6 +93,16 @@ class Binding:
     info: NodeInfo
     rule: Rule
     source: str  # "name 'features.0'", "class Linear", "op aten.linear", "default", ...
+    #: an elementwise activation written out as several ops, ruled as one op at its output
+    #: (:mod:`relprop.regions`); the rule then sees the region's inputs, not the node's
+    region: Region | None = None
+
+    @property
+    def inputs(self) -> list[fx.Node]:
+        """The graph nodes whose values the rule sees as ``ctx.inputs``, in that order."""
+        if self.region is not None:
+            return list(self.region.leaves)
+        return [x for x in _leaves(self.info.node) if isinstance(x, fx.Node)]
 
 
 @dataclass
@@ -127,7 +138,11 @@ def _floating(val: Any) -> bool:
 
 
 def _module_stack(node: fx.Node) -> list[tuple[str, str]]:
-    stack = node.meta.get("nn_module_stack") or {}
+    return _stack_entries(node.meta.get("nn_module_stack") or {})
+
+
+def _stack_entries(stack: dict[str, Any]) -> list[tuple[str, str]]:
+    """(module path, class name) per level of an ``nn_module_stack``, outermost first."""
     return [(path, cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls)))
             for path, cls in stack.values()]
 
@@ -423,20 +438,25 @@ def bind(
     unbound: list[str] = []
     norm_overrides = _merge(overrides)
     equivalents = _equivalents(nodes)
+    regions = find_regions(nodes, live & relevant)
+    inside = {m for r in regions.values() for m in r.nodes if m is not r.output}
     for n in nodes:
         if n.op != "call_function" or n not in live:
             continue
-        leaves = _leaves(n)
-        node_leaves = [x for x in leaves if isinstance(x, fx.Node)]
+        region = regions.get(n)
+        node_leaves = region.leaves if region is not None else [x for x in _leaves(n) if isinstance(x, fx.Node)]
         flags = [x in live for x in node_leaves]
         upstream = any(x in after_weighted for x in node_leaves if x in live)
         split = op_name(n.target) in SELECT and (_is_split(n, equivalents) or _undoes_pad(n))
-        category = categorize(n, flags, split) if n not in lookups else "embedding"
+        if region is not None:
+            category = "activation"
+        else:
+            category = categorize(n, flags, split) if n not in lookups else "embedding"
         if category in ("dense", "conv") or upstream:
             after_weighted.add(n)
-        if n not in relevant or n in lookups:
+        if n not in relevant or n in lookups or n in inside:
             continue
-        stack_ = _module_stack(n)
+        stack_ = _module_stack(n) if region is None else _stack_entries(region.stack)
         path, cls = (_clean_path(stack_[-1][0]), stack_[-1][1]) if stack_ else ("", "")
         info = NodeInfo(
             node=n,
@@ -458,7 +478,7 @@ def bind(
             rule, source = Pass(), "gradient (no rule; strict=False)"
             unbound.append(full_op_name(n.target))
         rule.check(info)
-        bindings[n] = Binding(info, rule, source)
+        bindings[n] = Binding(info, rule, source, region)
     return Bound(program, bindings, float_sources, token_sources, unbound, embeddings, direct)
 
 

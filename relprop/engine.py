@@ -44,8 +44,9 @@ def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
         return bound.releases
     nodes = list(bound.program.graph.nodes)
     keep: set[fx.Node] = set(bound.bindings)
-    for n in bound.bindings:
+    for n, binding in bound.bindings.items():
         keep.update(n.all_input_nodes)
+        keep.update(binding.inputs)
     keep.add(nodes[-1])
     keep.update(nodes[-1].all_input_nodes)
     last: dict[fx.Node, fx.Node] = {}
@@ -72,11 +73,6 @@ _SEPARABLE = {
 _FREE_SCALE_DEPTH = 3
 
 
-def _node_inputs(n: fx.Node) -> list[fx.Node]:
-    """The node-valued argument leaves of ``n``, in the order rules see them."""
-    return [x for x in pytree.tree_leaves((n.args, n.kwargs)) if isinstance(x, fx.Node)]
-
-
 def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
     """Node -> per input, whether its rule may hand that input's relevance on unnormalized.
 
@@ -93,8 +89,8 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
     readers: dict[fx.Node, int] = {}
     for n in nodes[-1].all_input_nodes:  # relevance may start at an output
         readers[n] = readers.get(n, 0) + 1
-    for n, binding in bound.bindings.items():
-        for a, live in zip(_node_inputs(n), binding.info.live):
+    for binding in bound.bindings.values():
+        for a, live in zip(binding.inputs, binding.info.live):
             if live:
                 readers[a] = readers.get(a, 0) + 1
     sources = set(bound.float_sources.values()) | set(bound.embeddings) | set(bound.token_sources)
@@ -114,7 +110,8 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
         layouts = [info.out_layout] + [lay for lay, live in zip(info.in_layouts, info.live) if live]
         if info.category not in _SEPARABLE or any(lay != Layout(0) for lay in layouts):
             return False
-        values = [node.meta.get("val")] + [a.meta.get("val") for a, live in zip(_node_inputs(node), info.live) if live]
+        inputs = bound.bindings[node].inputs
+        values = [node.meta.get("val")] + [a.meta.get("val") for a, live in zip(inputs, info.live) if live]
         values = [v[0] if isinstance(v, (tuple, list)) else v for v in values]
         sizes = {str(v.shape[0]) if isinstance(v, torch.Tensor) and v.dim() else None for v in values}
         return len(sizes) == 1 and None not in sizes
@@ -127,7 +124,7 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
             continue
         d = depth.get(n, 0)
         row = []
-        for a, live, layout in zip(_node_inputs(n), binding.info.live, binding.info.in_layouts):
+        for a, live, layout in zip(binding.inputs, binding.info.live, binding.info.in_layouts):
             p = producer(a) if live and d < _FREE_SCALE_DEPTH and readers.get(a) == 1 else None
             ok = p is not None and (layout is None or (layout == Layout(0) and per_sample(p)))
             if ok:
@@ -241,10 +238,11 @@ def backward(
         if n.target is operator.getitem:
             _add(rel, n.args[0], R, n.args[1])
             continue
-        leaves, spec = pytree.tree_flatten((n.args, n.kwargs))
+        region = binding.region
+        leaves, spec = pytree.tree_flatten(((*region.leaves,), {}) if region is not None else (n.args, n.kwargs))
         slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
         values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
-        ctx = Context(binding.info, leaves, values, spec, slots, value, batch)
+        ctx = Context(binding.info, leaves, values, spec, slots, value, batch, op=region)
         if n in free_scale:
             ctx.free_scale = free_scale[n]
         ctx.cache = bound.cache

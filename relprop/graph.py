@@ -359,7 +359,8 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
             continue
         info = b.info
         module = f"{info.module_path} ({info.module_class})" if info.module_path else info.module_class
-        rows.append((n.name, full_op_name(n.target), module, str(info.category), repr(b.rule), b.source))
+        op = full_op_name(n.target) if b.region is None else b.region.describe()
+        rows.append((n.name, op, module, str(info.category), repr(b.rule), b.source))
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(len(rows[0]))]
     lines = [f"relprop graph, rule set {rules!r}; {len(rows) - 1} nodes on the relevance path"]
     for r in rows:

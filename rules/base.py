@@ -100,10 +100,13 @@ class Context:
         slots: list[int],
         output: Any,
         batch: int,
+        op: Any = None,
     ) -> None:
         self.info = info
         self.node = info.node
-        self.op = info.node.target
+        #: the op the rule applies to: the node's target, or a callable standing for several
+        #: nodes (an elementwise activation written out as several ops, relprop.regions)
+        self.op = info.node.target if op is None else op
         self._leaves = leaves
         self._spec = spec
         #: positions in ``leaves`` of the inputs that are graph nodes

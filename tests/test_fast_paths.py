@@ -272,12 +272,12 @@ def test_unnormalized_handoff_chains_are_bounded_and_respect_shared_values() -> 
     (bound,) = graph._cache.values()
     flags = engine._free_scale(bound)
     readers: dict = {}
-    for n, b in bound.bindings.items():
-        for a, live in zip(engine._node_inputs(n), b.info.live):
+    for b in bound.bindings.values():
+        for a, live in zip(b.inputs, b.info.live):
             if live:
                 readers[a] = readers.get(a, 0) + 1
     for n, row in flags.items():
-        for a, free in zip(engine._node_inputs(n), row):
+        for a, free in zip(bound.bindings[n].inputs, row):
             if free:
                 assert readers[a] == 1, (n, a)
     # follow the longest run of consecutive unnormalized hand-offs
@@ -286,7 +286,7 @@ def test_unnormalized_handoff_chains_are_bounded_and_respect_shared_values() -> 
         run, node = 0, n
         while node in flags and any(flags[node]):
             run += 1
-            a = next(a for a, f in zip(engine._node_inputs(node), flags[node]) if f)
+            a = next(a for a, f in zip(bound.bindings[node].inputs, flags[node]) if f)
             node = a.args[0] if a.target is operator.getitem else a
         longest = max(longest, run)
     assert 2 <= longest <= engine._FREE_SCALE_DEPTH
@@ -307,12 +307,10 @@ def test_recorded_walk_is_unchanged_by_in_place_reuse() -> None:
     assert torch.allclose(ex.relevance, plain, rtol=1e-12, atol=1e-15)
     (bound,) = graph._cache.values()
     checked = 0
-    from relprop import engine
-
-    for n in bound.bindings:
+    for n, b in bound.bindings.items():
         if n.name not in ex.records or n.target is operator.getitem:
             continue
-        for a, r in zip(engine._node_inputs(n), ex.records[n.name]):
+        for a, r in zip(b.inputs, ex.records[n.name]):
             if r is not None and a.target is not operator.getitem and a.name in ex.node_relevance:
                 consumers = [c for c in a.users if c in bound.bindings]
                 if len(consumers) == 1:

@@ -17,14 +17,11 @@ stabiliser: LXT's gradient × input is the ε-rule with ε = 0, relprop's defaul
 ``assert_close``), so no rule of relprop's differs from LXT's on these models.
 
 Beyond the issue's three cases, (d) GPT-2 with LXT's ``gpt2.attnLRP`` map agrees with exact
-GELU (``activation_function="gelu"``: one ``aten.gelu``; minimum 0.99986), but NOT with GPT-2's
-default ``gelu_new``: transformers writes ``NewGELUActivation`` out as
-``0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`` and relprop binds its rules op by op, so the
-product x·(1 + tanh(…)) gets the uniform rule (half the relevance to the tanh branch), the
-constant 1 absorbs part of that half, and x + 0.044715x³ splits the rest; LXT (and the
-AttnLRP paper, Eq. 9) give the whole activation the identity rule (minimum cosine −0.30).
-That is relprop's, not LXT's: it is kept as a strict ``xfail`` until relprop treats a
-written-out elementwise activation as one op.
+GELU (``activation_function="gelu"``: one ``aten.gelu``) and with GPT-2's default ``gelu_new``,
+which transformers writes out as ``0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))``: relprop rules
+that module call as the one elementwise activation it is (``relprop.regions``), the identity
+rule of AttnLRP (Eq. 9), as LXT does.  Ruled op by op (before regions) the product
+x·(1 + tanh(…)) got the uniform rule and the minimum cosine was −0.30.
 
 The test can fail: a wrong rule set (``Epsilon()``, or ``AttnLRP(cp=True)`` against the
 non-CP oracle, and the reverse for (b)) stays below the threshold on some sample, and LXT's
@@ -304,7 +301,7 @@ def test_llama_agrees_with_lxt_llama(attention: str) -> None:
     _assert_relprop_unchanged(model, inputs, target, rules.AttnLRP(), R)
 
 
-# -- (d) GPT-2: agrees with exact GELU; its written-out gelu_new is bound op by op ---------
+# -- (d) GPT-2: exact GELU and its written-out gelu_new (one elementwise region) -----------
 
 
 def _gpt2(activation: str) -> nn.Module:
@@ -316,18 +313,8 @@ def _gpt2(activation: str) -> nn.Module:
     return transformers.GPT2LMHeadModel(config).to(DT).eval()
 
 
-GELU_NEW = (
-    "relprop binds its rules op by op inside NewGELUActivation (0.5·x·(1 + tanh(...)) written out): "
-    "the product gets the uniform rule and the constant 1 absorbs relevance, where AttnLRP (Eq. 9) "
-    "and LXT give the whole activation the identity rule"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "activation",
-    ["gelu", pytest.param("gelu_new", marks=pytest.mark.xfail(raises=AssertionError, strict=True, reason=GELU_NEW))],
-)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
 def test_gpt2_agrees_with_lxt_gpt2(activation: str) -> None:
     model = _gpt2(activation)
     state = _state(model)
