@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .errors import TargetError
+from .errors import InputError, TargetError
 
 __all__ = ["NextToken", "Start", "main_output_index", "next_token", "start_relevance"]
 
@@ -194,8 +194,10 @@ def start_relevance(
             )
         rel: list[Tensor | None] = [None] * len(flat)
         rel[i] = target.to(dtype=flat[i].dtype, device=flat[i].device)[None]
+        _check_finite(flat, [None if r is None else r[0] for r in rel])
         return Start(rel, None, 1)
     weights, classes = _selection(out_obj, flat, spec, target, batch)
+    _check_finite(flat, weights)
     if contrastive:
         positive = _unit(weights, "target")
         others: list[Tensor | None] = []
@@ -215,6 +217,27 @@ def start_relevance(
     else:
         positive = [None if w is None else w * v.detach() for w, v in zip(weights, flat)]
     return Start([None if p is None else p[None] for p in positive], classes, 1)
+
+
+def _check_finite(flat: list[Any], weights: list[Tensor | None]) -> None:
+    """An InputError naming the samples whose explained output rows hold NaN or Inf.
+
+    Relevance started from such a row is NaN everywhere: nothing would be explained, and
+    nothing downstream would say why.
+    """
+    for w, v in zip(weights, flat):
+        if w is None or not isinstance(v, Tensor) or v.dim() == 0 or not v.is_floating_point():
+            continue
+        used = (w != 0).reshape(w.shape[0], -1).any(1)
+        bad = used & ~torch.isfinite(v).reshape(v.shape[0], -1).all(1)
+        if bad.any():
+            samples = bad.nonzero().flatten().tolist()
+            raise InputError(
+                f"the model's output is not finite (NaN or Inf) for sample(s) {samples[:10]}: there is "
+                "nothing to explain there. The model itself produced it on this input (e.g. an attention "
+                "mask that fills a whole row with -inf, or an overflow in a lower precision); expected a "
+                "finite output for every explained sample."
+            )
 
 
 class NextToken:

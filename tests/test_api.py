@@ -444,3 +444,26 @@ def test_packed_batches_keep_samples_independent(model_fn) -> None:
     batch = g.explanation(x, [0, 1, 2]).passes[0]
     alone = torch.cat([g.explanation(x[i : i + 1], i).passes[0] for i in range(3)], dim=1)
     assert torch.allclose(batch, alone, atol=1e-12)
+
+
+def test_a_non_finite_model_output_is_an_input_error() -> None:
+    """Relevance started from a NaN output row would be NaN everywhere: say so, naming the sample."""
+
+    class Divides(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) / (x[:, :1] != 0)  # inf where the first feature is 0
+
+    x = torch.randn(3, 3)
+    x[1, 0] = 0.0
+    graph = relprop.trace(Divides().eval())
+    for rule_set in (None, relprop.rules.Epsilon()):
+        with pytest.raises(relprop.InputError, match=r"not finite \(NaN or Inf\) for sample\(s\) \[1\]"):
+            relprop.trace(Divides().eval(), rule_set).explain(x, 0)
+    with pytest.raises(relprop.InputError, match=r"sample\(s\) \[1\]"):
+        graph.explain(x, torch.ones(3, 2))  # a float target: the initial relevance as-is
+    x[1, 0] = 1.0
+    assert torch.isfinite(graph.explain(x, 0)).all()
