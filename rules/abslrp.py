@@ -25,7 +25,7 @@ from torch import Tensor
 from .base import Context, Layout, Relevance, Rule, mark_owned, sample_l1, vjp
 from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
 from .ops import MAXPOOL, MOVE, op_name
-from .products import input_product, supports
+from .products import input_product, input_product_in_blocks, supports
 
 __all__ = ["AbsRule", "AbsAttentionRule", "DerivedWeights", "abs_step", "weight_cache_bytes"]
 
@@ -232,10 +232,11 @@ _WITH_ABSOLUTE = Derivation("[W, |W|]", 2, _fill_with_absolute)
 
 #: ``weight_cache="auto"``: keep derived weights up to this share of the model's parameter
 #: bytes, and up to :data:`AUTO_FLOOR` bytes whatever the model (see :class:`~relprop.rules.AbsLRP`)
-AUTO_FRACTION = 0.25
+AUTO_FRACTION = 1 / 8
 AUTO_FLOOR = 64 << 20
-#: derived weights not kept are built block by block of output features of at most this
-#: many bytes (linear layers in float32/float64), on the CPU and on other devices
+#: derived weights not kept are built block by block of output features or channels of at
+#: most this many bytes (in float32/float64: the blocks' sums are not rounded to less), on
+#: the CPU and on other devices
 BLOCK_BYTES = {"cpu": 4 << 20}
 DEFAULT_BLOCK_BYTES = 64 << 20
 
@@ -338,8 +339,9 @@ def _derived_product(
 
     The derived weight comes from the graph's :class:`DerivedWeights`, or is derived here
     and kept there if the budget of ``weight_cache`` allows.  Otherwise it is dropped after
-    the product; a linear layer's is then built and multiplied in blocks of output
-    features (bounded memory, and blocks small enough to be reused by the allocator).
+    the product; if larger than a block, it is built and multiplied block by block of
+    output features or channels (:func:`input_product_in_blocks`: bounded memory, and no
+    fresh memory for the allocator to map at every explain).
     """
     if not supports(ctx, derive.copies):  # nothing derived for a product done elsewhere
         return None
@@ -354,36 +356,15 @@ def _derived_product(
     budget = weight_budget(weight_cache, ctx.cache.parameter_bytes)
     keep = key is not None and not w.requires_grad and store.fits(nbytes, budget)
     block = BLOCK_BYTES.get(w.device.type, DEFAULT_BLOCK_BYTES)
-    if not keep and nbytes > block and op_name(ctx.op) == "aten.linear" and w.dtype in (torch.float32, torch.float64):
-        return linear_product_in_blocks(g, w, derive, block)
+    if not keep and nbytes > block and w.dtype in (torch.float32, torch.float64):
+        out = input_product_in_blocks(ctx, w, derive, g, derive.copies, block)
+        if out is not None:
+            return out
     derived = derive(w)
     out = input_product(ctx, derived, g, derive.copies)
     if keep and out is not None:
         store.put(key, w, derived)
     return out
-
-
-def linear_product_in_blocks(g: Tensor, w: Tensor, derive: Derivation, block_bytes: int) -> Tensor:
-    """``g @ derive(w)`` for a linear weight w (out, in), derived block by block of output features.
-
-    Σ over blocks of rows of g[..., rows] @ derive(w[rows]): at most ``block_bytes`` of
-    derived weight exist at a time (one buffer, refilled).  The same numbers as one product
-    up to the order of summation.
-    """
-    rows = max(1, block_bytes // derive.nbytes(w[:1]))
-    g2 = g.reshape(-1, g.shape[-1])
-    out: Tensor | None = None
-    buffer: Tensor | None = None
-    for start in range(0, w.shape[0], rows):
-        part = w[start : start + rows]
-        if buffer is None or buffer.shape[0] != part.shape[0]:
-            buffer = derive(part)
-        else:
-            derive(part, out=buffer)
-        gp = g2[:, start : start + rows]
-        out = torch.mm(gp, buffer) if out is None else out.addmm_(gp, buffer)
-    assert out is not None
-    return out.reshape(*g.shape[:-1], out.shape[-1])
 
 
 def weight_cache_bytes(graph: Any) -> int:

@@ -9,13 +9,16 @@ caller falls back to autograd.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Context
 from .ops import op_name
 
-__all__ = ["input_product", "supports"]
+__all__ = ["input_product", "input_product_in_blocks", "supports"]
 
 _TRANSPOSED = {
     "aten.conv1d": F.conv_transpose1d,
@@ -74,3 +77,42 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> T
     folded = g.reshape(P * x.shape[0], *g.shape[2:])
     r = transposed(folded, weight, None, stride, padding, extra, groups, dilation)
     return r.reshape(P, x.shape[0], copies * x.shape[1], *x.shape[2:])
+
+
+def input_product_in_blocks(
+    ctx: Context, weight: Tensor, derive: Callable[..., Tensor], g: Tensor, copies: int, block_bytes: int
+) -> Tensor | None:
+    """:func:`input_product` with the weight ``derive(weight)``, derived block by block of outputs.
+
+    Jᵀg is a sum over the op's outputs, so it is the sum over blocks of output features
+    (linear) or output channels (convolution) of the product with that block of the derived
+    weight: at most ``block_bytes`` of it exist at a time, in one buffer refilled per block
+    (``derive(part, out=buffer)``), small enough for the allocator to reuse rather than map
+    fresh memory.  The same numbers as one product up to the order of summation.  None where
+    :func:`input_product` does not apply, and for grouped convolutions.
+    """
+    if not supports(ctx, copies):
+        return None
+    args, _ = ctx.args()
+    linear = op_name(ctx.op) == "aten.linear"
+    if not linear and (args[6] if len(args) > 6 else 1) != 1:
+        return None
+    rows = max(1, block_bytes // (copies * weight[:1].numel() * weight.element_size()))
+    g2 = g.reshape(-1, g.shape[-1]) if linear else g
+    out: Tensor | None = None
+    buffer: Tensor | None = None
+    for start in range(0, weight.shape[0], rows):
+        part = weight[start : start + rows]
+        if buffer is None or buffer.shape[0] != part.shape[0]:
+            buffer = derive(part)
+        else:
+            derive(part, out=buffer)
+        if linear:
+            gp = g2[:, start : start + part.shape[0]]
+            out = torch.mm(gp, buffer) if out is None else out.addmm_(gp, buffer)
+        else:
+            r = input_product(ctx, buffer, g.narrow(2, start, part.shape[0]), copies)
+            assert r is not None
+            out = r if out is None else out.add_(r)
+    assert out is not None
+    return out.reshape(*g.shape[:-1], out.shape[-1]) if linear else out

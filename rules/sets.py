@@ -93,21 +93,23 @@ class AbsLRP(RuleSet):
 
     ``weight_cache``: linear and convolution layers multiply by a weight derived from
     theirs — 2·W⁺ where the layer's input is non-negative, else [W, |W|] (one product
-    for Wᵀg and |W|ᵀg) — and a Graph may keep these between explains instead of
-    deriving them again; kept ones cost memory (all of them: about twice the weights).
+    for Wᵀg and |W|ᵀg) — which a Graph may keep between explains instead of deriving
+    it again.  Keeping all of them costs about twice the weights' memory; deriving them
+    costs little (on the CPU at most ~2% of an explain on ViT-B/16, BERT-base,
+    ResNet-50, VGG16 and a 153M-parameter Llama, ``benchmarks/speed.py``).
 
     - ``"auto"`` (default): keep derived weights while their total stays within
-      max(64 MiB, ¼ of the model's parameter bytes), so that a large model (a language
-      model) is not held twice; small models keep all of theirs;
-    - ``True``: keep all (fastest where deriving is not free: small layers, convolutions);
+      max(64 MiB, ⅛ of the model's parameter bytes): all of a small model's, a small
+      share of a large one's (a language model is not held twice);
+    - ``True``: keep all;
     - ``False``: keep none;
     - a number: a budget in bytes.
 
     Layers are kept first come (in walk order), and none is evicted.  The others derive
-    their weight at every explain and drop it after their product; a linear layer's is
-    built block by block of output features (a few MiB at a time), so that not even one
-    layer's copy exists at once.  The numbers are the same either way (up to the order
-    of summation in those blocks).  The kept weights belong to the Graph
+    their weight at every explain and drop it after their product; one larger than a few
+    MiB is built and multiplied block by block of output features or channels, so that
+    not even one layer's copy exists at once.  The numbers are the same either way (up to
+    the order of summation over those blocks).  The kept weights belong to the Graph
     (``graph.rule_cache``), are shared by all its traces, and are freed with it or by
     ``graph.rule_cache.clear()``; a weight changed in place or replaced is derived again.
     """

@@ -16,7 +16,7 @@ from torch import nn
 
 import relprop
 from relprop import rules
-from relprop.rules import abslrp
+from relprop.rules import abslrp, products
 
 DT = torch.float64
 
@@ -91,13 +91,17 @@ def test_cached_uncached_and_budgeted_explains_agree(name: str, monkeypatch: pyt
     assert 0 < _store(graph).nbytes <= total // 2 and 0 < len(_store(graph)) < count
     assert torch.equal(half, kept_all)
 
-    # linear layers not kept are derived and multiplied in blocks of output features: summation order only
+    # derived weights not kept are built and multiplied in blocks of outputs: summation order only
     monkeypatch.setitem(abslrp.BLOCK_BYTES, "cpu", 600)
-    calls: list[int] = []
-    blocks = abslrp.linear_product_in_blocks
-    monkeypatch.setattr(abslrp, "linear_product_in_blocks", lambda *a: calls.append(1) or blocks(*a))
+    calls: list[str] = []
+    blocks = abslrp.input_product_in_blocks
+    monkeypatch.setattr(
+        abslrp, "input_product_in_blocks", lambda ctx, *a: calls.append(str(ctx.op)) or blocks(ctx, *a)
+    )
     graph, blocked = _twice(model, x, target, False)
-    assert calls and len(_store(graph)) == 0
+    assert "aten.linear.default" in calls and len(_store(graph)) == 0
+    if name == "mixed":
+        assert "aten.conv2d.default" in calls
     assert torch.allclose(blocked, kept_all, rtol=1e-10, atol=1e-13), (blocked - kept_all).abs().max()
 
 
@@ -120,7 +124,7 @@ def test_budget_is_respected_first_come_and_nothing_is_evicted() -> None:
 
 def test_auto_budget() -> None:
     assert abslrp.weight_budget("auto", 0) == abslrp.AUTO_FLOOR == 64 << 20
-    assert abslrp.weight_budget("auto", 1 << 32) == (1 << 32) / 4
+    assert abslrp.weight_budget("auto", 1 << 32) == (1 << 32) / 8
     assert abslrp.weight_budget(True, 0) == float("inf") and abslrp.weight_budget(False, 1 << 40) == 0
     assert abslrp.weight_budget(1e6, 0) == 1e6
     model, x, target = _mixed()
@@ -137,7 +141,7 @@ def test_auto_bounds_by_the_model_size(monkeypatch: pytest.MonkeyPatch) -> None:
     graph = relprop.trace(model)
     graph.explain(x, target)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert 0 < _store(graph).nbytes <= params / 4 and len(_store(graph)) < WEIGHTED
+    assert 0 < _store(graph).nbytes <= params / 8 and len(_store(graph)) < WEIGHTED
 
 
 class _Tokens(nn.Module):
@@ -201,14 +205,35 @@ def test_nothing_is_derived_for_products_taken_by_autograd(monkeypatch: pytest.M
     assert R.abs().sum() > 0 and not derived and len(_store(graph)) == 0
 
 
+class _Node:
+    """Just enough of a Context for products.input_product: the op, its arguments, which input is live."""
+
+    def __init__(self, op: Any, *args: Any) -> None:
+        self.op, self._args, self.live_inputs = op, args, [0]
+
+    def args(self) -> tuple[tuple, dict]:
+        return self._args, {}
+
+
 @pytest.mark.parametrize("derive", [abslrp._WITH_ABSOLUTE, abslrp._DOUBLE_POSITIVE, abslrp._ABSOLUTE], ids=repr)
 @pytest.mark.parametrize("block", [1, 200, 1000, 10**6])
 def test_blocks_give_one_product(derive: abslrp.Derivation, block: int) -> None:
     torch.manual_seed(0)
     w, g = torch.randn(13, 7, dtype=DT), torch.randn(2, 3, 4, 13, dtype=DT)
-    got = abslrp.linear_product_in_blocks(g, w, derive, block)
-    assert got.shape == (2, 3, 4, 7 * derive.copies)
+    ctx: Any = _Node(torch.ops.aten.linear.default, torch.randn(3, 4, 7, dtype=DT), w)
+    got = products.input_product_in_blocks(ctx, w, derive, g, derive.copies, block)
+    assert got is not None and got.shape == (2, 3, 4, 7 * derive.copies)
     assert torch.allclose(got, g @ derive(w), rtol=1e-12, atol=1e-14)
+    # a strided convolution: blocks of output channels
+    x, w = torch.randn(3, 5, 9, 8, dtype=DT), torch.randn(6, 5, 3, 3, dtype=DT)
+    ctx = _Node(torch.ops.aten.conv2d.default, x, w, None, [2, 2], [1, 1])
+    g = torch.randn(2, 3, 6, 5, 4, dtype=DT)
+    whole = products.input_product(ctx, derive(w), g, derive.copies)
+    got = products.input_product_in_blocks(ctx, w, derive, g, derive.copies, block)
+    assert whole is not None and got is not None and got.shape == whole.shape == (2, 3, 5 * derive.copies, 9, 8)
+    assert torch.allclose(got, whole, rtol=1e-12, atol=1e-14)
+    grouped = _Node(torch.ops.aten.conv2d.default, x[:, :4], w[:, :2], None, [1, 1], [0, 0], [1, 1], 2)
+    assert products.input_product_in_blocks(grouped, w[:, :2], abslrp._ABSOLUTE, g, 1, block) is None
 
 
 def test_weight_changes_are_seen() -> None:
