@@ -275,9 +275,12 @@ def _grad_or_zeros(g: Tensor | None, x: Tensor) -> Tensor:
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """``z + eps * sign(z)`` with sign(0) = +1: the ε-rule denominator (Bach et al. 2015)."""
-    plus, minus = z.new_full((), eps), z.new_full((), -eps)
-    return torch.where(z >= 0, plus, minus).add_(z)
+    """``z + eps * sign(z)`` with sign(0) = +1: the ε-rule denominator (Bach et al. 2015).
+
+    ``copysign`` is several times faster than a ``where`` on the CPU; ``z + 0.0`` turns a
+    −0.0 into +0.0 first, so that it too counts as positive.
+    """
+    return z.new_full((), eps).copysign(z + 0.0).add_(z)
 
 
 def sample_l1(R: Tensor, layout: Any, batch: int) -> Tensor:

@@ -133,7 +133,7 @@ class EpsilonRule(Rule):
         norm = norm_map(ctx) if ctx.info.category == "norm" else None
         if norm is not None:
             R0, y = _first(R), _first(ctx.output)
-            out[0] = norm.x * norm.jt(norm.w, _ratio(R0, y, self.epsilon))
+            out[0] = norm.x * norm.jt_of_a(_ratio(R0, y, self.epsilon))
             return out
         if ctx.info.category in ("dense", "conv"):
             layer = _Layer(ctx)

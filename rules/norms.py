@@ -55,10 +55,19 @@ class NormMap:
     def __init__(self, x: Tensor, a: Tensor, c: Tensor, b: Tensor | None, groups: int | None, dims: tuple[int, ...]):
         self.index = 0
         self.x = x
-        self.w = torch.stack([a + c, c.expand_as(a)])
         self.b = b
+        self._a, self._c = a, c  # D − C and C, broadcastable against x
         self._groups = groups  # group norm: the number of groups along dimension 1
         self._dims = dims  # layer norm: the normalised dimensions
+
+    @property
+    def w(self) -> Tensor:
+        """The stacked entries (D, C) of A, each shaped like x (built when a weight rule asks)."""
+        return torch.stack([(self._a + self._c).expand_as(self.x), self._c.expand_as(self.x)])
+
+    def jt_of_a(self, g: Tensor) -> Tensor:
+        """Aᵀg per pass for the map itself, without building :attr:`w` (the ε-rule's product)."""
+        return self._a * g + self._sum(self._c * g)
 
     def _sum(self, t: Tensor) -> Tensor:
         """Σ over each row or group of ``t`` (shaped like x, or (P, *x.shape)), broadcast back."""
@@ -97,9 +106,8 @@ def norm_map(ctx: Context) -> NormMap | None:
         for s in shape:
             n *= s
         sigma = torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + eps)
-        scale = (w if w is not None else x.new_ones(())) / sigma
-        a = scale.expand_as(x)
-        return NormMap(x, a, -a / n, b, None, dims)
+        a = (w if w is not None else x.new_ones(())) / sigma
+        return NormMap(x, a, a / -n, b, None, dims)
     # group norm: aten.group_norm(x, groups, w, b, eps) / native_group_norm(x, w, b, N, C, HxW, groups, eps)
     if name == "aten.group_norm":
         groups = args[1]
@@ -113,6 +121,5 @@ def norm_map(ctx: Context) -> NormMap | None:
     sigma = torch.sqrt(grouped.var(dim=-1, keepdim=True, unbiased=False) + eps)
     sigma = sigma.expand(batch, groups, n).reshape(x.shape)
     per_channel = (channels,) + (1,) * (x.dim() - 2)
-    scale = (w.reshape(per_channel) if w is not None else x.new_ones(())) / sigma
-    a = scale.expand_as(x)
-    return NormMap(x, a, -a / n, None if b is None else b.reshape(per_channel), groups, ())
+    a = (w.reshape(per_channel) if w is not None else x.new_ones(())) / sigma
+    return NormMap(x, a, a / -n, None if b is None else b.reshape(per_channel), groups, ())
