@@ -283,15 +283,8 @@ def test_llama_agrees_with_lxt_llama(attention: str) -> None:
     padded = attention == "sdpa"
     inputs = _decoder_inputs(padded)
     target = relprop.targets.next_token(TOKEN)
-    R = relprop.trace(model, rules.AttnLRP()).explain(inputs, target)
-    plain = oracle.token_gradient_x_input(model, inputs, target)
-
-    lxt_model = oracle.lxt_llama(model)
-    with torch.no_grad():
-        torch.testing.assert_close(lxt_model(**inputs).logits, model(**inputs).logits, rtol=1e-12, atol=1e-12)
-    lxt = oracle.token_gradient_x_input(lxt_model, inputs, target)
+    R, plain, lxt, exact = _decoder_maps(model, oracle.lxt_llama(model), inputs, target)
     assert modeling_llama.ALL_ATTENTION_FUNCTIONS is transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS
-    exact = relprop.trace(model, rules.AttnLRP(1e-12)).explain(inputs, target)
     wrong = {"AttnLRP(cp=True)": relprop.trace(model, rules.AttnLRP(cp=True)).explain(inputs, target)}
     _check(f"Llama ({attention})", R, lxt, plain, exact, wrong)
     if padded:
@@ -299,6 +292,17 @@ def test_llama_agrees_with_lxt_llama(attention: str) -> None:
 
     _assert_untouched(model, state)
     _assert_relprop_unchanged(model, inputs, target, rules.AttnLRP(), R)
+
+
+def _decoder_maps(model: nn.Module, lxt_model: nn.Module, inputs: dict, target: Any) -> tuple[Tensor, ...]:
+    """relprop's AttnLRP, plain gradient × input, LXT's copy (same logits), and AttnLRP at ε = 1e-12."""
+    R = relprop.trace(model, rules.AttnLRP()).explain(inputs, target)
+    plain = oracle.token_gradient_x_input(model, inputs, target)
+    with torch.no_grad():
+        torch.testing.assert_close(lxt_model(**inputs).logits, model(**inputs).logits, rtol=1e-12, atol=1e-12)
+    lxt = oracle.token_gradient_x_input(lxt_model, inputs, target)
+    exact = relprop.trace(model, rules.AttnLRP(1e-12)).explain(inputs, target)
+    return R, plain, lxt, exact
 
 
 # -- (d) GPT-2: exact GELU and its written-out gelu_new (one elementwise region) -----------
@@ -320,14 +324,7 @@ def test_gpt2_agrees_with_lxt_gpt2(activation: str) -> None:
     state = _state(model)
     inputs = _decoder_inputs(padded=True)
     target = relprop.targets.next_token(TOKEN)
-    R = relprop.trace(model, rules.AttnLRP()).explain(inputs, target)
-    plain = oracle.token_gradient_x_input(model, inputs, target)
-
-    lxt_model = oracle.lxt_gpt2(model)
-    with torch.no_grad():
-        torch.testing.assert_close(lxt_model(**inputs).logits, model(**inputs).logits, rtol=1e-12, atol=1e-12)
-    lxt = oracle.token_gradient_x_input(lxt_model, inputs, target)
-    exact = relprop.trace(model, rules.AttnLRP(1e-12)).explain(inputs, target)
+    R, plain, lxt, exact = _decoder_maps(model, oracle.lxt_gpt2(model), inputs, target)
     wrong = {"AttnLRP(cp=True)": relprop.trace(model, rules.AttnLRP(cp=True)).explain(inputs, target)}
     _check(f"GPT-2 ({activation})", R, lxt, plain, exact, wrong)
     _assert_untouched(model, state)

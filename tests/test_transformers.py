@@ -226,45 +226,6 @@ def test_model(case: Case, rule_set: str) -> None:
         assert torch.equal(alone.relevance[0] == 0, R[i] == 0)
 
 
-def test_bert_epsilon_conserves_the_logit() -> None:
-    """LRP-ε (ε = 1e-9, biases zeroed): Σ over all embedding lookups = the target logit.
-
-    LayerNorm gets the ε-rule on its linear map with σ held constant (the mean stays part
-    of the map): with a zero bias that map conserves, as the identity rule it replaced did.
-
-    Tokens carry the word embeddings' share; the rest went to the position and
-    token-type embeddings (reported in ``Explanation.embeddings``).  Position ids
-    are one (1, tokens) tensor shared by the batch: that lookup's relevance is the
-    batch's sum, so conservation is checked per sample on single samples and on
-    the batch total.
-    """
-    torch.manual_seed(0)
-    case = _bert()
-    model = case.model.double().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.zero_()
-    torch.manual_seed(2)
-    inputs = _inputs(False)
-    inputs["token_type_ids"] = torch.randint(0, 2, (2, TOKENS))
-    graph = relprop.trace(model, rules=rules.Epsilon(1e-9))
-    targets = [1, 2]
-    with torch.no_grad():
-        logits = model(**inputs).logits[torch.arange(2), targets]
-    expl = graph.explanation(inputs, targets)
-    assert set(expl.embeddings) == {case.words, *case.others}
-    total = sum(v.sum() for v in expl.embeddings.values())
-    torch.testing.assert_close(total, logits.sum(), rtol=1e-6, atol=1e-10)
-    # the tokens do not hold all of it: the other lookups receive a real share
-    assert not torch.isclose(expl.relevance.sum(), logits.sum(), rtol=1e-3)
-    for i in range(2):
-        one = graph.explanation(_alone(inputs, i), targets[i])
-        got = sum(v.sum() for v in one.embeddings.values())
-        torch.testing.assert_close(got, logits[i], rtol=1e-6, atol=1e-10)
-        assert torch.equal(one.relevance, one.inputs["input_ids"])
-
-
 def _bert_without_biases(sharpen: float = 1.0) -> tuple[Case, dict[str, Tensor], list[int], Tensor]:
     """BERT (float64) with every bias zeroed, a batch with token types, targets and their logits.
 
@@ -287,6 +248,33 @@ def _bert_without_biases(sharpen: float = 1.0) -> tuple[Case, dict[str, Tensor],
     with torch.no_grad():
         logits = model(**inputs).logits[torch.arange(2), targets]
     return case, inputs, targets, logits
+
+
+def test_bert_epsilon_conserves_the_logit() -> None:
+    """LRP-ε (ε = 1e-9, biases zeroed): Σ over all embedding lookups = the target logit.
+
+    LayerNorm gets the ε-rule on its linear map with σ held constant (the mean stays part
+    of the map): with a zero bias that map conserves, as the identity rule it replaced did.
+
+    Tokens carry the word embeddings' share; the rest went to the position and
+    token-type embeddings (reported in ``Explanation.embeddings``).  Position ids
+    are one (1, tokens) tensor shared by the batch: that lookup's relevance is the
+    batch's sum, so conservation is checked per sample on single samples and on
+    the batch total.
+    """
+    case, inputs, targets, logits = _bert_without_biases()
+    graph = relprop.trace(case.model, rules=rules.Epsilon(1e-9))
+    expl = graph.explanation(inputs, targets)
+    assert set(expl.embeddings) == {case.words, *case.others}
+    total = sum(v.sum() for v in expl.embeddings.values())
+    torch.testing.assert_close(total, logits.sum(), rtol=1e-6, atol=1e-10)
+    # the tokens do not hold all of it: the other lookups receive a real share
+    assert not torch.isclose(expl.relevance.sum(), logits.sum(), rtol=1e-3)
+    for i in range(2):
+        one = graph.explanation(_alone(inputs, i), targets[i])
+        got = sum(v.sum() for v in one.embeddings.values())
+        torch.testing.assert_close(got, logits[i], rtol=1e-6, atol=1e-10)
+        assert torch.equal(one.relevance, one.inputs["input_ids"])
 
 
 def test_bert_cp_attnlrp_conserves_the_logit_and_attnlrp_does_not() -> None:
