@@ -176,8 +176,9 @@ def _weighted(ctx: Context, g: Tensor, weight_cache: Any = "auto") -> list[Tenso
     if _nonnegative(ctx.input_nodes[0]):
         c = _derived_product(ctx, w, _DOUBLE_POSITIVE, g, weight_cache)
         return None if c is None else _result(ctx, {0: c.mul_(x)})
-    # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] (one larger GEMM is faster)
-    both = _derived_product(ctx, w, _WITH_ABSOLUTE, g, weight_cache)
+    # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] where that is kept (one larger
+    # GEMM is faster); else from two, with W as it is and |W| (half the memory to write)
+    both = _derived_product(ctx, w, _WITH_ABSOLUTE, g, weight_cache, kept_only=True)
     if both is not None:
         a, b = both.chunk(2, dim=-1 if op_name(ctx.op) == "aten.linear" else 2)
     else:
@@ -333,15 +334,15 @@ class DerivedWeights:
 
 
 def _derived_product(
-    ctx: Context, w: Tensor, derive: Derivation, g: Tensor, weight_cache: Any
+    ctx: Context, w: Tensor, derive: Derivation, g: Tensor, weight_cache: Any, kept_only: bool = False
 ) -> Tensor | None:
     """Jᵀg with ``derive(w)`` as the op's weight (:func:`input_product`); None if unsupported.
 
     The derived weight comes from the graph's :class:`DerivedWeights`, or is derived here
-    and kept there if the budget of ``weight_cache`` allows.  Otherwise it is dropped after
-    the product; if larger than a block, it is built and multiplied block by block of
-    output features or channels (:func:`input_product_in_blocks`: bounded memory, and no
-    fresh memory for the allocator to map at every explain).
+    and kept there if the budget of ``weight_cache`` allows.  Otherwise (None with
+    ``kept_only``) it is dropped after the product; if larger than a block, it is built and
+    multiplied block by block of output features or channels (:func:`input_product_in_blocks`:
+    bounded memory, and no fresh memory for the allocator to map at every explain).
     """
     if not supports(ctx, derive.copies):  # nothing derived for a product done elsewhere
         return None
@@ -355,6 +356,8 @@ def _derived_product(
     nbytes = derive.nbytes(w)
     budget = weight_budget(weight_cache, ctx.cache.parameter_bytes)
     keep = key is not None and not w.requires_grad and store.fits(nbytes, budget)
+    if kept_only and not keep:
+        return None
     block = BLOCK_BYTES.get(w.device.type, DEFAULT_BLOCK_BYTES)
     if not keep and nbytes > block and w.dtype in (torch.float32, torch.float64):
         out = input_product_in_blocks(ctx, w, derive, g, derive.copies, block)
