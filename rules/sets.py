@@ -95,8 +95,9 @@ class AbsLRP(RuleSet):
     theirs — 2·W⁺ where the layer's input is non-negative, else [W, |W|] (one product
     for Wᵀg and |W|ᵀg) — which a Graph may keep between explains instead of deriving
     it again.  Keeping all of them costs about twice the weights' memory; deriving them
-    costs little (on the CPU at most ~2% of an explain on ViT-B/16, BERT-base,
-    ResNet-50, VGG16 and a 153M-parameter Llama, ``benchmarks/speed.py``).
+    at every explain costs little (on a 2-core CPU, keeping none was within a few per
+    cent of keeping all, the noise of the measurement, on ViT-B/16, BERT-base, ResNet-50,
+    VGG16 and a 153M-parameter Llama; ``benchmarks/speed.py``).
 
     - ``"auto"`` (default): keep derived weights while their total stays within
       max(64 MiB, ⅛ of the model's parameter bytes): all of a small model's, a small
@@ -106,10 +107,11 @@ class AbsLRP(RuleSet):
     - a number: a budget in bytes.
 
     Layers are kept first come (in walk order), and none is evicted.  The others derive
-    their weight at every explain and drop it after their product; one larger than a few
-    MiB is built and multiplied block by block of output features or channels, so that
-    not even one layer's copy exists at once.  The numbers are the same either way (up to
-    the order of summation over those blocks).  The kept weights belong to the Graph
+    their weight at every explain and drop it after their product (a signed layer derives
+    only |W| and takes Wᵀg and |W|ᵀg as two products); one larger than a few MiB is built
+    and multiplied block by block of output features or channels, so that not even one
+    layer's copy exists at once.  The numbers are the same either way up to rounding (the
+    order of summation differs).  The kept weights belong to the Graph
     (``graph.rule_cache``), are shared by all its traces, and are freed with it or by
     ``graph.rule_cache.clear()``; a weight changed in place or replaced is derived again.
     """
