@@ -176,11 +176,13 @@ def _weighted(ctx: Context, g: Tensor, weight_cache: Any = "auto") -> list[Tenso
     if _nonnegative(ctx.input_nodes[0]):
         c = _derived_product(ctx, w, _DOUBLE_POSITIVE, g, weight_cache)
         return None if c is None else _result(ctx, {0: c.mul_(x)})
-    # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] where that is kept (one larger
-    # GEMM is faster); else from two, with W as it is and |W| (half the memory to write)
-    both = _derived_product(ctx, w, _WITH_ABSOLUTE, g, weight_cache, kept_only=True)
+    # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] (one larger GEMM is faster);
+    # a linear layer whose [W, |W|] is not kept takes two, with W as it is and |W| (half the
+    # memory to write at every explain; a convolution's product costs more than its weight)
+    linear = op_name(ctx.op) == "aten.linear"
+    both = _derived_product(ctx, w, _WITH_ABSOLUTE, g, weight_cache, kept_only=linear)
     if both is not None:
-        a, b = both.chunk(2, dim=-1 if op_name(ctx.op) == "aten.linear" else 2)
+        a, b = both.chunk(2, dim=-1 if linear else 2)
     else:
         a = input_product(ctx, w, g)
         if a is None:

@@ -107,11 +107,11 @@ class AbsLRP(RuleSet):
     - a number: a budget in bytes.
 
     Layers are kept first come (in walk order), and none is evicted.  The others derive
-    their weight at every explain and drop it after their product (a signed layer derives
-    only |W| and takes Wᵀg and |W|ᵀg as two products); one larger than a few MiB is built
-    and multiplied block by block of output features or channels, so that not even one
-    layer's copy exists at once.  The numbers are the same either way up to rounding (the
-    order of summation differs).  The kept weights belong to the Graph
+    their weight at every explain and drop it after their product (a linear layer with a
+    signed input derives only |W| and takes Wᵀg and |W|ᵀg as two products); one larger
+    than a few MiB is built and multiplied block by block of output features or channels,
+    so that not even one layer's copy exists at once.  The numbers are the same either way
+    up to rounding (the order of summation differs).  The kept weights belong to the Graph
     (``graph.rule_cache``), are shared by all its traces, and are freed with it or by
     ``graph.rule_cache.clear()``; a weight changed in place or replaced is derived again.
     """
