@@ -13,7 +13,11 @@ Models (all by default; random weights, nothing is downloaded; float32, eval mod
   for; only these rows have the Zennit column;
 * ``llama``: ``LlamaForCausalLM`` (:func:`llama_config`: 12 layers, hidden 768, MLP 3072, 12 query and 4
   key/value heads, vocabulary 32000, untied output layer; 153.0M parameters), random token ids, sequence
-  length 128, input ``dict(input_ids, attention_mask)``, ``use_cache=False``; the target is the next token.
+  length 128, input ``dict(input_ids, attention_mask)``, ``use_cache=False``; the target is the next token;
+* ``minilm``: the shipped sentiment model (``relprop.sentiment.load_sentiment_model()``: all-MiniLM-L6-v2,
+  6 layers, hidden 384; needs the ``text`` extra), random token ids, sequence length 128;
+* ``tv_vit_b_16``: torchvision's ``vit_b_16(weights=None)`` (the ViT LXT's ``cp_LRP`` patch is written
+  for), 224×224 inputs.
 
 Methods, for every model and batch size (weights drawn after ``torch.manual_seed(0)``; one fixed input per
 (model, batch) from a generator seeded with the batch size; target = the predicted class of each sample, the
@@ -29,6 +33,13 @@ same for every method; for ``llama`` the predicted next token, explained by relp
 * ``absLRP weight_cache=True`` (decoder rows; every row with ``--weight-cache-rows``): the same with every
   derived weight kept;
 * ``LRP-eps``: ``relprop.trace(model, rules.Epsilon()).explain(x, target)`` (ε = 1e-6);
+* ``AttnLRP`` (transformer rows: ``bert``, ``minilm``, ``timm_vit_b_16``, ``tv_vit_b_16``):
+  ``rules.AttnLRP()``, on ``tv_vit_b_16`` ``rules.AttnLRP(cp=True)`` (the rules of LXT's patch there);
+* ``LXT AttnLRP`` (``bert``, ``minilm``, ``tv_vit_b_16``): LXT 2.1 (the AttnLRP authors' library, ``pip
+  install --no-deps lxt==2.1``) on a copy of the model with its rules attached as its own patches place them
+  (``benchmarks/lxt_oracle.py``: BERT's AttnLRP, torchvision ViT's ``cp_LRP``), run as LXT runs: forward,
+  then gradient × input of the target logits w.r.t. the input (the word-embedding output for text). The
+  copy is made before the warm-up, outside the timer;
 * ``EpsilonPlusFlat`` (torchvision rows): relprop's ``rules.EpsilonPlusFlat()``, the same rules as Zennit's;
 * ``zennit EpsilonPlusFlat`` (torchvision rows): ``zennit.attribution.Gradient`` with
   ``zennit.composites.EpsilonPlusFlat(canonizers=[VGGCanonizer() | ResNetCanonizer()])`` called with the
@@ -72,13 +83,15 @@ absLRP keeps at the end (2·W⁺ where the layer's input is non-negative, else [
 Targets (issue 5), checked on the rows they name: absLRP ≤ 2.5× gradient and LRP-ε ≤ 1.5× at batch 8 on
 the three timm image models and BERT; both faster than Zennit where Zennit runs; peak memory ≤ 2× the
 gradient pass's (checked at every batch size); tracing ViT-B/16 under 3 s; no second trace. Issue 10: on
-decoders (``llama``) absLRP's process peak ≤ 1.5× the gradient pass's, at every batch size.
+decoders (``llama``) absLRP's process peak ≤ 1.5× the gradient pass's, at every batch size; AttnLRP ≤ 1.3×
+LXT's time at batch 8 where LXT runs (column ``× LXT``: the row's median / the LXT row's).
 
 Devices: ``--device auto`` (default) runs on the CPU and, when CUDA is available, again on the GPU.
 
 ``--quick`` swaps in tiny models of the same families (narrow 7-conv VGGs and one-bottleneck-per-stage ResNets
 built from timm's and torchvision's classes, vit_tiny at depth 2, all at 32×32; a 2-layer BERT with hidden 64
-and a 2-layer Llama with hidden 64 and vocabulary 1000, both at sequence length 16) and one repeat: a smoke test
+and a 2-layer Llama with hidden 64 and vocabulary 1000, both at sequence length 16; a 2-layer BERT with hidden 48
+for ``minilm``; torchvision's ``VisionTransformer`` with 2 layers, hidden 64 at 32×32) and one repeat: a smoke test
 of the whole pipeline in seconds, its numbers mean nothing.
 """
 
@@ -106,7 +119,9 @@ from torch import Tensor, nn
 import relprop
 from relprop import rules
 
-ALL_MODELS = ["timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert", "tv_vgg16", "tv_resnet50", "llama"]
+ALL_MODELS = [
+    "timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert", "tv_vgg16", "tv_resnet50", "llama", "minilm", "tv_vit_b_16"
+]
 TARGET_MODELS = {"timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert"}  # the rows the ratio targets name
 DECODER_MODELS = {"llama"}  # the rows the process-peak target names
 ALIASES = {"vgg16": "timm_vgg16", "resnet50": "timm_resnet50", "vit_b_16": "timm_vit_b_16", "vit": "timm_vit_b_16"}
@@ -117,8 +132,11 @@ RELPROP_METHODS: dict[str, Callable[[], rules.RuleSet]] = {
     ABSLRP_ALL: lambda: rules.AbsLRP(weight_cache=True),
     "LRP-eps": rules.Epsilon,
     "EpsilonPlusFlat": rules.EpsilonPlusFlat,
+    "AttnLRP": rules.AttnLRP,  # per model: Case.attnlrp
 }
 ZENNIT = "zennit EpsilonPlusFlat"
+LXT = "LXT AttnLRP"
+LXT_TARGET = 1.3  # AttnLRP's time / LXT's, at batch 8
 TIME_TARGETS = {"absLRP": 2.5, "LRP-eps": 1.5}
 MEMORY_TARGET = 2.0
 PROCESS_TARGET = 1.5  # decoders: absLRP's process peak (model and kept derived weights included) / the gradient's
@@ -261,6 +279,10 @@ class Case:
     canonizer: Callable[[], Any] | None = None
     #: a causal language model: the target is the next token's logit (``relprop.targets.next_token``)
     decoder: bool = False
+    #: a transformer: the AttnLRP rule set to time (the variant LXT's patch for the model applies)
+    attnlrp: Callable[[], rules.RuleSet] | None = None
+    #: LXT's rules on a copy of the model (``lxt_oracle``), when LXT has a patch for its family
+    lxt: Callable[[nn.Module], nn.Module] | None = None
 
 
 def _image_inputs(size: int) -> Callable[[int], Tensor]:
@@ -306,18 +328,33 @@ def build_case(name: str, quick: bool) -> Case:
             if quick
             else timm.create_model("vit_base_patch16_224", pretrained=False)
         )
-    elif name == "bert":
+        return Case(name, model.eval(), _image_inputs(size), attnlrp=rules.AttnLRP)
+    elif name == "tv_vit_b_16":
+        if quick:
+            model = torchvision.models.VisionTransformer(32, 8, 2, 2, 64, 128, num_classes=10)
+        else:
+            model = torchvision.models.vit_b_16(weights=None)
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision starts the head at zero
+        cp = lambda: rules.AttnLRP(cp=True)  # noqa: E731 - LXT's cp_LRP patch is the rule set for this ViT
+        return Case(name, model.eval(), _image_inputs(size), attnlrp=cp, lxt=_lxt("lxt_vit_cp"))
+    elif name in ("bert", "minilm"):
         import transformers
 
-        config = (
-            transformers.BertConfig(
-                vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
+        if name == "minilm" and not quick:
+            from relprop.sentiment import load_sentiment_model
+
+            model, _ = load_sentiment_model()
+            config = model.config
+        else:
+            small = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128)
+            if name == "minilm":
+                small = dict(hidden_size=48, num_attention_heads=2, intermediate_size=96)
+            config = transformers.BertConfig(vocab_size=1000, num_hidden_layers=2, **small) if quick else (
+                transformers.BertConfig()
             )
-            if quick
-            else transformers.BertConfig()
-        )
-        model = transformers.BertForSequenceClassification(config)
-        return Case(name, model.eval(), _text_inputs(config.vocab_size, 16 if quick else 128), text=True)
+            model = transformers.BertForSequenceClassification(config)
+        inputs = _text_inputs(config.vocab_size, 16 if quick else 128)
+        return Case(name, model.eval(), inputs, text=True, attnlrp=rules.AttnLRP, lxt=_lxt("lxt_bert"))
     elif name == "llama":
         import transformers
 
@@ -342,6 +379,18 @@ def build_case(name: str, quick: bool) -> Case:
     else:
         raise SystemExit(f"unknown model {name!r}; choose from {', '.join(ALL_MODELS)}")
     return Case(name, model.eval(), _image_inputs(size))
+
+
+def _lxt(maker: str) -> Callable[[nn.Module], nn.Module]:
+    """``benchmarks/lxt_oracle.py``'s ``maker`` (imported when called: LXT is optional)."""
+
+    def make(model: nn.Module) -> nn.Module:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import lxt_oracle
+
+        return getattr(lxt_oracle, maker)(model)
+
+    return make
 
 
 def llama_config(quick: bool) -> Any:
@@ -402,9 +451,12 @@ def _scores(case: Case, out: Any) -> Tensor:
 
 
 def method_calls(
-    case: Case, inputs: Any, target: Tensor, graphs: dict[str, relprop.Graph]
+    case: Case, inputs: Any, target: Tensor, graphs: dict[str, relprop.Graph], lxt: nn.Module | None = None
 ) -> dict[str, Callable[[], Any]]:
-    """One zero-argument callable per method, each running that method once on ``inputs``."""
+    """One zero-argument callable per method, each running that method once on ``inputs``.
+
+    ``lxt``: LXT's copy of the model (its rules attached), timed as LXT runs: gradient × input.
+    """
     model = case.model
     classes: Any = relprop.targets.next_token(target.tolist()) if case.decoder else target.tolist()
 
@@ -428,7 +480,21 @@ def method_calls(
     calls: dict[str, Callable[[], Any]] = {"forward": forward, GRADIENT: gradient}
     for method, graph in graphs.items():
         calls[method] = _explainer(graph, inputs, classes)
+    if lxt is not None:
+        calls[LXT] = _lxt_call(lxt, case, inputs, target)
     return calls
+
+
+def _lxt_call(copy: nn.Module, case: Case, inputs: Any, target: Tensor) -> Callable[[], Tensor]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import lxt_oracle
+
+    def explain() -> Tensor:
+        if case.text:
+            return lxt_oracle.token_gradient_x_input(copy, inputs, target)
+        return lxt_oracle.gradient_x_input(copy, inputs, target)
+
+    return explain
 
 
 def _explainer(graph: relprop.Graph, inputs: Any, classes: Any) -> Callable[[], Tensor]:
@@ -470,6 +536,8 @@ class Row:
     #: the process's peak in that call: what it held with the model loaded, before any method ran, + ``peak_mb``
     process_peak_mb: float | None = None
     process_ratio: float | None = None
+    #: AttnLRP rows: median / the LXT row's median (same model and batch)
+    lxt_ratio: float | None = None
     target: str = ""
     passed: bool | None = None
     error: str | None = None
@@ -513,9 +581,16 @@ def run_case(
         "parameter_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
         "base_mb": base,
     }
-    graphs = {m: relprop.trace(model, make()) for m, make in RELPROP_METHODS.items()}
+    makers = {**RELPROP_METHODS, "AttnLRP": case.attnlrp}
+    graphs = {m: relprop.trace(model, make()) for m, make in makers.items() if make is not None}
     if case.canonizer is None:
         del graphs["EpsilonPlusFlat"]
+    lxt, lxt_error = None, None
+    if case.lxt is not None:
+        try:
+            lxt = case.lxt(model)
+        except Exception as err:  # noqa: BLE001 - LXT missing or failing: its row says so
+            lxt_error = f"{type(err).__name__}: {err}"[:300]
     if not (case.decoder or weight_cache_rows):
         del graphs[ABSLRP_ALL]
     traces: dict[str, Trace] = {}
@@ -532,13 +607,15 @@ def run_case(
         with torch.no_grad():
             out = _scores(case, model(**inputs) if case.text else model(inputs))
         target = out.argmax(1)
-        calls = method_calls(case, inputs, target, graphs)
+        calls = method_calls(case, inputs, target, graphs, lxt)
         # Zennit's hooks and canonizers are attached only around its own calls, outside the timer
         setups: dict[str, Callable[[], Any]] = dict.fromkeys(calls, contextlib.nullcontext)
         if zennit is not None:
             calls[ZENNIT] = _zennit_call(zennit, inputs, target, out.shape[1])
             setups[ZENNIT] = lambda: zennit
         batch_rows = {m: Row(device, case.name, batch, m) for m in calls}
+        if lxt_error is not None:
+            batch_rows[LXT] = Row(device, case.name, batch, LXT, error=lxt_error)
         live = {}
         for method, fn in calls.items():  # warm-up (relprop: the first call traces)
             try:
@@ -614,7 +691,10 @@ def resident_mb(device: str) -> float | None:
 
 def _ratios(rows: list[Row]) -> None:
     grad = next((r for r in rows if r.method == GRADIENT), None)
+    lxt = next((r for r in rows if r.method == LXT and r.median_s), None)
     for row in rows:
+        if row.method == "AttnLRP" and lxt is not None and row.median_s is not None:
+            row.lxt_ratio = row.median_s / lxt.median_s
         if grad is None:
             continue
         if row.median_s is not None and grad.median_s:
@@ -637,10 +717,12 @@ def evaluate_targets(rows: list[Row], traces: list[Trace]) -> None:
             checks.append((f"mem ≤{MEMORY_TARGET}×", row.memory_ratio <= MEMORY_TARGET))
         if row.method == "absLRP" and row.model in DECODER_MODELS and row.process_ratio is not None:
             checks.append((f"process ≤{PROCESS_TARGET}×", row.process_ratio <= PROCESS_TARGET))
+        if row.method == "AttnLRP" and row.batch == TARGET_BATCH and row.lxt_ratio is not None:
+            checks.append((f"≤{LXT_TARGET}× LXT", row.lxt_ratio <= LXT_TARGET))
         z = zennit.get((row.device, row.model, row.batch))
         if limit is not None and z is not None and row.median_s is not None:
             checks.append(("< zennit", row.median_s < z))
-        if row.error:
+        if row.error and (row.method in RELPROP_METHODS or row.method == LXT):
             checks.append(("runs", False))
         if checks:
             row.target = ", ".join(c for c, _ in checks)
@@ -667,9 +749,11 @@ def _verdict(passed: bool | None) -> str:
 def _row_line(row: Row) -> str:
     if row.error:
         return f"  {row.device} {row.model} b{row.batch} {row.method}: error {row.error}"
+    vs_lxt = f", {_fmt(row.lxt_ratio, '.2f')}× LXT" if row.lxt_ratio is not None else ""
     return (
         f"  {row.device} {row.model} b{row.batch} {row.method}: {_fmt(row.median_s, '.4f')} s "
-        f"({_fmt(row.ratio, '.2f')}× grad), peak {_fmt(row.peak_mb, '.1f')} MB ({_fmt(row.memory_ratio, '.2f')}×; "
+        f"({_fmt(row.ratio, '.2f')}× grad{vs_lxt}), "
+        f"peak {_fmt(row.peak_mb, '.1f')} MB ({_fmt(row.memory_ratio, '.2f')}×; "
         f"kept {_fmt(row.kept_mb, '.0f')} MB), "
         f"process peak {_fmt(row.process_peak_mb, '.0f')} MB ({_fmt(row.process_ratio, '.2f')}×)"
     )
@@ -687,20 +771,21 @@ def markdown(result: dict[str, Any]) -> str:
         + (", **--quick** (tiny stand-in models)" if result["quick"] else "")
         + ".",
         "",
-        "| device | model | batch | method | median s | × gradient | peak MB | memory × gradient | kept MB "
+        "| device | model | batch | method | median s | × gradient | × LXT | peak MB | memory × gradient | kept MB "
         "| process peak MB | process × gradient | target | |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:
         if r["error"]:
             lines.append(
                 f"| {r['device']} | {r['model']} | {r['batch']} | {r['method']} | error: {r['error']} "
-                "| | | | | | | runs | **FAIL** |"
+                f"| | | | | | | | {r['target']} | {_verdict(r['passed'])} |"
             )
             continue
         lines.append(
             f"| {r['device']} | {r['model']} | {r['batch']} | {r['method']} | {_fmt(r['median_s'], '.4f')} "
-            f"| {_fmt(r['ratio'], '.2f')} | {_fmt(r['peak_mb'], '.1f')} | {_fmt(r['memory_ratio'], '.2f')} "
+            f"| {_fmt(r['ratio'], '.2f')} | {_fmt(r.get('lxt_ratio'), '.2f')} "
+            f"| {_fmt(r['peak_mb'], '.1f')} | {_fmt(r['memory_ratio'], '.2f')} "
             f"| {_fmt(r.get('kept_mb'), '.0f')} | {_fmt(r.get('process_peak_mb'), '.0f')} "
             f"| {_fmt(r.get('process_ratio'), '.2f')} "
             f"| {r['target']} | {_verdict(r['passed'])} |"

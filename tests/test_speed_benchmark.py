@@ -49,12 +49,21 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
     return json.loads(js.read_text()), js, md
 
 
+#: the transformer rows: AttnLRP timed, and LXT beside it where LXT has a patch for the model
+ATTNLRP_MODELS = {"bert", "minilm", "timm_vit_b_16", "tv_vit_b_16"}
+LXT_MODELS = {"bert", "minilm", "tv_vit_b_16"}
+
+
 def _expected_methods(model: str) -> list[str]:
     methods = ["forward", "gradient", "absLRP", "LRP-eps"]
-    if model.startswith("tv_"):
+    if model in ("tv_vgg16", "tv_resnet50"):
         methods += ["EpsilonPlusFlat", "zennit EpsilonPlusFlat"]
     if model in speed.DECODER_MODELS:
         methods.append(speed.ABSLRP_ALL)
+    if model in ATTNLRP_MODELS:
+        methods.append("AttnLRP")
+    if model in LXT_MODELS:
+        methods.append(speed.LXT)
     return methods
 
 
@@ -97,9 +106,15 @@ def test_targets_are_evaluated_on_the_rows_they_name(quick: tuple[dict[str, Any]
         assert (limit is not None and limit in r["target"]) == named, r
         if r["method"] in ("absLRP", "LRP-eps"):
             assert isinstance(r["passed"], bool)
-            assert ("< zennit" in r["target"]) == r["model"].startswith("tv_")
-        elif r["method"] in ("forward", "gradient", "zennit EpsilonPlusFlat", speed.ABSLRP_ALL):
+            assert ("< zennit" in r["target"]) == (r["model"] in ("tv_vgg16", "tv_resnet50"))
+        elif r["method"] in ("forward", "gradient", "zennit EpsilonPlusFlat", speed.ABSLRP_ALL, speed.LXT):
             assert r["passed"] is None and r["target"] == ""
+        # AttnLRP against LXT's own implementation, at batch 8 where LXT runs
+        versus_lxt = r["method"] == "AttnLRP" and r["batch"] == 8 and r["model"] in LXT_MODELS
+        assert ("≤1.3× LXT" in r["target"]) == versus_lxt, r
+        if r["method"] == "AttnLRP":
+            assert (r["lxt_ratio"] is not None) == (r["model"] in LXT_MODELS), r
+            assert isinstance(r["passed"], bool) == versus_lxt, r
         decoder = r["method"] == "absLRP" and r["model"] in speed.DECODER_MODELS
         assert ("process ≤1.5×" in r["target"]) == decoder, r
 
@@ -126,7 +141,7 @@ def test_outputs_written(quick: tuple[dict[str, Any], Path, Path]) -> None:
     result, js, md = quick
     assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     text = md.read_text()
-    assert "| device | model | batch | method | median s | × gradient | peak MB" in text
+    assert "| device | model | batch | method | median s | × gradient | × LXT | peak MB" in text
     assert text.count("| cpu | ") == len(result["rows"]) + len(result["traces"])
     assert "--quick" in text and result["machine"]["torch"] in text
     assert result["machine"]["cpu"] and result["machine"]["torch_threads"] == 1
@@ -156,6 +171,14 @@ def test_evaluate_targets_pass_and_fail() -> None:
     speed.evaluate_targets(rows, [])
     assert [r.passed for r in rows] == [True, False, None, True]
     assert rows[0].target == "mem ≤2.0×, process ≤1.5×" and rows[2].target == ""
+    # AttnLRP: at most 1.3× LXT's time at batch 8
+    rows = [row("bert", "AttnLRP", 1.2, 1.2, 1.0), row("minilm", "AttnLRP", 1.4, 1.4, 1.0)]
+    rows += [row("bert", "AttnLRP", 9.0, 9.0, 1.0, batch=1), row("bert", speed.LXT, 1.0, 1.0, 1.0)]
+    for r, lxt in zip(rows, (1.29, 1.31, 9.0, None)):
+        r.lxt_ratio = lxt
+    speed.evaluate_targets(rows, [])
+    assert [r.passed for r in rows] == [True, False, None, None]
+    assert rows[0].target == "≤1.3× LXT"
 
 
 def test_peak_includes_what_abslrp_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
