@@ -120,7 +120,15 @@ import relprop
 from relprop import rules
 
 ALL_MODELS = [
-    "timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert", "tv_vgg16", "tv_resnet50", "llama", "minilm", "tv_vit_b_16"
+    "timm_vgg16",
+    "timm_resnet50",
+    "timm_vit_b_16",
+    "bert",
+    "tv_vgg16",
+    "tv_resnet50",
+    "llama",
+    "minilm",
+    "tv_vit_b_16",
 ]
 TARGET_MODELS = {"timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert"}  # the rows the ratio targets name
 DECODER_MODELS = {"llama"}  # the rows the process-peak target names
@@ -349,8 +357,10 @@ def build_case(name: str, quick: bool) -> Case:
             small = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128)
             if name == "minilm":
                 small = dict(hidden_size=48, num_attention_heads=2, intermediate_size=96)
-            config = transformers.BertConfig(vocab_size=1000, num_hidden_layers=2, **small) if quick else (
-                transformers.BertConfig()
+            config = (
+                transformers.BertConfig(vocab_size=1000, num_hidden_layers=2, **small)
+                if quick
+                else (transformers.BertConfig())
             )
             model = transformers.BertForSequenceClassification(config)
         inputs = _text_inputs(config.vocab_size, 16 if quick else 128)
@@ -399,15 +409,32 @@ def llama_config(quick: bool) -> Any:
     import transformers
 
     size = (
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             vocab_size=1000)
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=1000,
+        )
         if quick
-        else dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  num_key_value_heads=4, vocab_size=32000)
+        else dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            vocab_size=32000,
+        )
     )
     return transformers.LlamaConfig(
-        **size, max_position_embeddings=512, tie_word_embeddings=False, use_cache=False,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        **size,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
 
 
@@ -875,7 +902,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="tiny stand-in models, one repeat (smoke test)")
     p.add_argument(
-        "--weight-cache-rows", action="store_true",
+        "--weight-cache-rows",
+        action="store_true",
         help=f"add the row '{ABSLRP_ALL}' (every derived weight kept) to every model, not only decoders",
     )
     return p.parse_args(argv)

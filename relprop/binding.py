@@ -143,8 +143,9 @@ def _module_stack(node: fx.Node) -> list[tuple[str, str]]:
 
 def _stack_entries(stack: dict[str, Any]) -> list[tuple[str, str]]:
     """(module path, class name) per level of an ``nn_module_stack``, outermost first."""
-    return [(path, cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls)))
-            for path, cls in stack.values()]
+    return [
+        (path, cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))) for path, cls in stack.values()
+    ]
 
 
 def _clean_path(path: str) -> str:
@@ -300,9 +301,20 @@ def _leaves(node: fx.Node) -> list[Any]:
 
 #: ops an index tensor may pass through and still be "the token ids" of a user input
 _INDEX_MOVES = {
-    "aten.view", "aten._unsafe_view", "aten.reshape", "aten.flatten", "aten.unsqueeze",
-    "aten.squeeze", "aten.expand", "aten.contiguous", "aten.clone", "aten._to_copy", "aten.to",
-    "aten.alias", "aten.detach", "aten.lift_fresh_copy",
+    "aten.view",
+    "aten._unsafe_view",
+    "aten.reshape",
+    "aten.flatten",
+    "aten.unsqueeze",
+    "aten.squeeze",
+    "aten.expand",
+    "aten.contiguous",
+    "aten.clone",
+    "aten._to_copy",
+    "aten.to",
+    "aten.alias",
+    "aten.detach",
+    "aten.lift_fresh_copy",
 }
 
 
@@ -383,9 +395,7 @@ def _live_nodes(
     return float_sources, token_sources, live, embeddings
 
 
-def _relevant_nodes(
-    program: Program, nodes: list[fx.Node], live: set[fx.Node], sources: Any
-) -> set[fx.Node]:
+def _relevant_nodes(program: Program, nodes: list[fx.Node], live: set[fx.Node], sources: Any) -> set[fx.Node]:
     """Live nodes on a path to the output; an error if there are none."""
     output = nodes[-1]
     relevant: set[fx.Node] = set()
@@ -538,8 +548,7 @@ def _missing_message(info: NodeInfo, rule_set: RuleSet) -> str:
     return (
         f"no rule for op {op} (node '{info.node.name}', traced in {where}) in rule set "
         f"{type(rule_set).__name__}. Register one, e.g.:\n"
-        f"    relprop.register_rule(\"{op}\", {rule_set.suggestion()})\n"
+        f'    relprop.register_rule("{op}", {rule_set.suggestion()})\n'
         "or pass overrides={...} to relprop.trace, or strict=False to pass relevance through "
         "such ops by their gradient."
     )
-

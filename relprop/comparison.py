@@ -281,4 +281,3 @@ def image_folder(
         if w % 2 or h % 2:
             raise InputError(f"images are {w}x{h}; GAE needs an even width and height: pass size= (--size)")
     return ds
-

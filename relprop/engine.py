@@ -66,8 +66,19 @@ def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
 #: tensors share it (so a per-sample factor on the output's relevance reaches each
 #: input's samples unchanged)
 _SEPARABLE = {
-    "dense", "conv", "norm", "activation", "add", "mul", "div", "scale", "rescale",
-    "matmul", "maxpool", "avgpool", "attention",
+    "dense",
+    "conv",
+    "norm",
+    "activation",
+    "add",
+    "mul",
+    "div",
+    "scale",
+    "rescale",
+    "matmul",
+    "maxpool",
+    "avgpool",
+    "attention",
 }
 #: at most this many rules in a row hand on unnormalized relevance (bounds its range)
 _FREE_SCALE_DEPTH = 3

@@ -91,8 +91,7 @@ class Graph:
             rules = rules()
         if not isinstance(rules, RuleSet):
             raise RuleError(
-                f"rules must be a rule set such as relprop.rules.AbsLRP() or "
-                f"relprop.rules.Epsilon(1e-6); got {rules!r}"
+                f"rules must be a rule set such as relprop.rules.AbsLRP() or relprop.rules.Epsilon(1e-6); got {rules!r}"
             )
         self.model = model
         self.rules = rules
@@ -324,10 +323,7 @@ class Graph:
             with eval_mode(self.model):
                 self._bound(args, kwargs)
         if self._last is None:
-            raise InputError(
-                "nothing traced yet: call explain(x, target) first, or summary(x) with an "
-                "example input"
-            )
+            raise InputError("nothing traced yet: call explain(x, target) first, or summary(x) with an example input")
         return format_summary(self._last, self.rules)
 
     @property
@@ -367,8 +363,7 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
         lines.append("  ".join(c[:60].ljust(w) for c, w in zip(r, widths)).rstrip())
     if bound.unbound:
         lines.append(
-            "passed by their gradient for want of a rule (strict=False): "
-            + ", ".join(sorted(set(bound.unbound)))
+            "passed by their gradient for want of a rule (strict=False): " + ", ".join(sorted(set(bound.unbound)))
         )
     return "\n".join(lines)
 

@@ -27,8 +27,19 @@ __all__ = ["Region", "find_regions"]
 
 #: elementwise ops that are affine in their tensor inputs (or only move them)
 _AFFINE = {
-    "aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div", "aten.neg", "aten._to_copy",
-    "aten.clone", "aten.alias", "aten.contiguous", "aten.to", "aten.detach", "aten.type_as",
+    "aten.add",
+    "aten.sub",
+    "aten.rsub",
+    "aten.mul",
+    "aten.div",
+    "aten.neg",
+    "aten._to_copy",
+    "aten.clone",
+    "aten.alias",
+    "aten.contiguous",
+    "aten.to",
+    "aten.detach",
+    "aten.type_as",
 }
 #: same-shape copies and casts, allowed in a region although ATen does not tag them pointwise
 _COPIES = {"aten._to_copy", "aten.clone", "aten.alias", "aten.contiguous", "aten.to", "aten.detach", "aten.type_as"}
@@ -94,8 +105,7 @@ def _candidate(key: str, members: list[fx.Node], live: set[fx.Node], position: d
         return None
     region_tensors = inside | {x}
     nonlinear = any(
-        op_name(n.target) not in _AFFINE or sum(a in region_tensors for a in n.all_input_nodes) > 1
-        for n in members
+        op_name(n.target) not in _AFFINE or sum(a in region_tensors for a in n.all_input_nodes) > 1 for n in members
     )
     if not nonlinear:
         return None

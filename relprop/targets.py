@@ -122,8 +122,7 @@ def _callable_selection(
 ) -> list[Tensor | None]:
     with torch.enable_grad():
         leaves = [
-            v.detach().requires_grad_(True) if isinstance(v, Tensor) and v.is_floating_point() else v
-            for v in flat
+            v.detach().requires_grad_(True) if isinstance(v, Tensor) and v.is_floating_point() else v for v in flat
         ]
         try:
             scores = target(pytree.tree_unflatten(leaves, spec))
@@ -208,9 +207,7 @@ def start_relevance(
             row = (w != 0).any(dim=-1, keepdim=True)
             others.append((row & (w == 0)).to(w.dtype))
         negative = _unit(others, "contrast (all other classes)")
-        rel = [
-            None if p is None else torch.stack([p, n]) for p, n in zip(positive, negative)
-        ]
+        rel = [None if p is None else torch.stack([p, n]) for p, n in zip(positive, negative)]
         return Start(rel, classes, 2)
     if start == "onehot":
         positive = _unit(weights, "target")
@@ -262,9 +259,7 @@ class NextToken:
         batch, length, vocab = logits.shape
         ids = torch.as_tensor(self.token_id, device=logits.device)
         if ids.is_floating_point() or ids.dim() > 1 or (ids.dim() == 1 and len(ids) != batch):
-            raise TargetError(
-                f"next_token needs one int token id, or one per sample ({batch}); got {self.token_id!r}"
-            )
+            raise TargetError(f"next_token needs one int token id, or one per sample ({batch}); got {self.token_id!r}")
         ids = ids.to(torch.long).expand(batch)
         bad = (ids < 0) | (ids >= vocab)
         if bad.any():

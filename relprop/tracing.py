@@ -204,9 +204,13 @@ def structure_of(model: nn.Module) -> tuple:
     for name, m in model.named_modules(remove_duplicate=False):
         attrs = []
         for key, value in m.__dict__.items():
-            if key in ("training", "_parameters", "_buffers", "_modules") or key.startswith("_forward") \
-                    or key.startswith("_backward") or key.startswith("_state_dict") \
-                    or key.startswith("_load_state_dict"):
+            if (
+                key in ("training", "_parameters", "_buffers", "_modules")
+                or key.startswith("_forward")
+                or key.startswith("_backward")
+                or key.startswith("_state_dict")
+                or key.startswith("_load_state_dict")
+            ):
                 continue
             if isinstance(value, torch.Tensor):
                 attrs.append((key, "tensor", id(value), tuple(value.shape), value.dtype))
@@ -219,14 +223,10 @@ def structure_of(model: nn.Module) -> tuple:
             for k, t in [*m._parameters.items(), *m._buffers.items()]
             if t is not None
         ]
-        hooks = tuple(
-            tuple(getattr(m, h, {}).keys())
-            for h in ("_forward_hooks", "_forward_pre_hooks")
-        )
+        hooks = tuple(tuple(getattr(m, h, {}).keys()) for h in ("_forward_hooks", "_forward_pre_hooks"))
         parts.append((name, type(m), tuple(attrs), tuple(tensors), hooks))
     hooks = tuple(
-        tuple(getattr(nn.modules.module, h, {}).keys())
-        for h in ("_global_forward_hooks", "_global_forward_pre_hooks")
+        tuple(getattr(nn.modules.module, h, {}).keys()) for h in ("_global_forward_hooks", "_global_forward_pre_hooks")
     )
     return (tuple(parts), hooks)
 
@@ -303,9 +303,7 @@ def _raise_trace_error(model: nn.Module, args: tuple, kwargs: dict, err: Excepti
             model(*args, **kwargs)
     except Exception as eager:  # noqa: BLE001
         shapes = [
-            f"{tuple(x.shape)} {x.dtype}"
-            for x in pytree.tree_leaves((args, kwargs))
-            if isinstance(x, torch.Tensor)
+            f"{tuple(x.shape)} {x.dtype}" for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)
         ]
         raise InputError(
             f"the model cannot run on the given input (tensor inputs: {', '.join(shapes)}): "

@@ -335,4 +335,3 @@ def save_rows(
         draw.text((pad, y), str(text), fill=(0, 0, 0), font=font)
     out.save(path, format="PNG")
     return out
-

@@ -307,8 +307,12 @@ class DerivedWeights:
             return None
         old, version, derived = hit  # ``old`` shares w's version counter: compare the number
         if (
-            old.data_ptr() == w.data_ptr() and version == w._version and old.shape == w.shape
-            and old.stride() == w.stride() and old.dtype == w.dtype and old.device == w.device
+            old.data_ptr() == w.data_ptr()
+            and version == w._version
+            and old.shape == w.shape
+            and old.stride() == w.stride()
+            and old.dtype == w.dtype
+            and old.device == w.device
         ):
             return derived
         self.drop(key)
@@ -534,6 +538,7 @@ class AbsAttentionRule(Rule):
             s = apply_mask((q * scale) @ repeat(k).transpose(-2, -1), mask, causal)
             p = masked_softmax(s, -1)
         out: list[Tensor | None] = [None] * len(ctx.inputs)
+
         # o = p · v
         def mm(a: Tensor, b: Tensor) -> Tensor:
             return a @ repeat(b)
@@ -544,8 +549,9 @@ class AbsAttentionRule(Rule):
             rel = abs_step(mm, mm, xs, xs_abs, R / (ctx.output.abs() + eps), lay, B)
             out[2] = rel[1]
         else:
-            rel = abs_step(lambda a: mm(a, v), lambda a: mm(a, v.abs()), xs, xs_abs,
-                           R / (ctx.output.abs() + eps), lay, B)
+            rel = abs_step(
+                lambda a: mm(a, v), lambda a: mm(a, v.abs()), xs, xs_abs, R / (ctx.output.abs() + eps), lay, B
+            )
         if not (live[0] or live[1]):
             return out
         R_p = rel[0]
@@ -554,7 +560,12 @@ class AbsAttentionRule(Rule):
         (R_s,) = abs_step(
             lambda a: masked_softmax(a, -1),
             lambda a: masked_softmax(a, -1),
-            [s], [s_abs], R_p / (p.abs() + eps), [layout], B, [~is_masked(s)],
+            [s],
+            [s_abs],
+            R_p / (p.abs() + eps),
+            [layout],
+            B,
+            [~is_masked(s)],
         )
         # s = (q·scale) · kᵀ ; the mask is a constant offset: relevance passes to the product
         qs = q * scale
@@ -564,7 +575,11 @@ class AbsAttentionRule(Rule):
         R_qs, R_k = abs_step(
             lambda a, b: a @ repeat(b).transpose(-2, -1),
             lambda a, b: a @ repeat(b).transpose(-2, -1),
-            [qs, k], [qs.abs(), k.abs()], g, [layout, layout], B,
+            [qs, k],
+            [qs.abs(), k.abs()],
+            g,
+            [layout, layout],
+            B,
         )
         if live[0]:
             out[0] = R_qs

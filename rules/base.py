@@ -192,9 +192,7 @@ class Rule:
         return self.relevance(ctx, R)
 
     def __repr__(self) -> str:
-        params = ", ".join(
-            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and v is not None
-        )
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and v is not None)
         return f"{type(self).__name__}({params})"
 
 
@@ -227,9 +225,7 @@ def _as_list(x: Any) -> list[Any]:
     return list(x) if isinstance(x, (tuple, list)) else [x]
 
 
-def vjp(
-    fn: Callable[..., Any], primals: Sequence[Tensor], cotangent: Relevance
-) -> list[Tensor]:
+def vjp(fn: Callable[..., Any], primals: Sequence[Tensor], cotangent: Relevance) -> list[Tensor]:
     """Vector-Jacobian products of ``fn`` at ``primals``, one per pass.
 
     ``cotangent`` is (P, *out.shape) (or one such entry per output, None for
@@ -240,11 +236,7 @@ def vjp(
     with torch.enable_grad():
         leaves = [p.detach().requires_grad_(True) for p in primals]
         outs = _as_list(fn(*leaves))
-        pairs = [
-            (o, c)
-            for o, c in zip(outs, cots)
-            if c is not None and isinstance(o, Tensor) and o.requires_grad
-        ]
+        pairs = [(o, c) for o, c in zip(outs, cots) if c is not None and isinstance(o, Tensor) and o.requires_grad]
         if not pairs:
             return [torch.zeros((passes, *p.shape), dtype=p.dtype, device=p.device) for p in primals]
         outs_, cots_ = [o for o, _ in pairs], [c for _, c in pairs]

@@ -415,4 +415,3 @@ class AttentionValueRule(Rule):
         (r,) = vjp(lambda a: p @ repeat(a), [v], g)
         out[2] = v * r
         return out
-

@@ -46,8 +46,15 @@ import torch
 aten = torch.ops.aten
 
 __all__ = [
-    "CATEGORIES", "COMPUTING", "categorize", "is_constant", "is_statistic", "op_name",
-    "WEIGHTED_ARGS", "WEIGHTED_LAYOUT", "weighted_args",
+    "CATEGORIES",
+    "COMPUTING",
+    "categorize",
+    "is_constant",
+    "is_statistic",
+    "op_name",
+    "WEIGHTED_ARGS",
+    "WEIGHTED_LAYOUT",
+    "weighted_args",
 ]
 
 
@@ -56,17 +63,61 @@ def _names(*names: str) -> set[str]:
 
 
 MOVE = _names(
-    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "flatten", "unflatten",
-    "unsqueeze", "squeeze", "expand", "expand_as", "contiguous", "clone", "cat", "stack",
-    "split", "split_with_sizes", "unbind", "chunk", "alias", "_to_copy", "to", "type_as",
-    "dropout", "detach", "lift_fresh_copy", "movedim", "repeat", "pad", "constant_pad_nd",
-    "roll", "flip", "tensor_split", "unfold", "pixel_shuffle", "pixel_unshuffle",
-    "channel_shuffle", "native_dropout", "feature_dropout", "alpha_dropout", "repeat_interleave",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "permute",
+    "transpose",
+    "t",
+    "flatten",
+    "unflatten",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "expand_as",
+    "contiguous",
+    "clone",
+    "cat",
+    "stack",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "alias",
+    "_to_copy",
+    "to",
+    "type_as",
+    "dropout",
+    "detach",
+    "lift_fresh_copy",
+    "movedim",
+    "repeat",
+    "pad",
+    "constant_pad_nd",
+    "roll",
+    "flip",
+    "tensor_split",
+    "unfold",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "native_dropout",
+    "feature_dropout",
+    "alpha_dropout",
+    "repeat_interleave",
 )
 SELECT = _names("select", "slice", "narrow", "index", "index_select", "gather")
 WEIGHTED = _names(
-    "linear", "addmm", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "_convolution",
+    "linear",
+    "addmm",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "convolution",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "_convolution",
 )
 CONV = WEIGHTED - _names("linear", "addmm")
 MATMUL = _names("matmul", "mm", "bmm", "einsum")
@@ -76,29 +127,73 @@ DIV = _names("div")
 #: multiplication by a plain number written as its own op
 RESCALE = _names("neg")
 ACTIVATION = _names(
-    "relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid",
-    "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "prelu", "pow",
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "mish",
+    "softplus",
+    "prelu",
+    "pow",
 )
 NORM = _names(
-    "_native_batch_norm_legit_no_training", "batch_norm", "layer_norm", "native_layer_norm",
-    "group_norm", "native_group_norm", "rms_norm", "instance_norm",
+    "_native_batch_norm_legit_no_training",
+    "batch_norm",
+    "layer_norm",
+    "native_layer_norm",
+    "group_norm",
+    "native_group_norm",
+    "rms_norm",
+    "instance_norm",
 )
 SOFTMAX = _names("softmax", "_softmax", "_safe_softmax")
 ATTENTION = _names("scaled_dot_product_attention")
 MAXPOOL = _names(
-    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "amax", "max",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "max_pool2d_with_indices",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "amax",
+    "max",
 )
 AVGPOOL = _names(
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "mean", "sum",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "_adaptive_avg_pool2d",
+    "mean",
+    "sum",
 )
 EMBEDDING = _names("embedding")
 #: ops whose output depends on the shape, dtype or device of their input, never on its
 #: values (``x.new_zeros(...)``, ``torch.zeros_like(x)``): their output carries no relevance
 CONSTANT = _names(
-    "new_zeros", "new_ones", "new_full", "new_empty", "new_empty_strided", "zeros_like",
-    "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like",
+    "new_zeros",
+    "new_ones",
+    "new_full",
+    "new_empty",
+    "new_empty_strided",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "empty_like",
+    "rand_like",
+    "randn_like",
+    "randint_like",
 )
 MASK = _names("masked_fill", "where")
 #: normalization statistics: their outputs carry no relevance (see the module docstring)
@@ -106,8 +201,20 @@ STATISTIC = _names("rsqrt", "sqrt", "reciprocal", "var", "std", "var_mean", "std
 
 #: categories whose ops compute (the ones module-name and module-class overrides replace)
 COMPUTING = {
-    "pool_select", "dense", "conv", "matmul", "add", "scale", "mul", "div", "activation",
-    "norm", "softmax", "attention", "maxpool", "avgpool",
+    "pool_select",
+    "dense",
+    "conv",
+    "matmul",
+    "add",
+    "scale",
+    "mul",
+    "div",
+    "activation",
+    "norm",
+    "softmax",
+    "attention",
+    "maxpool",
+    "avgpool",
 }
 CATEGORIES = COMPUTING | {"move", "split", "embedding", "mask", "getitem", "rescale"}
 

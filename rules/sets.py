@@ -173,8 +173,7 @@ def as_rule(value: Any) -> Rule:
     from relprop.errors import RuleError
 
     raise RuleError(
-        f"expected a rule (a relprop.rules.Rule, a rule set, or a function (ctx, R) -> list), "
-        f"got {value!r}"
+        f"expected a rule (a relprop.rules.Rule, a rule set, or a function (ctx, R) -> list), got {value!r}"
     )
 
 

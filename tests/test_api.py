@@ -76,10 +76,7 @@ def snapshot(model: nn.Module) -> dict:
         "state": {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()},
         "params": {k: id(p) for k, p in model.named_parameters()},
         "training": [m.training for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
     }
 

@@ -23,9 +23,7 @@ from relprop import rules
 class Attention(nn.Module):
     """One-head-group self-attention, SDPA or explicit, with optional masks."""
 
-    def __init__(
-        self, dim: int = 8, heads: int = 2, kv_heads: int | None = None, explicit: bool = False
-    ) -> None:
+    def __init__(self, dim: int = 8, heads: int = 2, kv_heads: int | None = None, explicit: bool = False) -> None:
         super().__init__()
         self.heads, self.kv_heads = heads, kv_heads or heads
         self.head_dim = dim // heads
@@ -39,9 +37,7 @@ class Attention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, heads, self.head_dim).transpose(1, 2)
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         q = self.split(self.q(x), self.heads)
         k = self.split(self.k(x), self.kv_heads)
         v = self.split(self.v(x), self.kv_heads)

@@ -73,9 +73,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_rule_sets_share_one_export(exports: list[nn.Module]) -> None:
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
-    ).double().eval()
+    model = (
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        .double()
+        .eval()
+    )
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     graphs = [relprop.trace(model, rules=r) for r in (rules.AbsLRP(), rules.Epsilon(1e-6), rules.ZPlus())]
     results = [g.explain(x, [0, 1, 2]) for g in graphs]
@@ -97,6 +99,7 @@ def test_structural_change_is_exported_again(exports: list[nn.Module]) -> None:
     model = LayerNormNet().double().eval()
     x = torch.randn(4, 6, dtype=torch.float64)
     before = relprop.trace(model).explain(x, 1)
+
     def count() -> int:
         return sum(m is model for m in exports)
 
@@ -198,8 +201,13 @@ def test_chunks_with_per_sample_targets() -> None:
 def test_chunks_equal_one_batch_tiny_bert() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=3,
     )
     model = transformers.BertForSequenceClassification(config).double().eval()
     ids = torch.randint(1, 50, (5, 7))

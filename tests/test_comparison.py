@@ -70,8 +70,7 @@ def test_text_csv_json_and_plot(small_run: comparison.Comparison, tmp_path: Path
 def test_deterministic_for_a_seed(digits: TensorDataset) -> None:
     nets = {"resnet": models.load_digits_model("resnet")}
     run = [
-        comparison.compare(nets, digits, ["absLRP", "random"], steps=2, max_images=16, progress=False)
-        for _ in range(2)
+        comparison.compare(nets, digits, ["absLRP", "random"], steps=2, max_images=16, progress=False) for _ in range(2)
     ]
     for m in ("absLRP", "random"):
         assert torch.equal(run[0].gae["resnet"][m]["gae"], run[1].gae["resnet"][m]["gae"])

@@ -36,15 +36,25 @@ def test_weighted_fast_path_matches_autograd(conv, monkeypatch: pytest.MonkeyPat
     assert torch.allclose(fast, slow, atol=1e-14, rtol=0)
 
 
-@pytest.mark.parametrize("rule_set", [relprop.rules.Epsilon(1e-6), relprop.rules.EpsilonPlusFlat(),
-                                      relprop.rules.AlphaBeta(2.0, 1.0), relprop.rules.ZBox(-1.0, 1.0)], ids=repr)
+@pytest.mark.parametrize(
+    "rule_set",
+    [
+        relprop.rules.Epsilon(1e-6),
+        relprop.rules.EpsilonPlusFlat(),
+        relprop.rules.AlphaBeta(2.0, 1.0),
+        relprop.rules.ZBox(-1.0, 1.0),
+    ],
+    ids=repr,
+)
 def test_classic_rules_fast_path_matches_autograd(rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
     from relprop.rules import lrp
 
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
-    ).double().eval()
+    model = (
+        nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+        .double()
+        .eval()
+    )
     fast = relprop.trace(model, rule_set).explain(x, [0, 2])
     monkeypatch.setattr(lrp, "input_product", lambda ctx, w, g: None)
     slow = relprop.trace(model, rule_set).explain(x, [0, 2])
@@ -220,8 +230,15 @@ class _ResBlock(nn.Module):
 def _tiny_resnet() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        _ResBlock(4), _ResBlock(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        _ResBlock(4),
+        _ResBlock(4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
     )
     for m in model.modules():  # non-trivial statistics, so BN is not the identity
         if isinstance(m, nn.BatchNorm2d):

@@ -95,8 +95,16 @@ def _globals() -> dict[str, Any]:
     from transformers.models.llama import modeling_llama as ml
 
     found: dict[str, Any] = {}
-    for cls in (nn.LayerNorm, nn.GELU, nn.Tanh, nn.Dropout, nn.MultiheadAttention, ml.LlamaMLP,
-                ml.LlamaRMSNorm, acts.GELUActivation):
+    for cls in (
+        nn.LayerNorm,
+        nn.GELU,
+        nn.Tanh,
+        nn.Dropout,
+        nn.MultiheadAttention,
+        ml.LlamaMLP,
+        ml.LlamaRMSNorm,
+        acts.GELUActivation,
+    ):
         found[f"{cls.__name__}.forward"] = vars(cls).get("forward")
         found[f"{cls.__name__}.original_forward"] = vars(cls).get("original_forward")
     for mod in (ml, mb):
@@ -124,7 +132,8 @@ def _nothing_patched() -> Iterator[None]:
 def _state(model: nn.Module) -> tuple[dict[str, Tensor], list[bool], list[str]]:
     """Parameters and buffers (cloned), requires_grad flags, and any instance-level overrides or hooks."""
     touched = [
-        name for name, mod in model.named_modules()
+        name
+        for name, mod in model.named_modules()
         if "forward" in vars(mod) or mod._forward_hooks or mod._forward_pre_hooks
     ]
     flags = [p.requires_grad for p in model.parameters()]
@@ -144,9 +153,7 @@ def _assert_relprop_unchanged(model: nn.Module, inputs: Any, target: Any, rule_s
     torch.testing.assert_close(again, expected, rtol=1e-12, atol=1e-14)
 
 
-def _check(
-    name: str, R: Tensor, lxt: Tensor, plain: Tensor, exact: Tensor, wrong: dict[str, Tensor]
-) -> float:
+def _check(name: str, R: Tensor, lxt: Tensor, plain: Tensor, exact: Tensor, wrong: dict[str, Tensor]) -> float:
     """The agreement and non-triviality checks shared by the cases; returns the minimum cosine."""
     assert torch.isfinite(R).all() and torch.isfinite(lxt).all()
     assert (lxt.flatten(1).abs().sum(1) > 0).all() and (R.flatten(1).abs().sum(1) > 0).all()
@@ -253,9 +260,19 @@ VOCAB, TOKENS, TOKEN = 48, 8, 7
 def _llama(attention: str) -> nn.Module:
     torch.manual_seed(3)
     config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, hidden_act="silu", vocab_size=VOCAB, max_position_embeddings=32,
-        use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation=attention,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        attn_implementation=attention,
     )
     model = transformers.LlamaForCausalLM(config).to(DT).eval()
     assert model.config._attn_implementation == attention
@@ -311,8 +328,16 @@ def _decoder_maps(model: nn.Module, lxt_model: nn.Module, inputs: dict, target: 
 def _gpt2(activation: str) -> nn.Module:
     torch.manual_seed(5)
     config = transformers.GPT2Config(
-        n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32, activation_function=activation,
-        use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=32,
+        activation_function=activation,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
     return transformers.GPT2LMHeadModel(config).to(DT).eval()
 

@@ -72,8 +72,6 @@ def assert_unchanged(model: nn.Module, before: dict, name: str) -> None:
         assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1)), f"{name} changed .grad"
 
 
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[Tensor, Tensor]:
     x, y = relprop.models.load_digits_test().tensors

@@ -35,29 +35,71 @@ def _head(width: int) -> nn.Linear:
 
 # (name, input shape, forward) — each ends in a (batch, 3) head
 CASES: list[tuple[str, tuple[int, ...], Callable[[], nn.Module]]] = [
-    ("conv1d+group_norm", (2, 4, 9), lambda: Fn(
-        lambda x, c, g, h: h(F.relu(g(c(x))).mean(-1)), nn.Conv1d(4, 6, 3), nn.GroupNorm(2, 6), _head(6))),
-    ("conv2d+batch_norm+avg_pool", (2, 3, 8, 8), lambda: Fn(
-        lambda x, c, b, h: h(F.avg_pool2d(b(c(x)), 2).flatten(1)), nn.Conv2d(3, 2, 3, padding=1),
-        nn.BatchNorm2d(2), _head(32))),
-    ("adaptive_avg+max_pool", (2, 3, 8, 8), lambda: Fn(
-        lambda x, c, h: h(F.adaptive_avg_pool2d(F.max_pool2d(c(x), 2), 1).flatten(1)),
-        nn.Conv2d(3, 4, 3, padding=1), _head(4))),
-    ("activations", (2, 5), lambda: Fn(
-        lambda x, a, h: h(F.hardswish(a(x)) + F.hardsigmoid(x).mean(-1, keepdim=True) + F.silu(x).sum(-1, keepdim=True)
-                          + torch.tanh(x) + torch.sigmoid(x)),
-        nn.Linear(5, 5), _head(5))),
-    ("layer_norm+gelu+div", (2, 4, 6), lambda: Fn(
-        lambda x, ln, h: h((F.gelu(ln(x)) / 2.0).mean(1)), nn.LayerNorm(6), _head(6))),
-    ("einsum+bmm+mul", (2, 4, 6), lambda: Fn(
-        lambda x, a, h: h(torch.einsum("bij,bkj->bik", a(x), x).bmm(x).mean(1) * torch.sigmoid(x).mean(1)),
-        nn.Linear(6, 6), _head(6))),
+    (
+        "conv1d+group_norm",
+        (2, 4, 9),
+        lambda: Fn(lambda x, c, g, h: h(F.relu(g(c(x))).mean(-1)), nn.Conv1d(4, 6, 3), nn.GroupNorm(2, 6), _head(6)),
+    ),
+    (
+        "conv2d+batch_norm+avg_pool",
+        (2, 3, 8, 8),
+        lambda: Fn(
+            lambda x, c, b, h: h(F.avg_pool2d(b(c(x)), 2).flatten(1)),
+            nn.Conv2d(3, 2, 3, padding=1),
+            nn.BatchNorm2d(2),
+            _head(32),
+        ),
+    ),
+    (
+        "adaptive_avg+max_pool",
+        (2, 3, 8, 8),
+        lambda: Fn(
+            lambda x, c, h: h(F.adaptive_avg_pool2d(F.max_pool2d(c(x), 2), 1).flatten(1)),
+            nn.Conv2d(3, 4, 3, padding=1),
+            _head(4),
+        ),
+    ),
+    (
+        "activations",
+        (2, 5),
+        lambda: Fn(
+            lambda x, a, h: h(
+                F.hardswish(a(x))
+                + F.hardsigmoid(x).mean(-1, keepdim=True)
+                + F.silu(x).sum(-1, keepdim=True)
+                + torch.tanh(x)
+                + torch.sigmoid(x)
+            ),
+            nn.Linear(5, 5),
+            _head(5),
+        ),
+    ),
+    (
+        "layer_norm+gelu+div",
+        (2, 4, 6),
+        lambda: Fn(lambda x, ln, h: h((F.gelu(ln(x)) / 2.0).mean(1)), nn.LayerNorm(6), _head(6)),
+    ),
+    (
+        "einsum+bmm+mul",
+        (2, 4, 6),
+        lambda: Fn(
+            lambda x, a, h: h(torch.einsum("bij,bkj->bik", a(x), x).bmm(x).mean(1) * torch.sigmoid(x).mean(1)),
+            nn.Linear(6, 6),
+            _head(6),
+        ),
+    ),
     ("sub", (2, 6), lambda: Fn(lambda x, a, h: h(a(x) - x), nn.Linear(6, 6), _head(6))),
-    ("matmul_const", (2, 6), lambda: Fn(
-        lambda x, a, h: h(F.relu(a(x)) @ a.weight.T.detach()), nn.Linear(6, 6), _head(6))),
+    (
+        "matmul_const",
+        (2, 6),
+        lambda: Fn(lambda x, a, h: h(F.relu(a(x)) @ a.weight.T.detach()), nn.Linear(6, 6), _head(6)),
+    ),
     ("embedding", (2, 5), None),
-    ("softmax+slice_pool", (2, 5, 6), lambda: Fn(
-        lambda x, a, h: h(torch.softmax(a(x), -1)[:, 1:].mean(1)), nn.Linear(6, 6), _head(6))),
+    (
+        "softmax+slice_pool",
+        (2, 5, 6),
+        lambda: Fn(lambda x, a, h: h(torch.softmax(a(x), -1)[:, 1:].mean(1)), nn.Linear(6, 6), _head(6)),
+    ),
 ]
 
 

@@ -83,9 +83,7 @@ class Residual(nn.Module):
     ``c`` is a constant layer scale (1: none), an elementwise op of its own.
     """
 
-    def __init__(
-        self, d_in: int, hidden: int, stem: bool, branch_relu: bool, layer_scale: float, bias: bool
-    ) -> None:
+    def __init__(self, d_in: int, hidden: int, stem: bool, branch_relu: bool, layer_scale: float, bias: bool) -> None:
         super().__init__()
         self.layer_scale = layer_scale
         d = 6 if stem else d_in
@@ -335,9 +333,7 @@ def tensors(R: Any) -> list[Tensor]:
     return [r for r in R if r is not None]
 
 
-def assert_conserved(
-    e: relprop.Explanation, logits: Tensor, target: list[int], rtol: float, atol: float
-) -> None:
+def assert_conserved(e: relprop.Explanation, logits: Tensor, target: list[int], rtol: float, atol: float) -> None:
     """Per node: Σ R_inputs = Σ R_output per sample; end to end: Σ R_x = f_c(x).
 
     ``atol``: a stabiliser ε loses up to ε·R_j/z_j at a unit, an absolute amount.
@@ -451,6 +447,7 @@ def test_alpha_beta_does_not_conserve_without_negative_contributions() -> None:
 # abs_nondegenerate detects exactly those examples, computed from the model, not from relprop;
 # they are rejected, or ruled out by construction (plant_sentinels).
 
+
 def head_support(model: nn.Module, x: Tensor, target: list[int]) -> tuple[Tensor, Tensor]:
     """Per sample, whether the target and any other class have a positive contribution, and
     where the head's input can receive relevance in each pass (P, B, features)."""
@@ -552,8 +549,11 @@ def test_abslrp_shortcuts_leave_the_relevance_unchanged(spec: str, data: st.Data
 #   contribution is 2·x1, h2's is b·x2, so R_x = [1, 1] = [.5, .5]·f(x) for every b.
 # LRP-0 (ε → 0) for contrast: R_x1 = 2·1 + a·1, R_x2 = −1 + b: [1, 1], [−3, 5], [−15, 17].
 
-FIGURE1 = [((-1.0, 2.0), (0.5, 0.5), (1.0, 1.0)), ((-5.0, 6.0), (0.25, 0.75), (-3.0, 5.0)),
-           ((-17.0, 18.0), (0.1, 0.9), (-15.0, 17.0))]
+FIGURE1 = [
+    ((-1.0, 2.0), (0.5, 0.5), (1.0, 1.0)),
+    ((-5.0, 6.0), (0.25, 0.75), (-3.0, 5.0)),
+    ((-17.0, 18.0), (0.1, 0.9), (-15.0, 17.0)),
+]
 
 
 def test_figure1_networks() -> None:

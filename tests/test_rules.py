@@ -384,9 +384,7 @@ def test_bilinear_rule_holds_a_softmax_operand_constant() -> None:
     s, v = torch.randn(2, 3, 4, dtype=DT), torch.randn(2, 4, 5, dtype=DT)
     R_out = torch.randn(2, 3, 5, dtype=DT)
     eps = 0.01
-    Rs, Rv = relprop.trace(Fn(lambda u, w: u.softmax(-1) @ w).eval(), rules=rules.Epsilon(eps)).explain(
-        (s, v), R_out
-    )
+    Rs, Rv = relprop.trace(Fn(lambda u, w: u.softmax(-1) @ w).eval(), rules=rules.Epsilon(eps)).explain((s, v), R_out)
     p = s.softmax(-1)
     y = p @ v
     want = torch.zeros_like(v)
@@ -426,16 +424,20 @@ def test_attention_value_rule_holds_the_attention_probabilities_constant(causal:
 
 
 def preset_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3),
-        nn.ReLU(),
-        nn.Conv2d(3, 2, 3),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(2 * 2 * 2, 6),
-        nn.ReLU(),
-        nn.Linear(6, 3),
-    ).to(DT).eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3),
+            nn.ReLU(),
+            nn.Conv2d(3, 2, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * 2 * 2, 6),
+            nn.ReLU(),
+            nn.Linear(6, 3),
+        )
+        .to(DT)
+        .eval()
+    )
 
 
 def bound_rules(rule_set: rules.RuleSet) -> dict[str, rules.Rule]:

@@ -59,30 +59,39 @@ def _encoder_config(cls: Any, **extra: Any) -> Any:
 def _bert() -> Case:
     model = transformers.BertForSequenceClassification(_encoder_config(transformers.BertConfig))
     return Case(
-        model, False, "bert.embeddings.word_embeddings",
+        model,
+        False,
+        "bert.embeddings.word_embeddings",
         ("bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings"),
     )
 
 
 def _distilbert() -> Case:
     config = transformers.DistilBertConfig(
-        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-        max_position_embeddings=32, num_labels=3,
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=32,
+        num_labels=3,
     )
     model = transformers.DistilBertForSequenceClassification(config)
     return Case(
-        model, False, "distilbert.embeddings.word_embeddings",
+        model,
+        False,
+        "distilbert.embeddings.word_embeddings",
         ("distilbert.embeddings.position_embeddings",),
     )
 
 
 def _roberta() -> Case:
     # position ids are computed from the token ids: that lookup must not count as tokens
-    model = transformers.RobertaForSequenceClassification(
-        _encoder_config(transformers.RobertaConfig, pad_token_id=1)
-    )
+    model = transformers.RobertaForSequenceClassification(_encoder_config(transformers.RobertaConfig, pad_token_id=1))
     return Case(
-        model, False, "roberta.embeddings.word_embeddings",
+        model,
+        False,
+        "roberta.embeddings.word_embeddings",
         ("roberta.embeddings.position_embeddings",),
     )
 
@@ -95,9 +104,7 @@ def _electra() -> Case:
 
 
 def _albert() -> Case:
-    model = transformers.AlbertForSequenceClassification(
-        _encoder_config(transformers.AlbertConfig, embedding_size=16)
-    )
+    model = transformers.AlbertForSequenceClassification(_encoder_config(transformers.AlbertConfig, embedding_size=16))
     return Case(model, False, "albert.embeddings.word_embeddings", ("albert.embeddings.position_embeddings",))
 
 
@@ -115,17 +122,31 @@ def _deberta() -> Case:
 
 def _gpt2() -> Case:
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, use_cache=False,
-        bos_token_id=0, eos_token_id=0,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return Case(transformers.GPT2LMHeadModel(config), True, "transformer.wte", ("transformer.wpe",))
 
 
 def _llama() -> Case:
     config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32, use_cache=False,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
     return Case(transformers.LlamaForCausalLM(config), True, "model.embed_tokens")
 

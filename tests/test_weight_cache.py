@@ -51,8 +51,17 @@ def _llama() -> tuple[nn.Module, dict[str, torch.Tensor], Any]:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=96, max_position_embeddings=32, use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        max_position_embeddings=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
     model = transformers.LlamaForCausalLM(config).to(DT).eval()
     ids = torch.randint(4, 96, (2, 9))
@@ -101,9 +110,7 @@ def test_cached_uncached_and_budgeted_explains_agree(name: str, monkeypatch: pyt
     monkeypatch.setitem(abslrp.BLOCK_BYTES, "cpu", 600)
     calls: list[str] = []
     blocks = abslrp.input_product_in_blocks
-    monkeypatch.setattr(
-        abslrp, "input_product_in_blocks", lambda ctx, *a: calls.append(str(ctx.op)) or blocks(ctx, *a)
-    )
+    monkeypatch.setattr(abslrp, "input_product_in_blocks", lambda ctx, *a: calls.append(str(ctx.op)) or blocks(ctx, *a))
     graph, blocked = _twice(model, x, target, False)
     assert "aten.linear.default" in calls and len(_store(graph)) == 0
     if name == "mixed":
@@ -182,9 +189,7 @@ def test_one_cache_per_graph_shared_by_its_traces_and_freed_with_it() -> None:
 def test_a_rule_keeps_within_its_own_budget() -> None:
     """Overrides may carry their own option; the Graph's one store counts all entries."""
     model, x, target = _mixed()
-    graph = relprop.trace(
-        model, rules.AbsLRP(weight_cache=True), overrides={"fc1": rules.AbsRule(weight_cache=False)}
-    )
+    graph = relprop.trace(model, rules.AbsLRP(weight_cache=True), overrides={"fc1": rules.AbsRule(weight_cache=False)})
     graph.explain(x, target)
     assert len(_store(graph)) == WEIGHTED - 1
     assert not any("fc1" in name for name, _ in _store(graph).entries)

@@ -161,8 +161,12 @@ _CLASSIC = ("abslrp", "epsilon", "epsilon_plus_flat")
 _ATTENTION = ("attnlrp", "attnlrp_cp")
 _TRANSFORMERS = ("timm_vit_base_patch16_224", "tv_swin_t", "hf_bert")
 _NEW_TRANSFORMERS = (
-    "timm_deit_tiny_distilled", "timm_swin_tiny", "timm_eva02_tiny", "tv_vision_transformer",
-    "torch_transformer_encoder", "torch_multihead_attention",
+    "timm_deit_tiny_distilled",
+    "timm_swin_tiny",
+    "timm_eva02_tiny",
+    "tv_vision_transformer",
+    "torch_transformer_encoder",
+    "torch_multihead_attention",
 )
 #: the rule sets each model runs with: the CNNs do not need AttnLRP; the transformers added
 #: for it skip ε-z⁺-flat (its first-layer and convolution rules are the CNNs' business)
@@ -200,8 +204,6 @@ def _one_export_per_model(model: nn.Module) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(graph_module, "trace_program", memoized)
         yield
-
-
 
 
 @pytest.fixture(scope="module")
@@ -448,8 +450,7 @@ class PatchMerge(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)
-        parts = [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :],
-                 x[..., 1::2, 1::2, :]]
+        parts = [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]]
         return self.lin(torch.cat(parts, -1)).mean((1, 2))
 
 
