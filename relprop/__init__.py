@@ -8,9 +8,16 @@
 Hugging Face models take dict inputs (``graph.explain(dict(enc), target)``, token
 relevance shaped (batch, tokens)); decoder LMs take a next-token target,
 ``relprop.targets.next_token(token_id)``.
+
+``import relprop`` loads the library alone; the evaluation stack (:mod:`relprop.evaluation`:
+GAE, the compared methods) and the applications (:mod:`relprop.apps`: the command line,
+pictures, shipped models) load on first use, also under their old names
+(``relprop.metrics``, ``relprop.viz``, ...).
 """
 
-from . import comparison, example, methods, metrics, models, quantus_metrics, rules, targets, text, viz
+from typing import Any
+
+from . import _moved, rules, targets
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -40,12 +47,16 @@ __all__ = [
     "targets",
     "trace",
     "unregister_rule",
-    "comparison",
-    "methods",
-    "metrics",
-    "models",
-    "quantus_metrics",
-    "text",
-    "viz",
-    "example",
 ]
+
+_moved.install()
+
+
+def __getattr__(name: str) -> Any:
+    """``relprop.metrics``, ``relprop.viz``, ...: the evaluation stack and the applications,
+    imported on first use from :mod:`relprop.evaluation` and :mod:`relprop.apps`."""
+    if name in _moved.MOVED:
+        module = _moved.load(name)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'relprop' has no attribute {name!r}")

@@ -27,8 +27,9 @@ import torch
 from torch import fx, nn
 
 from relprop.rules.base import NodeInfo, Rule, RuleCache
+from relprop.rules.categories import COMPUTING, WEIGHTED_CATEGORIES, Category
 from relprop.rules.lrp import Pass
-from relprop.rules.ops import COMPUTING, SELECT, categorize, full_op_name, is_constant, is_statistic, op_name
+from relprop.rules.ops import SELECT, categorize, full_op_name, is_constant, is_statistic, op_name
 from relprop.rules.sets import RuleSet, as_rule
 
 from .errors import InputError, MissingRuleError, RuleError
@@ -459,10 +460,10 @@ def bind(
         upstream = any(x in after_weighted for x in node_leaves if x in live)
         split = op_name(n.target) in SELECT and (_is_split(n, equivalents) or _undoes_pad(n))
         if region is not None:
-            category = "activation"
+            category = Category.ACTIVATION
         else:
-            category = categorize(n, flags, split) if n not in lookups else "embedding"
-        if category in ("dense", "conv") or upstream:
+            category = categorize(n, flags, split) if n not in lookups else Category.EMBEDDING
+        if category in WEIGHTED_CATEGORIES or upstream:
             after_weighted.add(n)
         if n not in relevant or n in lookups or n in inside:
             continue
@@ -474,7 +475,7 @@ def bind(
             live=flags,
             module_path=path,
             module_class=cls.rsplit(".", 1)[-1],
-            first=category in ("dense", "conv") and not upstream,
+            first=category in WEIGHTED_CATEGORIES and not upstream,
             out_layout=layouts.get(n),
             in_layouts=[layouts.get(x) for x in node_leaves],
         )

@@ -18,6 +18,7 @@ from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
 from relprop.rules.base import Context, Layout, mark_owned, owned
+from relprop.rules.categories import SEPARABLE
 
 from .binding import Bound
 from .errors import RuleError
@@ -62,24 +63,6 @@ def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
     return releases
 
 
-#: categories of ops that treat every index of dimension 0 separately when all their
-#: tensors share it (so a per-sample factor on the output's relevance reaches each
-#: input's samples unchanged)
-_SEPARABLE = {
-    "dense",
-    "conv",
-    "norm",
-    "activation",
-    "add",
-    "mul",
-    "div",
-    "scale",
-    "rescale",
-    "matmul",
-    "maxpool",
-    "avgpool",
-    "attention",
-}
 #: at most this many rules in a row hand on unnormalized relevance (bounds its range)
 _FREE_SCALE_DEPTH = 3
 
@@ -119,7 +102,7 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
     def per_sample(node: fx.Node) -> bool:
         info = bound.bindings[node].info
         layouts = [info.out_layout] + [lay for lay, live in zip(info.in_layouts, info.live) if live]
-        if info.category not in _SEPARABLE or any(lay != Layout(0) for lay in layouts):
+        if info.category not in SEPARABLE or any(lay != Layout(0) for lay in layouts):
             return False
         inputs = bound.bindings[node].inputs
         values = [node.meta.get("val")] + [a.meta.get("val") for a, live in zip(inputs, info.live) if live]

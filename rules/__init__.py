@@ -17,6 +17,7 @@ by subclassing :class:`Rule`.
 from .abslrp import AbsAttentionRule, AbsRule
 from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
 from .base import Context, FunctionRule, Layout, NodeInfo, Rule, stabilize, vjp
+from .categories import Category
 from .lrp import (
     AlphaBetaRule,
     AttentionValueRule,
@@ -59,6 +60,7 @@ __all__ = [
     "AttnLRP",
     "AttnLRPAttentionRule",
     "BilinearRule",
+    "Category",
     "Context",
     "Epsilon",
     "EpsilonAlpha2Beta1",

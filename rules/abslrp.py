@@ -23,6 +23,7 @@ import torch.fx
 from torch import Tensor
 
 from .base import Context, Layout, Relevance, Rule, mark_owned, sample_l1, vjp
+from .categories import WEIGHTED_CATEGORIES
 from .local import abs_input, is_masked, local_call, masked_softmax, unmasked
 from .ops import MAXPOOL, MOVE, op_name
 from .products import input_product, input_product_in_blocks, supports
@@ -109,7 +110,7 @@ class AbsRule(Rule):
         self.weight_cache = check_weight_cache(weight_cache, type(self).__name__)
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
-        dense = ctx.info.category in ("dense", "conv")
+        dense = ctx.info.category in WEIGHTED_CATEGORIES
         if not dense:
             fast = diagonal_step(ctx, R, self.eps if self.divide else None)
             if fast is not None:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .abslrp import apply_mask, attention_inputs
 from .base import Context, NodeInfo, Relevance, Rule, stabilize, vjp
+from .categories import WEIGHTED_CATEGORIES, Category
 from .local import local_call, masked_softmax
 from .norms import CENTERING_NORMS, NormMap, norm_map
 from .ops import MOVE, SOFTMAX, WEIGHTED, op_name, weighted_args
@@ -79,7 +80,7 @@ class Pass(Rule):
 
 
 #: categories whose ops act elementwise: :class:`Pass` is the identity there
-_ELEMENTWISE = frozenset({"activation", "norm", "softmax", "scale", "rescale"})
+_ELEMENTWISE = frozenset({Category.ACTIVATION, Category.NORM, Category.SOFTMAX, Category.SCALE, Category.RESCALE})
 
 
 def _epsilon(ctx: Context, R: Relevance, live: list[int], eps: float, share: float = 1.0) -> list:
@@ -130,12 +131,12 @@ class EpsilonRule(Rule):
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         live = ctx.live_inputs
         out: list[Tensor | None] = [None] * len(ctx.inputs)
-        norm = norm_map(ctx) if ctx.info.category == "norm" else None
+        norm = norm_map(ctx) if ctx.info.category == Category.NORM else None
         if norm is not None:
             R0, y = _first(R), _first(ctx.output)
             out[0] = norm.x * norm.jt_of_a(_ratio(R0, y, self.epsilon))
             return out
-        if ctx.info.category in ("dense", "conv"):
+        if ctx.info.category in WEIGHTED_CATEGORIES:
             layer = _Layer(ctx)
             product = input_product(ctx, layer.w, _ratio(R, ctx.output, self.epsilon))
             if product is not None:  # Wᵀ(R / z) from one transposed product, no second forward
@@ -159,9 +160,9 @@ def _first(R: Relevance) -> Any:
 def weighted_layer(info: NodeInfo) -> bool:
     """Whether a node is a linear map a weight rule applies to: a weighted op, or a layer or
     group norm with its standard deviation held constant (:mod:`relprop.rules.norms`)."""
-    if info.category in ("dense", "conv"):
+    if info.category in WEIGHTED_CATEGORIES:
         return True
-    return info.category == "norm" and op_name(info.node.target) in CENTERING_NORMS and info.live[:1] == [True]
+    return info.category == Category.NORM and op_name(info.node.target) in CENTERING_NORMS and info.live[:1] == [True]
 
 
 class _Weighted(Rule):
@@ -182,7 +183,7 @@ class _Weighted(Rule):
             )
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
-        layer = norm_map(ctx) if ctx.info.category == "norm" else _Layer(ctx)
+        layer = norm_map(ctx) if ctx.info.category == Category.NORM else _Layer(ctx)
         if layer is None:
             from relprop.errors import RuleError
 

@@ -1,23 +1,14 @@
 """Which ATen ops do what, as far as relevance is concerned.
 
-Binding sorts every graph node into a *category*; rule sets map categories to
-rules.  Categories:
+Binding sorts every graph node into a :class:`~relprop.rules.categories.Category`
+(:func:`categorize`); rule sets map categories to rules.  Notes on the sorting:
 
-- ``move``: data movement (relevance passes by the op's own gradient)
-- ``split`` / ``pool_select``: a select/slice/index that is part of a split of its
-  input, or a crop that removes exactly what a pad upstream added (move), or one
-  that keeps a part and drops the rest (a pooling, computes)
-- ``dense`` / ``conv``: weighted layers (linear, matmul with a constant operand,
-  convolution)
-- ``matmul``: a product of two relevance-carrying tensors (attention scores)
-- ``add``, ``scale`` (mul/div by a constant tensor, e.g. a layer-scale weight),
-  ``rescale`` (mul/div by a plain number, e.g. attention's q·scale, or by a
-  normalization statistic, see below: relevance passes
-  unchanged, as DESIGN.md prescribes for q·scale; ``neg`` is the rescaling by -1, as in
-  the rotary embeddings' ``rotate_half``), ``mul`` (product of two
-  relevance-carrying tensors), ``div`` (division by a relevance-carrying tensor)
-- ``activation``, ``norm``, ``softmax``, ``attention``, ``maxpool``, ``avgpool``
-- ``embedding``: a lookup whose indices come from an integer input (a source)
+- select/slice/narrow: ``split`` where it is one of a set that together covers its input
+  along one dimension, or a crop that removes exactly what a pad upstream added;
+  ``pool_select`` where it keeps a part and drops the rest (a pooling: it computes).
+- mul/div by a plain number or a normalisation statistic is ``rescale`` (relevance
+  passes unchanged, as docs/semantics.md prescribes for q·scale; ``neg`` is the
+  rescaling by −1 of rotary embeddings' ``rotate_half``); by a constant tensor ``scale``.
 - ``statistic`` ops (``STATISTIC``: square roots, reciprocals, variances, powers with a
   negative or fractional exponent) are normalization statistics: like ``CONSTANT``
   ops their outputs carry no relevance, so ``x * rsqrt(mean(x²) + eps)`` (RMSNorm
@@ -42,6 +33,8 @@ import operator
 from typing import Any
 
 import torch
+
+from .categories import COMPUTING, Category
 
 aten = torch.ops.aten
 
@@ -199,24 +192,7 @@ MASK = _names("masked_fill", "where")
 #: normalization statistics: their outputs carry no relevance (see the module docstring)
 STATISTIC = _names("rsqrt", "sqrt", "reciprocal", "var", "std", "var_mean", "std_mean")
 
-#: categories whose ops compute (the ones module-name and module-class overrides replace)
-COMPUTING = {
-    "pool_select",
-    "dense",
-    "conv",
-    "matmul",
-    "add",
-    "scale",
-    "mul",
-    "div",
-    "activation",
-    "norm",
-    "softmax",
-    "attention",
-    "maxpool",
-    "avgpool",
-}
-CATEGORIES = COMPUTING | {"move", "split", "embedding", "mask", "getitem", "rescale"}
+CATEGORIES = frozenset(Category)
 
 #: for weighted ops: (input, weight, bias) argument positions
 WEIGHTED_ARGS = (0, 1, 2)
@@ -288,48 +264,48 @@ def _by_statistic(node: Any) -> bool:
     return False
 
 
-def categorize(node: Any, live: list[bool], split: bool) -> str | None:
+def categorize(node: Any, live: list[bool], split: bool) -> Category | None:
     """The category of a call_function node, given which tensor inputs are live.
 
     ``split`` says whether a select-like node is one of a set of selects that
     together cover their input along one dimension.  None for unknown ops.
     """
     if node.target is operator.getitem:
-        return "getitem"
+        return Category.GETITEM
     name = op_name(node.target)
     n_live = sum(live)
     if name in MOVE:
-        return "move"
+        return Category.MOVE
     if name in SELECT:
-        return "split" if split else "pool_select"
+        return Category.SPLIT if split else "pool_select"
     if name in WEIGHTED:
         position = weighted_args(node.target)[0]
         slot = _slot_of(node, position)
         if n_live == 1 and slot is not None and live[slot]:
-            return "conv" if name in CONV else "dense"
+            return Category.CONV if name in CONV else "dense"
         return None  # relevance through the weights: no rule set covers it
     if name in MATMUL:
-        return "matmul" if n_live > 1 else "dense"
+        return Category.MATMUL if n_live > 1 else "dense"
     if name in ADD:
-        return "add"
+        return Category.ADD
     if name in RESCALE:
-        return "rescale"
+        return Category.RESCALE
     if name in MUL or name in DIV:
         if name in DIV and len(live) > 1 and live[1]:
-            return "div"
+            return Category.DIV
         if n_live > 1:
-            return "mul"
+            return Category.MUL
         numbers = [a for a in node.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
-        return "rescale" if numbers or _by_statistic(node) else "scale"
+        return Category.RESCALE if numbers or _by_statistic(node) else "scale"
     for category, names in (
-        ("activation", ACTIVATION),
-        ("norm", NORM),
-        ("softmax", SOFTMAX),
-        ("attention", ATTENTION),
-        ("maxpool", MAXPOOL),
-        ("avgpool", AVGPOOL),
-        ("embedding", EMBEDDING),
-        ("mask", MASK),
+        (Category.ACTIVATION, ACTIVATION),
+        (Category.NORM, NORM),
+        (Category.SOFTMAX, SOFTMAX),
+        (Category.ATTENTION, ATTENTION),
+        (Category.MAXPOOL, MAXPOOL),
+        (Category.AVGPOOL, AVGPOOL),
+        (Category.EMBEDDING, EMBEDDING),
+        (Category.MASK, MASK),
     ):
         if name in names:
             return category

@@ -18,6 +18,7 @@ from torch import Tensor
 from .abslrp import AbsAttentionRule, AbsRule, check_weight_cache
 from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
 from .base import NodeInfo, Rule
+from .categories import WEIGHTED_CATEGORIES, Category
 from .lrp import (
     AlphaBetaRule,
     AttentionValueRule,
@@ -81,7 +82,17 @@ class RuleSet:
         return f"{type(self).__name__}({params})"
 
 
-_MOVES = {"move", "split", "mask", "getitem"}
+_MOVES = {Category.MOVE, Category.SPLIT, Category.MASK, Category.GETITEM}
+#: categories the LRP sets pass by the identity (or the gradient, for pooling selects)
+_ELEMENTWISE_PASS = {
+    Category.POOL_SELECT,
+    Category.ACTIVATION,
+    Category.NORM,
+    Category.SOFTMAX,
+    Category.MAXPOOL,
+    Category.SCALE,
+    Category.RESCALE,
+}
 
 
 class AbsLRP(RuleSet):
@@ -136,13 +147,13 @@ class AbsLRP(RuleSet):
 
     def rule_for(self, info: NodeInfo) -> Rule | None:
         c = info.category
-        if c in _MOVES or c == "rescale":
+        if c in _MOVES or c == Category.RESCALE:
             return self._pass
-        if c == "maxpool":
+        if c == Category.MAXPOOL:
             return self._maxpool
-        if c == "attention":
+        if c == Category.ATTENTION:
             return self._attention
-        if c is None or c == "embedding":
+        if c is None or c == Category.EMBEDDING:
             return None
         return self._rule
 
@@ -221,22 +232,22 @@ class LRP(RuleSet):
 
     def rule_for(self, info: NodeInfo) -> Rule | None:
         c = info.category
-        if c in ("dense", "conv"):
+        if c in WEIGHTED_CATEGORIES:
             if info.first and self.first is not None:
                 return self.first
-            slot = self.dense if c == "dense" else self.conv
+            slot = self.dense if c == Category.DENSE else self.conv
             return slot if slot is not None else self._layer
-        if c == "norm" and weighted_layer(info):
+        if c == Category.NORM and weighted_layer(info):
             return self.dense if self.dense is not None else self._layer
-        if c in ("add", "avgpool"):
+        if c in (Category.ADD, Category.AVGPOOL):
             return self._sum
-        if c in ("matmul", "mul"):
+        if c in (Category.MATMUL, Category.MUL):
             return self._bilinear
-        if c == "attention":
+        if c == Category.ATTENTION:
             return self._attention
-        if c == "div":
+        if c == Category.DIV:
             return self._numerator
-        if c in _MOVES or c in ("pool_select", "activation", "norm", "softmax", "maxpool", "scale", "rescale"):
+        if c in _MOVES or c in _ELEMENTWISE_PASS:
             return self._pass
         return None
 
@@ -285,7 +296,7 @@ class AttnLRP(LRP):
         self._softmax = SoftmaxRule()
 
     def rule_for(self, info: NodeInfo) -> Rule | None:
-        if info.category == "softmax":
+        if info.category == Category.SOFTMAX:
             return self._softmax
         return super().rule_for(info)
 

@@ -74,7 +74,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
 from .metrics import Method, constant_method, random_method, relprop_method
 
 __all__ = [
@@ -363,7 +363,7 @@ def _captum_layer(layer: CamLayer) -> Iterator[nn.Module]:
 
 def lrp_method(name: str) -> Method:
     """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1."""
-    from . import rules
+    from .. import rules
 
     name = resolve_name(name)
     if name == "absLRP":

@@ -125,7 +125,7 @@ def _run_digits(args: argparse.Namespace, out: Path) -> int:
     import torch
 
     import relprop
-    from relprop import models, viz
+    from relprop.apps import models, viz
 
     x, y = models.load_digits_test().tensors
     raw = models.load_digits_test(raw=True).tensors[0]
@@ -174,8 +174,8 @@ def run_example(args: argparse.Namespace) -> int:
     import torch
 
     import relprop
-    from relprop import viz
-    from relprop.example import load_example
+    from relprop.apps import viz
+    from relprop.apps.example import load_example
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -247,7 +247,7 @@ def _text_model(folder: str | None) -> tuple[object, object]:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if folder is None:
-        from relprop.sentiment import load_sentiment_model
+        from relprop.apps.sentiment import load_sentiment_model
 
         try:
             return load_sentiment_model()
@@ -391,7 +391,7 @@ def _load_model(spec: str) -> tuple[str, object]:
     import torch
     from torch import nn
 
-    from relprop import models
+    from relprop.apps import models
     from relprop.errors import InputError
 
     if spec in models.DIGITS_MODELS:
@@ -433,8 +433,8 @@ def _load_data(args: argparse.Namespace) -> object:
 
     from torch.utils.data import Dataset
 
-    from relprop.comparison import image_folder
     from relprop.errors import InputError
+    from relprop.evaluation.comparison import image_folder
 
     spec = args.data
     if Path(spec).is_dir():
@@ -454,9 +454,9 @@ def _load_data(args: argparse.Namespace) -> object:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``relprop evaluate``: GAE table of every method on every model; CSV, JSON and PNG in --out-dir."""
-    from relprop import models
-    from relprop.comparison import compare
+    from relprop.apps import models
     from relprop.errors import InputError
+    from relprop.evaluation.comparison import compare
 
     specs = args.model or list(models.DIGITS_MODELS)
     loaded = [_load_model(s) for s in specs]
@@ -472,7 +472,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     quantus: tuple[str, ...] = ()
     if args.quantus is not None:
-        from relprop.quantus_metrics import QUANTUS_METRICS
+        from relprop.evaluation.quantus_metrics import QUANTUS_METRICS
 
         quantus = tuple(args.quantus) or QUANTUS_METRICS
     result = compare(

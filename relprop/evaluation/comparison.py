@@ -5,7 +5,8 @@ GAE (local consistency x contrastiveness) and test each against absLRP with the
 paired Wilcoxon signed-rank test. :func:`compare` does the same for any models
 and any image data set::
 
-    from relprop import comparison, models
+    from relprop.evaluation import comparison
+    from relprop.apps import models
     nets = {name: models.load_digits_model(name) for name in ("vgg", "resnet", "vit")}
     result = comparison.compare(nets, models.load_digits_test())
     print(result)                       # LC, C, GAE per method and model, p vs absLRP
@@ -31,7 +32,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .errors import InputError
+from ..errors import InputError
 from .metrics import GAE, GAEResult
 
 __all__ = ["Comparison", "compare", "image_folder", "REFERENCE", "SIGNIFICANCE"]

@@ -1,6 +1,6 @@
 """A real pretrained encoder with a sentiment head, offline.
 
-    from relprop.sentiment import load_sentiment_model
+    from relprop.apps.sentiment import load_sentiment_model
     model, tokenizer = load_sentiment_model()        # BertForSequenceClassification, 2 classes
     enc = tokenizer(["I loved it."], return_tensors="pt")
     R = relprop.trace(model, relprop.rules.AttnLRP()).explain(dict(enc), None)  # (batch, tokens), predicted class
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["CLASS_NAMES", "HEAD", "REVIEWS", "encoder_dir", "load_reviews", "load_sentiment_model"]
 

@@ -5,8 +5,8 @@ attribution method with Quantus (``pip install 'relprop[quantus]'``, quantus
 0.6.0).  This module exposes any relprop :data:`~relprop.metrics.Method` as a
 Quantus ``explain_func`` and runs the three metrics over a data set::
 
-    from relprop.metrics import relprop_method, random_method
-    from relprop.quantus_metrics import evaluate_quantus
+    from relprop.evaluation.metrics import relprop_method, random_method
+    from relprop.evaluation.quantus_metrics import evaluate_quantus
     res = evaluate_quantus(model, {"absLRP": relprop_method(), "random": random_method()}, test_set)
     print(res.table())
 
@@ -76,7 +76,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
 from .metrics import Method, mosaic
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "DIGITS_MODELS",

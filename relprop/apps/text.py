@@ -41,7 +41,7 @@ from typing import Any, Literal, overload
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import InputError
+from ..errors import InputError
 from .viz import _as_numpy, _to_uint8, colorize
 
 __all__ = ["Word", "render", "to_ansi", "to_html", "to_png", "words"]

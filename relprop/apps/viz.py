@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["colorize", "heatmap", "overlay", "save", "save_rows", "to_maps"]
 
