@@ -389,95 +389,181 @@ def evaluate_quantus(
     ``metric_kwargs[metric]`` overrides Quantus constructor arguments.
     """
     names = _metric_names(metrics)
+    _check_request(methods, metric_kwargs)
+    if "Focus" in names:
+        _check_focus_size(data, batch_size, max_images)
+    quantus = _quantus()
+    settings = _settings(quantus, names, metric_kwargs)
+    device = _model_device(model)
+    model.eval()
+    run = _Run(
+        quantus=quantus,
+        model=model,
+        methods=methods,
+        names=names,
+        settings=settings,
+        device=device,
+        seed=seed,
+        rng=np.random.default_rng(seed),
+        tally=_Tally.empty(methods, names),
+    )
+    np_state = np.random.get_state()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork_devices), _quiet():
+            _score_batches(run, data, batch_size, max_images, progress)
+    finally:
+        np.random.set_state(np_state)
+    return _result(run.tally, names, settings)
+
+
+def _check_request(methods: Mapping[str, Method], metric_kwargs: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """An :class:`InputError` for no methods, or ``metric_kwargs`` naming an unknown metric."""
     if not methods:
         raise InputError("no methods to evaluate")
     unknown = sorted(set(metric_kwargs or {}) - set(QUANTUS_METRICS))
     if unknown:
         raise InputError(f"metric_kwargs for unknown metric(s) {unknown}; valid: {', '.join(QUANTUS_METRICS)}")
-    if "Focus" in names:
-        from torch.utils.data import DataLoader
 
-        bs = data.batch_size if isinstance(data, DataLoader) else batch_size
-        try:
-            total: int | None = len(data.dataset if isinstance(data, DataLoader) else data)
-        except TypeError:  # an iterable data set without a length
-            total = None
-        if max_images is not None:
-            total = max_images if total is None else min(total, max_images)
-        if (bs is not None and bs < 4) or (total is not None and total < 4):
-            raise InputError(
-                f"Focus needs mosaics of 4 images: at least 4 images and a batch size of at least 4 "
-                f"(got {total} images, batch size {bs})"
-            )
-    quantus = _quantus()
-    from tqdm.auto import tqdm
 
+def _check_focus_size(data: Any, batch_size: int, max_images: int | None) -> None:
+    """An :class:`InputError` where Focus cannot make mosaics: fewer than 4 images, or batches under 4."""
+    from torch.utils.data import DataLoader
+
+    bs = data.batch_size if isinstance(data, DataLoader) else batch_size
+    try:
+        total: int | None = len(data.dataset if isinstance(data, DataLoader) else data)
+    except TypeError:  # an iterable data set without a length
+        total = None
+    if max_images is not None:
+        total = max_images if total is None else min(total, max_images)
+    if (bs is not None and bs < 4) or (total is not None and total < 4):
+        raise InputError(
+            f"Focus needs mosaics of 4 images: at least 4 images and a batch size of at least 4 "
+            f"(got {total} images, batch size {bs})"
+        )
+
+
+def _settings(
+    quantus: Any, names: list[str], metric_kwargs: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """The Quantus arguments per metric (defaults updated by ``metric_kwargs``), checked by building each metric.
+
+    A wrong ``metric_kwargs`` entry is the caller's error, not a method's: :class:`InputError`.
+    """
     settings = {m: {**DEFAULT_SETTINGS[m], **dict((metric_kwargs or {}).get(m, {}))} for m in names}
     with _quiet():
-        for m in names:  # a wrong metric_kwargs entry is the caller's error, not a method's
+        for m in names:
             try:
                 _build_metric(quantus, m, settings[m])
             except (TypeError, ValueError) as e:
                 raise InputError(f"invalid Quantus arguments for {m} {settings[m]}: {e}") from e
-    device = _model_device(model)
-    model.eval()
-    vals: dict[str, dict[str, list[np.ndarray]]] = {k: {m: [] for m in names} for k in methods}
-    road_rows: dict[str, list[np.ndarray]] = {k: [] for k in methods}
-    failures: list[tuple[str, str, str]] = []
-    rng = np.random.default_rng(seed)
-    pool: dict[int, Tensor] = {}
-    seen = n_mosaics = 0
-    np_state = np.random.get_state()
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=fork_devices), _quiet():
-            for bi, (x, y) in enumerate(tqdm(_batches(data, batch_size), desc="Quantus", disable=not progress)):
-                if max_images is not None and seen >= max_images:
-                    break
-                x, y = torch.as_tensor(x), torch.as_tensor(y).long().reshape(-1)
-                if max_images is not None:
-                    x, y = x[: max_images - seen], y[: max_images - seen]
-                with torch.no_grad():
-                    k_cls = model(x.to(device)).shape[1]
-                bad = ((y < 0) | (y >= k_cls)).nonzero().flatten()
-                if len(bad):
-                    i = int(bad[0])
-                    raise InputError(f"label {int(y[i])} of sample {seen + i} is outside 0..{k_cls - 1}")
-                seen += x.shape[0]
-                for metric in names:
-                    if metric == "Focus":
-                        xb, yb, pos = focus_mosaics(x, y, rng, pool)
-                        n_mosaics += len(pos)
-                        if not pos:
-                            continue
-                    else:
-                        xb, yb, pos = x, y, None
-                    args = {"x_batch": xb.cpu().numpy(), "y_batch": yb.cpu().numpy(), "device": str(device)}
-                    for name, method in methods.items():
-                        _reseed(device, seed, bi, QUANTUS_METRICS.index(metric))
-                        try:
-                            v = _run_metric(quantus, metric, settings[metric], model, method, args, pos)
-                        except Exception as e:  # a method's own failure: recorded, not dropped
-                            failures.append((name, metric, f"batch {bi}: {type(e).__name__}: {e}"))
-                            continue
-                        if metric == "ROAD":
-                            road_rows[name].append(v)
-                            v = v.mean(1)
-                        vals[name][metric].append(np.asarray(v, dtype=np.float64).reshape(-1))
-                if "Focus" in names:  # one image per label from earlier batches: partners for Focus mosaics
-                    pool.update({int(y[i]): x[i].clone() for i in range(x.shape[0])})
-    finally:
-        np.random.set_state(np_state)
-    if seen == 0:
+    return settings
+
+
+@dataclass
+class _Tally:
+    """What :func:`evaluate_quantus` collects over the batches."""
+
+    #: method -> metric -> per-batch score arrays
+    vals: dict[str, dict[str, list[np.ndarray]]]
+    #: method -> per-batch ROAD (images, percentages) matrices
+    road_rows: dict[str, list[np.ndarray]]
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    #: images scored so far, and Focus mosaics built
+    seen: int = 0
+    n_mosaics: int = 0
+
+    @classmethod
+    def empty(cls, methods: Mapping[str, Method], names: list[str]) -> _Tally:
+        return cls({k: {m: [] for m in names} for k in methods}, {k: [] for k in methods})
+
+
+@dataclass
+class _Run:
+    """The fixed inputs of one :func:`evaluate_quantus` call, and its tally."""
+
+    quantus: Any
+    model: nn.Module
+    methods: Mapping[str, Method]
+    names: list[str]
+    settings: dict[str, dict[str, Any]]
+    device: torch.device
+    seed: int
+    #: draws the Focus mosaics
+    rng: np.random.Generator
+    tally: _Tally
+    #: one image per label from earlier batches: partners for Focus mosaics
+    pool: dict[int, Tensor] = field(default_factory=dict)
+
+
+def _score_batches(run: _Run, data: Any, batch_size: int, max_images: int | None, progress: bool) -> None:
+    """Score every batch of ``data`` (up to ``max_images`` images) into ``run.tally``."""
+    from tqdm.auto import tqdm
+
+    tally = run.tally
+    for bi, (x, y) in enumerate(tqdm(_batches(data, batch_size), desc="Quantus", disable=not progress)):
+        if max_images is not None and tally.seen >= max_images:
+            break
+        x, y = _labelled_batch(run, x, y, max_images)
+        tally.seen += x.shape[0]
+        for metric in run.names:
+            _score_metric(run, bi, metric, x, y)
+        if "Focus" in run.names:
+            run.pool.update({int(y[i]): x[i].clone() for i in range(x.shape[0])})
+
+
+def _labelled_batch(run: _Run, x: Any, y: Any, max_images: int | None) -> tuple[Tensor, Tensor]:
+    """The batch as tensors, cut to ``max_images``; an :class:`InputError` for a label the model lacks."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y).long().reshape(-1)
+    seen = run.tally.seen
+    if max_images is not None:
+        x, y = x[: max_images - seen], y[: max_images - seen]
+    with torch.no_grad():
+        k_cls = run.model(x.to(run.device)).shape[1]
+    bad = ((y < 0) | (y >= k_cls)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"label {int(y[i])} of sample {seen + i} is outside 0..{k_cls - 1}")
+    return x, y
+
+
+def _score_metric(run: _Run, bi: int, metric: str, x: Tensor, y: Tensor) -> None:
+    """Score batch ``bi`` with one metric for every method; a method's exception becomes a failure."""
+    tally = run.tally
+    if metric == "Focus":
+        xb, yb, pos = focus_mosaics(x, y, run.rng, run.pool)
+        tally.n_mosaics += len(pos)
+        if not pos:
+            return
+    else:
+        xb, yb, pos = x, y, None
+    args = {"x_batch": xb.cpu().numpy(), "y_batch": yb.cpu().numpy(), "device": str(run.device)}
+    for name, method in run.methods.items():
+        _reseed(run.device, run.seed, bi, QUANTUS_METRICS.index(metric))
+        try:
+            v = _run_metric(run.quantus, metric, run.settings[metric], run.model, method, args, pos)
+        except Exception as e:  # a method's own failure: recorded, not dropped
+            tally.failures.append((name, metric, f"batch {bi}: {type(e).__name__}: {e}"))
+            continue
+        if metric == "ROAD":
+            tally.road_rows[name].append(v)
+            v = v.mean(1)
+        tally.vals[name][metric].append(np.asarray(v, dtype=np.float64).reshape(-1))
+
+
+def _result(tally: _Tally, names: list[str], settings: dict[str, dict[str, Any]]) -> QuantusResult:
+    """The :class:`QuantusResult` of a finished tally; an :class:`InputError` if nothing could be scored."""
+    if tally.seen == 0:
         raise InputError("the data has no images")
-    if "Focus" in names and n_mosaics == 0:
+    if "Focus" in names and tally.n_mosaics == 0:
         raise InputError("no Focus mosaic could be built: Focus needs groups of 4 images and at least two labels")
     scores = {
         k: {m: torch.from_numpy(np.concatenate(v)) if v else torch.empty(0, dtype=torch.float64) for m, v in d.items()}
-        for k, d in vals.items()
+        for k, d in tally.vals.items()
     }
-    curves = {k: np.concatenate(r).mean(0) for k, r in road_rows.items() if r}
-    return QuantusResult(scores, failures, curves, settings)
+    curves = {k: np.concatenate(r).mean(0) for k, r in tally.road_rows.items() if r}
+    return QuantusResult(scores, tally.failures, curves, settings)
 
 
 _CHANNELS_OF = {"ROAD": "sum_broadcast", "Focus": "sum", "LocalLipschitzEstimate": "sum"}
