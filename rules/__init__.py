@@ -4,7 +4,8 @@ Rule sets (``relprop.trace(model, rules=...)``): :class:`AbsLRP` (default),
 :class:`AttnLRP` (transformers), :class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`, :class:`Gamma`, :class:`Flat`,
 :class:`WSquare`, :class:`ZBox`, and the presets :func:`EpsilonPlus`,
 :func:`EpsilonPlusFlat`, :func:`EpsilonAlpha2Beta1`, :func:`EpsilonAlpha2Beta1Flat`,
-:func:`EpsilonGammaBox`.
+:func:`EpsilonGammaBox`.  Named rule sets (the ``relprop --rules`` names, the
+README's table): :mod:`relprop.rules.registry`, ``rule_set("epsilon")``.
 
 Rules (for overrides and custom registrations): :class:`AbsRule`,
 :class:`AbsAttentionRule`, :class:`Pass`, :class:`EpsilonRule`, :class:`ZPlusRule`,
@@ -14,6 +15,7 @@ Rules (for overrides and custom registrations): :class:`AbsRule`,
 by subclassing :class:`Rule`.
 """
 
+from . import registry
 from .abslrp import AbsAttentionRule, AbsRule
 from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
 from .base import Context, FunctionRule, Layout, NodeInfo, Rule, stabilize, vjp
@@ -30,6 +32,7 @@ from .lrp import (
     ZBoxRule,
     ZPlusRule,
 )
+from .registry import rule_set
 from .sets import (
     LRP,
     AbsLRP,
@@ -88,6 +91,8 @@ __all__ = [
     "ZPlus",
     "ZPlusRule",
     "as_rule",
+    "registry",
+    "rule_set",
     "stabilize",
     "vjp",
 ]

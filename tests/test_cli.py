@@ -149,6 +149,27 @@ def test_every_rule_set_runs(rules: str, tmp_path, capsys) -> None:
     _png_size(path)
 
 
+def test_rules_come_from_the_registry(tmp_path, capsys) -> None:
+    from relprop.rules import registry
+
+    assert cli.RULES == registry.names()
+    old = ("abslrp", "attnlrp", "attnlrp-cp", "epsilon", "zplus", "alphabeta", "epsilon-plus-flat")
+    assert set(old) <= set(cli.RULES)
+    parser = cli.build_parser()
+    for typed, name in {"LRP-ε": "epsilon", "LRP-α2β1": "alphabeta", "EpsilonPlusFlat": "epsilon-plus-flat"}.items():
+        assert parser.parse_args(["example", "--rules", typed]).rules == name
+        assert parser.parse_args(["explain-text", "x", "--rules", typed]).rules == name
+    assert parser.parse_args(["example"]).rules == "abslrp"
+    assert parser.parse_args(["explain-text", "x"]).rules == cli.TEXT_RULES
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["example", "--rules", "nope"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and all(n in err for n in cli.RULES)
+    assert cli.main(["--model", "shapes", "--rules", "LRP-ε", "--out", str(tmp_path / "e.png")]) == 0
+    assert repr(relprop.rules.Epsilon(1e-6)) in capsys.readouterr().out
+
+
 def test_target_by_name(tmp_path, capsys) -> None:
     assert cli.main(["--model", "shapes", "--target", "circle", "--out", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr().out

@@ -259,6 +259,24 @@ def test_relprop_rule_sets() -> None:
     assert not torch.allclose(expected["cLRP"], expected["LRP-α1β0"], atol=1e-3)
 
 
+def test_relprop_methods_come_from_the_registry() -> None:
+    from relprop.rules import registry
+
+    assert RM.RELPROP_METHODS == tuple(registry.entry(n).display for n in RM.RELPROP_RULE_SETS)
+    assert [RM.resolve_name(n) for n in RM.RELPROP_RULE_SETS] == list(RM.RELPROP_METHODS)
+    model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
+    by_registry, _ = RM.build_methods(model, ["abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta"])
+    by_display, _ = RM.build_methods(model, list(RM.RELPROP_METHODS))
+    assert list(by_registry) == list(RM.RELPROP_METHODS)
+    for name in RM.RELPROP_METHODS:
+        assert torch.equal(by_registry[name](model, x, t), by_display[name](model, x, t)), name
+    for name in ("zplus", "attnlrp"):  # rule sets of the registry that are not compared methods
+        with pytest.raises(InputError, match="valid names: absLRP, cLRP"):
+            RM.resolve_name(name)
+    with pytest.raises(InputError, match="not a relprop rule set"):
+        RM.lrp_method("Saliency")
+
+
 def test_float64_batch_of_100() -> None:
     model = tiny_cnn(torch.float64)
     x, t = torch.randn(100, 3, 8, 8, dtype=torch.float64), torch.arange(100) % 3

@@ -20,25 +20,28 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from relprop.errors import RuleError
+from relprop.rules import registry
+
 __all__ = ["COMMANDS", "RULES", "build_parser", "main"]
 
 
 def _rules() -> dict[str, Callable[[], object]]:
-    from relprop import rules
-
-    return {
-        "abslrp": lambda: rules.AbsLRP(),
-        "attnlrp": lambda: rules.AttnLRP(),
-        "attnlrp-cp": lambda: rules.AttnLRP(cp=True),
-        "epsilon": lambda: rules.Epsilon(1e-6),
-        "zplus": lambda: rules.ZPlus(),
-        "alphabeta": lambda: rules.AlphaBeta(2, 1),
-        "epsilon-plus-flat": lambda: rules.EpsilonPlusFlat(),
-    }
+    """``--rules`` name -> factory of a fresh rule set (from :mod:`relprop.rules.registry`)."""
+    return {e.name: e.factory for e in registry.ENTRIES}
 
 
-#: the rule sets ``--rules`` accepts
-RULES: tuple[str, ...] = ("abslrp", "attnlrp", "attnlrp-cp", "epsilon", "zplus", "alphabeta", "epsilon-plus-flat")
+def _rules_name(value: str) -> str:
+    """``--rules`` value -> the registry's canonical name (aliases and display names such as
+    ``LRP-ε`` work); an unknown value is returned as given for argparse to reject among the choices."""
+    try:
+        return registry.resolve(value)
+    except RuleError:
+        return value
+
+
+#: the rule sets ``--rules`` accepts: the registry's names (README, "Named rule sets")
+RULES: tuple[str, ...] = registry.names()
 #: the rule set ``explain-text`` uses by default: it points at the sentiment words of the held-out
 #: reviews most often (README, "Which rule set for transformers")
 TEXT_RULES = "attnlrp"
@@ -84,6 +87,7 @@ def _add_example(sub: argparse._SubParsersAction) -> None:
     )
     ex.add_argument(
         "--rules",
+        type=_rules_name,
         choices=RULES,
         default="abslrp",
         help="rule set (default: %(default)s)",
@@ -134,7 +138,7 @@ def _run_digits(args: argparse.Namespace, out: Path) -> int:
     names = [str(c) for c in range(models.CLASSES)]
     target = _target(args.target, names)
     chosen_by = list(models.DIGITS_MODELS) if args.model == "all" else [args.model]
-    rule_set = _rules()[args.rules]()
+    rule_set = registry.rule_set(args.rules)
     print(f"relprop example: one test image per digit, rules {rule_set!r}")
     print(f"  {'model':<7} {'test acc':>8}  {'predicted':<11} {'on strokes':>10}  time")
     rows = {}
@@ -188,7 +192,7 @@ def run_example(args: argparse.Namespace) -> int:
         predicted = ex.model(ex.images).argmax(1)
     chosen = predicted if target is None else torch.full_like(predicted, target)
 
-    rule_set = _rules()[args.rules]()
+    rule_set = registry.rule_set(args.rules)
     graph = relprop.trace(ex.model, rules=rule_set)
     start = time.perf_counter()
     R = graph.explain(ex.images, chosen)
@@ -233,7 +237,9 @@ def _add_explain_text(sub: argparse._SubParsersAction) -> None:
         metavar="CLASS",
         help="class to explain, an index or a label name (default: each text's predicted class)",
     )
-    ex.add_argument("--rules", choices=RULES, default=TEXT_RULES, help="rule set (default: %(default)s)")
+    ex.add_argument(
+        "--rules", type=_rules_name, choices=RULES, default=TEXT_RULES, help="rule set (default: %(default)s)"
+    )
     ex.add_argument("--html", default=None, metavar="FILE", help="also write the coloured words as HTML")
     ex.add_argument("--no-color", dest="color", action="store_false", help="print values instead of colours")
     ex.set_defaults(run=run_explain_text)
@@ -310,7 +316,7 @@ def run_explain_text(args: argparse.Namespace) -> int:
         probs = model(**enc).logits.softmax(-1)
     predicted = probs.argmax(1)
     chosen = predicted if target is None else torch.full_like(predicted, target)
-    graph = relprop.trace(model, rules=_rules()[args.rules]())
+    graph = relprop.trace(model, rules=registry.rule_set(args.rules))
     start = time.perf_counter()
     R = graph.explain(dict(enc), chosen)
     took = time.perf_counter() - start

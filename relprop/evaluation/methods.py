@@ -14,10 +14,13 @@ are optional: they are imported only when one of their methods is built.
 
 Choices (documented, not prescribed by the paper):
 
-* **relprop rule sets**: ``absLRP`` = :class:`~relprop.rules.AbsLRP` (contrastive by
+* **relprop rule sets**, each the rule set of an entry of :mod:`relprop.rules.registry`
+  (the method's name is the entry's display name; the entry's names and aliases work
+  too, ``"epsilon"`` is ``LRP-ε``), explained with the set's own defaults:
+  ``absLRP`` = :class:`~relprop.rules.AbsLRP` (contrastive by
   default: target pass minus the pass from all other classes); ``cLRP`` (contrastive
-  LRP, Gu et al. 2018) = LRP-α1β0 explained with ``contrastive=True``, i.e. relprop's
-  two-pass contrastive mode ``R = R_target - R_others`` (``Explanation.passes[0] -
+  LRP, Gu et al. 2018) = LRP-α1β0 made contrastive (``AlphaBeta(1, 0, contrastive=True)``),
+  i.e. relprop's two-pass contrastive mode ``R = R_target - R_others`` (``Explanation.passes[0] -
   passes[1]``), not Gu et al.'s negated-weight dual; ``LRP-ε`` = :class:`~relprop.rules.Epsilon`
   with relprop's default ε = 1e-6; ``LRP-α1β0`` / ``LRP-α2β1`` =
   :class:`~relprop.rules.AlphaBeta` (1, 0) / (2, 1). The last three are not contrastive
@@ -74,7 +77,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, RuleError
+from ..rules import registry
 from .metrics import Method, constant_method, random_method, relprop_method
 
 __all__ = [
@@ -85,6 +89,7 @@ __all__ = [
     "LAYER_METHODS",
     "METHOD_NAMES",
     "RELPROP_METHODS",
+    "RELPROP_RULE_SETS",
     "TokenGrid",
     "build_methods",
     "cam_method",
@@ -95,7 +100,10 @@ __all__ = [
     "resolve_name",
 ]
 
-RELPROP_METHODS = ("absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1")
+#: the registry's rule sets compared as methods (:mod:`relprop.rules.registry`)
+RELPROP_RULE_SETS = ("abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta")
+#: their method names: the entries' display names (absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1)
+RELPROP_METHODS: tuple[str, ...] = tuple(registry.entry(n).display for n in RELPROP_RULE_SETS)
 CAPTUM_METHODS = (
     "Saliency",
     "InputXGradient",
@@ -137,13 +145,24 @@ def _key(name: str) -> str:
 _BY_KEY = {_key(n): n for n in METHOD_NAMES}
 
 
+def _rule_set_method(name: str) -> str | None:
+    """The relprop method whose registry entry ``name`` spells (None: none)."""
+    try:
+        display = registry.entry(name).display
+    except RuleError:
+        return None
+    return display if display in RELPROP_METHODS else None
+
+
 def resolve_name(name: str) -> str:
     """The name in :data:`METHOD_NAMES` that ``name`` spells.
 
     Matching ignores case, ``-``, ``_`` and spaces; ε, α, β may be written
-    ``eps``/``epsilon``, ``alpha``, ``beta`` (``"lrp-alpha1beta0"``). Unknown -> InputError.
+    ``eps``/``epsilon``, ``alpha``, ``beta`` (``"lrp-alpha1beta0"``). A name of
+    :mod:`relprop.rules.registry` whose rule set is a method also works (``"epsilon"``,
+    ``"alphabeta"``: ``LRP-ε``, ``LRP-α2β1``). Unknown -> InputError.
     """
-    found = _BY_KEY.get(_key(str(name)))
+    found = _BY_KEY.get(_key(str(name))) or _rule_set_method(name)
     if found is None:
         raise InputError(f"unknown attribution method {name!r}; valid names: {', '.join(METHOD_NAMES)}")
     return found
@@ -362,22 +381,15 @@ def _captum_layer(layer: CamLayer) -> Iterator[nn.Module]:
 
 
 def lrp_method(name: str) -> Method:
-    """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1."""
-    from .. import rules
+    """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1.
 
+    The rule set is a fresh one from its :mod:`relprop.rules.registry` entry, explained
+    with the set's defaults (absLRP and cLRP contrastive, the others from the target logit).
+    """
     name = resolve_name(name)
-    if name == "absLRP":
-        inner = relprop_method(rules.AbsLRP())
-    elif name == "cLRP":
-        inner = relprop_method(rules.AlphaBeta(1.0, 0.0), contrastive=True)
-    elif name == "LRP-ε":
-        inner = relprop_method(rules.Epsilon())
-    elif name == "LRP-α1β0":
-        inner = relprop_method(rules.AlphaBeta(1.0, 0.0))
-    elif name == "LRP-α2β1":
-        inner = relprop_method(rules.AlphaBeta(2.0, 1.0))
-    else:
+    if name not in RELPROP_METHODS:
         raise InputError(f"{name!r} is not a relprop rule set; those are: {', '.join(RELPROP_METHODS)}")
+    inner = relprop_method(registry.rule_set(name))
 
     def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         with _preserved(model, freeze=False):
