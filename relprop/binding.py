@@ -29,10 +29,24 @@ from torch import fx, nn
 from relprop.rules.base import NodeInfo, Rule, RuleCache
 from relprop.rules.categories import COMPUTING, WEIGHTED_CATEGORIES, Category
 from relprop.rules.lrp import Pass
-from relprop.rules.ops import SELECT, categorize, full_op_name, is_constant, is_statistic, op_name
+from relprop.rules.ops import categorize, full_op_name, op_name
 from relprop.rules.sets import RuleSet, as_rule
 
-from .errors import InputError, MissingRuleError, RuleError
+from .analysis import (
+    Sources,
+    clean_path,
+    embedding_path,
+    equivalents,
+    first_weighted,
+    input_leaves,
+    live_nodes,
+    module_stack,
+    no_input,
+    relevant_nodes,
+    splits,
+    stack_entries,
+)
+from .errors import MissingRuleError, RuleError
 from .layouts import batch_layouts
 from .regions import Region, find_regions
 from .tracing import Program
@@ -103,7 +117,7 @@ class Binding:
         """The graph nodes whose values the rule sees as ``ctx.inputs``, in that order."""
         if self.region is not None:
             return list(self.region.leaves)
-        return [x for x in _leaves(self.info.node) if isinstance(x, fx.Node)]
+        return input_leaves(self.info.node)
 
 
 @dataclass
@@ -130,302 +144,6 @@ class Bound:
     cache: RuleCache = field(default_factory=RuleCache, repr=False)
 
 
-def _floating(val: Any) -> bool:
-    if isinstance(val, torch.Tensor):
-        return val.is_floating_point()
-    if isinstance(val, (tuple, list)):
-        return any(_floating(v) for v in val)
-    return False
-
-
-def _module_stack(node: fx.Node) -> list[tuple[str, str]]:
-    return _stack_entries(node.meta.get("nn_module_stack") or {})
-
-
-def _stack_entries(stack: dict[str, Any]) -> list[tuple[str, str]]:
-    """(module path, class name) per level of an ``nn_module_stack``, outermost first."""
-    return [
-        (path, cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))) for path, cls in stack.values()
-    ]
-
-
-def _clean_path(path: str) -> str:
-    return path.replace("L['self'].", "").replace("L__self__.", "")
-
-
-def _equivalents(nodes: list[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
-    """Call nodes grouped with the nodes that compute the same op on the same arguments.
-
-    ``x[..., 0::2, 0::2]`` and ``x[..., 0::2, 1::2]`` export as two chains whose first
-    slices are identical; grouping them lets the second slices be seen as one split.
-    """
-    canon: dict[fx.Node, fx.Node] = {}
-    first: dict[Any, fx.Node] = {}
-    groups: dict[fx.Node, list[fx.Node]] = {}
-
-    def key(x: Any) -> Any:
-        if isinstance(x, fx.Node):
-            return ("node", canon.get(x, x))
-        if isinstance(x, (list, tuple)):
-            return (type(x).__name__, *(key(v) for v in x))
-        if isinstance(x, dict):
-            return ("dict", *((k, key(v)) for k, v in sorted(x.items())))
-        try:
-            hash(x)
-        except TypeError:
-            return ("id", id(x))
-        return (type(x).__name__, x)
-
-    for n in nodes:
-        if n.op != "call_function":
-            continue
-        k = (n.target, key(n.args), key(n.kwargs))
-        c = first.setdefault(k, n)
-        canon[n] = c
-        groups.setdefault(c, []).append(n)
-    return {n: groups[c] for n, c in canon.items()}
-
-
-_SLICES = ("aten.select", "aten.slice", "aten.narrow")
-
-
-def _is_split(node: fx.Node, equivalents: dict[fx.Node, list[fx.Node]]) -> bool:
-    """Whether a select/slice is one of a set that together cover its input along one dim.
-
-    The input's consumers count together with those of nodes equivalent to the input.
-    Consumers that read the whole tensor do not matter: in rotary embeddings
-    ``x * cos + cat(-x[..., d/2:], x[..., :d/2]) * sin`` the two slices split ``x``
-    (they move relevance) although ``x`` also feeds the product with ``cos``.
-    """
-    src = node.args[0]
-    if not isinstance(src, fx.Node):
-        return False
-    val = src.meta.get("val")
-    if not isinstance(val, torch.Tensor):
-        return False
-    sources = equivalents.get(src, [src])
-    dims: set[int] = set()
-    covered: set[int] = set()
-    for user in (u for s in sources for u in s.users):
-        name = op_name(user.target)
-        if name not in _SLICES or user.args[0] not in sources:
-            continue  # a consumer of the whole tensor: it neither splits nor pools
-        dim = user.args[1] if len(user.args) > 1 else 0
-        dim = dim % val.dim()
-        dims.add(dim)
-        size = val.shape[dim]
-        if not isinstance(size, int):
-            # a symbolic (batch) size: only a full slice covers it
-            if name == "aten.slice" and _slice_bounds(user, None) == (0, None):
-                covered.add(-1)
-                continue
-            return False
-        if name == "aten.select":
-            covered.add(user.args[2] % size)
-        else:
-            start, end = _slice_bounds(user, size)
-            step = user.args[4] if len(user.args) > 4 else 1
-            covered.update(range(start, end, step))
-    if len(dims) != 1:
-        return False
-    size = val.shape[dims.pop()]
-    return covered == {-1} if not isinstance(size, int) else covered == set(range(size))
-
-
-_PADS = ("aten.pad", "aten.constant_pad_nd")
-
-
-def _undoes_pad(node: fx.Node, limit: int = 256) -> bool:
-    """Whether a slice crops away exactly what a pad upstream in the same module added.
-
-    Window attention pads its input to a multiple of the window and crops the
-    result back; the crop moves relevance, it pools nothing.
-    """
-    if op_name(node.target) != "aten.slice" or not isinstance(node.args[0], fx.Node):
-        return False
-    val = node.args[0].meta.get("val")
-    step = node.args[4] if len(node.args) > 4 else 1
-    if not isinstance(val, torch.Tensor) or step != 1:
-        return False
-    rank = val.dim()
-    dim = (node.args[1] if len(node.args) > 1 else 0) % rank
-    size = val.shape[dim]
-    if not isinstance(size, int):
-        return False
-    start, end = _slice_bounds(node, size)
-    home = _module_stack(node)[-1][0] if _module_stack(node) else None
-    seen: set[fx.Node] = set()
-    todo = [node.args[0]]
-    while todo and len(seen) < limit:
-        n = todo.pop()
-        if n in seen or n.op != "call_function":
-            continue
-        seen.add(n)
-        if home is not None and home not in {p for p, _ in _module_stack(n)}:
-            continue
-        if op_name(n.target) in _PADS and _pad_matches(n, rank, dim, size, start, end):
-            return True
-        todo.extend(n.all_input_nodes)
-    return False
-
-
-def _pad_matches(pad: fx.Node, rank: int, dim: int, size: int, start: int, end: int) -> bool:
-    out = pad.meta.get("val")
-    widths = list(pad.args[1]) if len(pad.args) > 1 else []
-    i = rank - 1 - dim
-    if not isinstance(out, torch.Tensor) or out.dim() != rank or out.shape[dim] != size:
-        return False
-    if len(widths) < 2 * i + 2:
-        return False
-    left, right = widths[2 * i], widths[2 * i + 1]
-    return bool(left or right) and (start, end) == (left, size - right)
-
-
-def _slice_bounds(node: fx.Node, size: int | None) -> tuple[int, Any]:
-    args = list(node.args) + [None] * 5
-    if op_name(node.target) == "aten.narrow":
-        start, length = args[2], args[3]
-        return (start, start + length) if size is not None else (start, None)
-    start = args[2] if args[2] is not None else 0
-    end = args[3]
-    if size is None:
-        big = end is None or (isinstance(end, int) and end >= 2**62)
-        return (start, None if big else end)
-    start = start + size if start < 0 else start
-    end = size if end is None else (end + size if end < 0 else min(end, size))
-    return (max(start, 0), end)
-
-
-def _leaves(node: fx.Node) -> list[Any]:
-    return torch.utils._pytree.tree_leaves((node.args, node.kwargs))
-
-
-#: ops an index tensor may pass through and still be "the token ids" of a user input
-_INDEX_MOVES = {
-    "aten.view",
-    "aten._unsafe_view",
-    "aten.reshape",
-    "aten.flatten",
-    "aten.unsqueeze",
-    "aten.squeeze",
-    "aten.expand",
-    "aten.contiguous",
-    "aten.clone",
-    "aten._to_copy",
-    "aten.to",
-    "aten.alias",
-    "aten.detach",
-    "aten.lift_fresh_copy",
-}
-
-
-def _direct_input(index: Any, inputs: dict[fx.Node, int]) -> int | None:
-    """The user input an index tensor is, up to data movement (else None)."""
-    while isinstance(index, fx.Node):
-        if index in inputs:
-            return inputs[index]
-        if index.op != "call_function" or op_name(index.target) not in _INDEX_MOVES:
-            return None
-        index = index.args[0] if index.args else None
-    return None
-
-
-def _is_lookup(n: fx.Node) -> bool:
-    """An embedding lookup: ``aten.embedding(weight, indices)`` with integer indices."""
-    if op_name(n.target) != "aten.embedding" or len(n.args) < 2:
-        return False
-    weight, index = n.args[0], n.args[1]
-    return isinstance(weight, fx.Node) and isinstance(index, fx.Node) and not _floating(index.meta.get("val"))
-
-
-def _live_nodes(
-    program: Program, nodes: list[fx.Node]
-) -> tuple[dict[int, fx.Node], dict[fx.Node, int], set[fx.Node], set[fx.Node]]:
-    """Relevance sources and the nodes that carry relevance (floats computed from a source).
-
-    Sources are float user inputs and embedding lookups.  A lookup whose indices are an
-    integer user input (up to data movement) is a *token* source: its relevance, summed
-    over the hidden dimension, is that input's relevance.  Only where no lookup reads any
-    input directly (ids offset or taken modulo first) are the lookups indexed by ints
-    computed from an input its token sources, so that position ids computed from the ids
-    or from an attention mask never count as tokens.  Every other lookup (position ids,
-    token types from a buffer, ...) is a source too, so that the relevance it receives is
-    not lost, but it is reported only as an embedding
-    (``Explanation.embeddings``), never as tokens.
-    """
-    placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
-    float_sources: dict[int, fx.Node] = {}
-    int_inputs: dict[fx.Node, int] = {}
-    for i, name in enumerate(program.user_inputs):
-        val = placeholders[name].meta.get("val")
-        if isinstance(val, torch.Tensor):
-            if val.is_floating_point():
-                float_sources[i] = placeholders[name]
-            elif not val.is_complex():
-                int_inputs[placeholders[name]] = i
-    token_sources: dict[fx.Node, int] = {}
-    derived: dict[fx.Node, int] = {}  # lookups indexed by ints computed from a user input
-    int_origin = dict(int_inputs)
-    embeddings: set[fx.Node] = set()
-    live: set[fx.Node] = set(float_sources.values())
-    for n in nodes:
-        if n.op != "call_function":
-            continue
-        ins = n.all_input_nodes
-        if n not in int_origin:
-            origins = [int_origin[a] for a in ins if a in int_origin]
-            if origins and not _floating(n.meta.get("val")):
-                int_origin[n] = origins[0]
-        if _is_lookup(n) and n.args[0] not in live:
-            origin = _direct_input(n.args[1], int_inputs)
-            if origin is not None:
-                token_sources[n] = origin
-            elif n.args[1] in int_origin:
-                derived[n] = int_origin[n.args[1]]
-            embeddings.add(n)
-            live.add(n)
-            continue
-        if is_constant(n.target) or is_statistic(n):
-            continue
-        if any(a in live for a in ins) and _floating(n.meta.get("val")):
-            live.add(n)
-    # no lookup reads an input directly (ids offset, taken modulo, ...): the lookups indexed
-    # by ints computed from the inputs are the tokens
-    if not token_sources:
-        token_sources.update(derived)
-    return float_sources, token_sources, live, embeddings
-
-
-def _relevant_nodes(program: Program, nodes: list[fx.Node], live: set[fx.Node], sources: Any) -> set[fx.Node]:
-    """Live nodes on a path to the output; an error if there are none."""
-    output = nodes[-1]
-    relevant: set[fx.Node] = set()
-    stack = [a for a in output.all_input_nodes if a in live]
-    while stack:
-        n = stack.pop()
-        if n in relevant:
-            continue
-        relevant.add(n)
-        if n not in sources:
-            stack.extend(a for a in n.all_input_nodes if a in live)
-    if not relevant:
-        _no_input(program, nodes)
-    return relevant
-
-
-def _no_input(program: Program, nodes: list[fx.Node]) -> None:
-    placeholders = {n.name: n for n in nodes if n.op == "placeholder"}
-    kinds = ", ".join(
-        f"{label}: {placeholders[name].meta['val'].dtype}"
-        for label, name in zip(program.input_labels, program.user_inputs)
-        if isinstance(placeholders[name].meta.get("val"), torch.Tensor)
-    )
-    raise InputError(
-        "no input of the model can receive relevance: expected a floating-point input, or "
-        f"integer token ids that reach an embedding lookup; got {kinds or 'no tensor inputs'}."
-    )
-
-
 def bind(
     program: Program,
     model: nn.Module,
@@ -433,56 +151,35 @@ def bind(
     overrides: Mapping[OverrideKey, Any],
     strict: bool,
 ) -> Bound:
-    nodes = list(program.graph.nodes)
-    float_sources, token_sources, live, lookups = _live_nodes(program, nodes)
-    relevant = _relevant_nodes(program, nodes, live, lookups)
-    if not any(n in relevant for n in [*token_sources, *float_sources.values()]):
-        _no_input(program, nodes)
-    embeddings = {n: _embedding_path(n) for n in nodes if n in lookups and n in relevant}
-    inputs = {n: i for i, name in enumerate(program.user_inputs) for n in nodes if n.name == name}
-    direct = {n for n in token_sources if _direct_input(n.args[1], inputs) is not None}
+    """Give every node on the relevance path of ``program`` its rule.
 
-    # first weighted layers: no weighted op upstream of their live input
-    after_weighted: set[fx.Node] = set()
-    layouts = batch_layouts(nodes, live, program.batch_symbols, program.static_batch)
+    The graph analysis (:mod:`relprop.analysis`) finds the relevance sources (float
+    inputs, embedding lookups) and the relevant nodes: live nodes on a path from a
+    source to the output.  Each relevant node is categorized and matched, most
+    specific first, against ``overrides`` and the global registrations (module-name
+    globs, then module classes, for computing ops only; then ops), else gets
+    ``rule_set``'s default for its category (see the module docstring).  ``getitem``
+    nodes pass relevance structurally.  A node no rule covers raises
+    :class:`~relprop.MissingRuleError` where ``strict``, else passes relevance by its
+    gradient and is listed in :attr:`Bound.unbound`.  Embedding lookups get no rule:
+    they are sources.  Each rule's ``check`` runs on its node's :class:`NodeInfo`.
+
+    Raises :class:`~relprop.InputError` where no input can receive relevance.
+    """
+    nodes = list(program.graph.nodes)
+    sources = live_nodes(program, nodes)
+    relevant = relevant_nodes(program, nodes, sources.live, sources.embeddings)
+    if not any(n in relevant for n in [*sources.token_sources, *sources.float_sources.values()]):
+        no_input(program, nodes)
+    embeddings = {n: embedding_path(n) for n in nodes if n in sources.embeddings and n in relevant}
     bindings: dict[fx.Node, Binding] = {}
     unbound: list[str] = []
     norm_overrides = _merge(overrides)
-    equivalents = _equivalents(nodes)
-    regions = find_regions(nodes, live & relevant)
-    inside = {m for r in regions.values() for m in r.nodes if m is not r.output}
-    for n in nodes:
-        if n.op != "call_function" or n not in live:
-            continue
-        region = regions.get(n)
-        node_leaves = region.leaves if region is not None else [x for x in _leaves(n) if isinstance(x, fx.Node)]
-        flags = [x in live for x in node_leaves]
-        upstream = any(x in after_weighted for x in node_leaves if x in live)
-        split = op_name(n.target) in SELECT and (_is_split(n, equivalents) or _undoes_pad(n))
-        if region is not None:
-            category = Category.ACTIVATION
-        else:
-            category = categorize(n, flags, split) if n not in lookups else Category.EMBEDDING
-        if category in WEIGHTED_CATEGORIES or upstream:
-            after_weighted.add(n)
-        if n not in relevant or n in lookups or n in inside:
-            continue
-        stack_ = _module_stack(n) if region is None else _stack_entries(region.stack)
-        path, cls = (_clean_path(stack_[-1][0]), stack_[-1][1]) if stack_ else ("", "")
-        info = NodeInfo(
-            node=n,
-            category=category,
-            live=flags,
-            module_path=path,
-            module_class=cls.rsplit(".", 1)[-1],
-            first=category in WEIGHTED_CATEGORIES and not upstream,
-            out_layout=layouts.get(n),
-            in_layouts=[layouts.get(x) for x in node_leaves],
-        )
+    for n, (info, stack, region) in _node_infos(program, nodes, sources, relevant).items():
         if n.target is operator.getitem:
             bindings[n] = Binding(info, Pass(), "structural")
             continue
-        rule, source = _match(info, stack_, model, norm_overrides, rule_set)
+        rule, source = _match(info, stack, model, norm_overrides, rule_set)
         if rule is None:
             if strict:
                 raise MissingRuleError(_missing_message(info, rule_set))
@@ -490,13 +187,65 @@ def bind(
             unbound.append(full_op_name(n.target))
         rule.check(info)
         bindings[n] = Binding(info, rule, source, region)
-    return Bound(program, bindings, float_sources, token_sources, unbound, embeddings, direct)
+    return Bound(
+        program,
+        bindings,
+        sources.float_sources,
+        sources.token_sources,
+        unbound,
+        embeddings,
+        sources.direct_tokens,
+    )
 
 
-def _embedding_path(node: fx.Node) -> str:
-    """The module path of an embedding lookup (its node name where it has none)."""
-    stack = _module_stack(node)
-    return _clean_path(stack[-1][0]) if stack else node.name
+def _node_infos(
+    program: Program, nodes: list[fx.Node], sources: Sources, relevant: set[fx.Node]
+) -> dict[fx.Node, tuple[NodeInfo, list[tuple[str, str]], Region | None]]:
+    """Per node to bind, in graph order: its info, module stack and region (if any).
+
+    Nodes to bind are the relevant call nodes other than embedding lookups and the
+    inner ops of regions (:mod:`relprop.regions`), whose outputs stand for them.
+    """
+    live, lookups = sources.live, sources.embeddings
+    layouts = batch_layouts(nodes, live, program.batch_symbols, program.static_batch)
+    same = equivalents(nodes)
+    regions = find_regions(nodes, live & relevant)
+    inside = {m for r in regions.values() for m in r.nodes if m is not r.output}
+    facts: dict[fx.Node, tuple[list[fx.Node], list[bool], Any]] = {}
+    for n in nodes:
+        if n.op != "call_function" or n not in live:
+            continue
+        region = regions.get(n)
+        leaves = region.leaves if region is not None else input_leaves(n)
+        flags = [x in live for x in leaves]
+        if region is not None:
+            category = Category.ACTIVATION
+        else:
+            category = categorize(n, flags, splits(n, same)) if n not in lookups else Category.EMBEDDING
+        facts[n] = (leaves, flags, category)
+    first = first_weighted(
+        {n: [x for x in leaves if x in live] for n, (leaves, _, _) in facts.items()},
+        {n for n, (_, _, category) in facts.items() if category in WEIGHTED_CATEGORIES},
+    )
+    infos = {}
+    for n, (leaves, flags, category) in facts.items():
+        if n not in relevant or n in lookups or n in inside:
+            continue
+        region = regions.get(n)
+        stack = module_stack(n) if region is None else stack_entries(region.stack)
+        path, cls = (clean_path(stack[-1][0]), stack[-1][1]) if stack else ("", "")
+        info = NodeInfo(
+            node=n,
+            category=category,
+            live=flags,
+            module_path=path,
+            module_class=cls.rsplit(".", 1)[-1],
+            first=n in first,
+            out_layout=layouts.get(n),
+            in_layouts=[layouts.get(x) for x in leaves],
+        )
+        infos[n] = (info, stack, region)
+    return infos
 
 
 def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:
@@ -516,7 +265,7 @@ def _match(
     if overrides and info.category in COMPUTING:
         names = [(k[1], r) for k, r in overrides.items() if k[0] == "name"]
         classes = [(k[1], r) for k, r in overrides.items() if k[0] == "class"]
-        paths = [_clean_path(p) for p, _ in reversed(stack)]
+        paths = [clean_path(p) for p, _ in reversed(stack)]
         for path in paths:
             for pattern, rule in names:
                 if fnmatch.fnmatchcase(path, pattern):
