@@ -12,13 +12,14 @@ Rules (for overrides and custom registrations): :class:`AbsRule`,
 :class:`AlphaBetaRule`, :class:`GammaRule`, :class:`FlatRule`, :class:`WSquareRule`,
 :class:`ZBoxRule`, :class:`BilinearRule`, :class:`AttentionValueRule`, :class:`SoftmaxRule`,
 :class:`AttnLRPAttentionRule`; write your own
-by subclassing :class:`Rule`.
+by subclassing :class:`Rule`, which sees a node through a :class:`Context` (the engine's
+optimisation hints, which a rule may ignore, in ``ctx.hints``: :class:`Hints`).
 """
 
 from . import registry
 from .abslrp import AbsAttentionRule, AbsRule
 from .attnlrp import AttnLRPAttentionRule, SoftmaxRule
-from .base import Context, FunctionRule, Layout, NodeInfo, Rule, stabilize, vjp
+from .base import Context, FunctionRule, Hints, Layout, NodeInfo, Pass, Rule, stabilize, vjp
 from .categories import Category
 from .lrp import (
     AlphaBetaRule,
@@ -27,7 +28,6 @@ from .lrp import (
     EpsilonRule,
     FlatRule,
     GammaRule,
-    Pass,
     WSquareRule,
     ZBoxRule,
     ZPlusRule,
@@ -77,6 +77,7 @@ __all__ = [
     "FunctionRule",
     "Gamma",
     "GammaRule",
+    "Hints",
     "LRP",
     "Layout",
     "NodeInfo",

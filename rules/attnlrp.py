@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .abslrp import apply_mask, attention_inputs
+from .attention import apply_mask, attention_inputs, is_masked, repeat_kv, unrepeat_kv
 from .base import Context, Relevance, Rule, stabilize
-from .local import is_masked
 
 __all__ = ["SoftmaxRule", "AttnLRPAttentionRule", "softmax_relevance"]
 
@@ -56,19 +55,6 @@ class SoftmaxRule(Rule):
         return out
 
 
-def _repeat(t: Tensor, groups: int) -> Tensor:
-    """Grouped-query attention: each key/value head serves ``groups`` query heads."""
-    return t.repeat_interleave(groups, dim=-3) if groups > 1 else t
-
-
-def _unrepeat(t: Tensor, groups: int) -> Tensor:
-    """The gradient of :func:`_repeat`: the ``groups`` copies of each head summed."""
-    if groups == 1:
-        return t
-    *lead, heads, n, d = t.shape
-    return t.reshape(*lead, heads // groups, groups, n, d).sum(-3)
-
-
 class AttnLRPAttentionRule(Rule):
     """AttnLRP through ``scaled_dot_product_attention`` (Achtibat et al. 2024).
 
@@ -86,13 +72,13 @@ class AttnLRPAttentionRule(Rule):
         q, k, v, mask, causal, scale, groups = attention_inputs(ctx)
         live = ctx.live
         out: list[Tensor | None] = [None] * len(ctx.inputs)
-        kr, vr = _repeat(k, groups), _repeat(v, groups)
+        kr, vr = repeat_kv(k, groups), repeat_kv(v, groups)
         s = apply_mask((q * scale) @ kr.transpose(-2, -1), mask, causal)
         p = torch.softmax(s, -1)
         p = torch.where(torch.isnan(p), torch.zeros((), dtype=p.dtype, device=p.device), p)  # all-masked rows
         g = R / stabilize(ctx.output, self.epsilon)
         if live[2]:
-            out[2] = v * _unrepeat(p.transpose(-2, -1) @ g, groups).mul_(0.5)
+            out[2] = v * unrepeat_kv(p.transpose(-2, -1) @ g, groups).mul_(0.5)
         if not (live[0] or live[1]):
             return out
         gp = (g @ vr.transpose(-2, -1)).mul_(0.5)
@@ -101,5 +87,5 @@ class AttnLRPAttentionRule(Rule):
         if live[0]:
             out[0] = q * (gs @ kr)
         if live[1]:
-            out[1] = k * _unrepeat(gs.transpose(-2, -1) @ q, groups)
+            out[1] = k * unrepeat_kv(gs.transpose(-2, -1) @ q, groups)
         return out

@@ -5,7 +5,12 @@ inputs.  It sees the node through a :class:`Context`: the input values, which
 of them carry relevance ("live"), the output, and :meth:`Context.call`, which
 re-runs the node's op with some inputs replaced.  Relevance tensors carry an
 extra leading *pass* dimension ``P`` (two for contrastive explanations) in
-front of the tensor's own shape.
+front of the tensor's own shape.  What the engine lets a rule skip or reuse at a node
+(optimisation hints a rule may ignore) comes as ``ctx.hints`` (:class:`Hints`).
+
+Also here: :class:`Pass`, the structural rule (identity or gradient) of every rule set,
+and the ε-rule's ratio (:func:`stable_ratio`, :func:`epsilon_relevance`) it shares with
+the classic rules.
 """
 
 from __future__ import annotations
@@ -19,17 +24,25 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from .categories import Category
+from .local import local_call
+
 __all__ = [
     "Context",
+    "Hints",
     "Layout",
     "NodeInfo",
+    "Pass",
     "Relevance",
     "Rule",
     "RuleCache",
     "FunctionRule",
     "vjp",
     "stabilize",
+    "stable_ratio",
+    "epsilon_relevance",
     "sample_l1",
+    "unit_l1",
     "owned",
     "mark_owned",
 ]
@@ -74,9 +87,9 @@ class RuleCache(dict):
     """What rules keep between explains of one :class:`~relprop.Graph`, freed with it.
 
     One per Graph, shared by all its traces (one per input signature); rules reach it
-    as :attr:`Context.cache`.  A dict: each rule keys its entries by something of its own
-    (absLRP keeps its derived weights under
-    :class:`~relprop.rules.abslrp.DerivedWeights`).  ``parameter_bytes`` is the memory
+    as ``ctx.hints.cache`` (:class:`Hints`).  A dict: each rule keys its entries by something
+    of its own (absLRP keeps its derived weights under
+    :class:`~relprop.rules.derived_weights.DerivedWeights`).  ``parameter_bytes`` is the memory
     of the model's parameters, for rules that size what they keep by the model's.
     """
 
@@ -86,6 +99,28 @@ class RuleCache(dict):
 
     def __repr__(self) -> str:
         return f"RuleCache({len(self)} entries, parameter_bytes={self.parameter_bytes})"
+
+
+@dataclass(frozen=True)
+class Hints:
+    """Optimisation hints the engine gives a rule for one node of one walk; a rule may ignore them.
+
+    ``free_scale``: per input, may the relevance be returned at any positive scale per pass
+    and sample?  True where the only reader of that relevance is a ``scale_free`` rule (which
+    normalizes what it returns), so normalizing it first would be wasted work.
+    ``owns_relevance``: may the rule overwrite the relevance it is given?  True where that
+    tensor was allocated by a rule for this node alone (:func:`mark_owned`) and nothing else
+    (a recorded walk, another input) holds it.  ``cache``: what rules keep between explains
+    of the Graph (:class:`RuleCache`); a Context made outside the engine has an empty one.
+    """
+
+    free_scale: tuple[bool, ...] = ()
+    owns_relevance: bool = False
+    cache: RuleCache = field(default_factory=RuleCache)
+
+    def free(self, i: int) -> bool:
+        """Whether input ``i``'s relevance may be returned unnormalized (see ``free_scale``)."""
+        return i < len(self.free_scale) and self.free_scale[i]
 
 
 class Context:
@@ -101,6 +136,7 @@ class Context:
         output: Any,
         batch: int,
         op: Any = None,
+        hints: Hints | None = None,
     ) -> None:
         self.info = info
         self.node = info.node
@@ -117,18 +153,8 @@ class Context:
         self.live: list[bool] = info.live
         self.output = output
         self.batch = batch
-        #: per input: may the relevance be returned at any positive scale per pass and
-        #: sample?  True where the only reader of that relevance is a ``scale_free`` rule
-        #: (which normalizes what it returns), so normalizing it first would be wasted
-        #: work.  Set by the engine; rules may ignore it.
-        self.free_scale: list[bool] = [False] * len(self.inputs)
-        #: may the rule overwrite the relevance it is given?  True where that tensor was
-        #: allocated by a rule for this node alone (:func:`mark_owned`) and nothing else
-        #: (a recorded walk, another input) holds it.  Set by the engine.
-        self.owns_relevance = False
-        #: what rules keep between explains of this Graph (:class:`RuleCache`).  Set by the
-        #: engine; a Context made elsewhere has an empty one of its own.
-        self.cache: RuleCache = RuleCache()
+        #: what the engine lets the rule skip or reuse at this node (:class:`Hints`)
+        self.hints = Hints() if hints is None else hints
 
     @property
     def live_inputs(self) -> list[int]:
@@ -158,13 +184,6 @@ class Context:
         args, kwargs = pytree.tree_unflatten(leaves, self._spec)
         return self.op(*args, **kwargs)
 
-    def leaf_position(self, input_index: int) -> int:
-        return self.slots[input_index]
-
-    def normalize(self, R: Tensor, layout: Any, eps: float = 0.0) -> Tensor:
-        """Rescale ``R`` (P, *shape) per pass and per sample so that Σ|R| = 1."""
-        return R / (sample_l1(R, layout, self.batch) + eps)
-
 
 class Rule:
     """Base class of rules.  Subclasses implement :meth:`relevance`.
@@ -177,7 +196,7 @@ class Rule:
     ``scale_free = True`` declares that the rule's result does not change when its
     output relevance is multiplied by a positive number per pass and sample (it
     rescales what it returns, as absLRP does); the engine then lets the rules upstream
-    skip normalizing the relevance they hand to it (:attr:`Context.free_scale`).
+    skip normalizing the relevance they hand to it (:attr:`Hints.free_scale`).
     """
 
     scale_free: bool = False
@@ -311,3 +330,80 @@ def _abs_sum(R: Tensor, start: int) -> Tensor:
         return R.abs().sum(dim=dims, keepdim=True)
     rows = torch.linalg.vector_norm(R.view(*R.shape[:start], n // cols, cols), 1, dim=-1)
     return rows.sum(dim=-1).reshape(*R.shape[:start], *([1] * len(dims)))
+
+
+def unit_l1(R: Tensor, layout: Any, batch: int) -> Tensor:
+    """R rescaled in place per pass and sample to Σ|R| = 1 (all-zero stays zero).
+
+    ``R`` must be a tensor the caller owns (a contribution it just computed).
+    """
+    total = sample_l1(R, layout, batch)
+    return R.div_(total.clamp_min_(torch.finfo(R.dtype).tiny))
+
+
+def stable_ratio(R: Relevance, y: Any, eps: float) -> Relevance:
+    """R / (y + ε sign y); with ε = 0, zero where y = 0 (no contribution, no relevance)."""
+    if isinstance(R, (list, tuple)):
+        return [None if r is None else _stable_divide(r, o, eps) for r, o in zip(R, y)]
+    return _stable_divide(R, y, eps)
+
+
+def _stable_divide(R: Tensor, y: Tensor, eps: float) -> Tensor:
+    den = stabilize(y, eps)
+    if eps:
+        return R / den
+    return torch.where(den == 0, torch.zeros((), dtype=R.dtype, device=R.device), R / den)
+
+
+def epsilon_relevance(ctx: Context, R: Relevance, live: list[int], eps: float, share: float = 1.0) -> list:
+    """The ε-rule, x ⊙ Jᵀ(R / stab(y)), for the ``live`` inputs, the others held at their values."""
+    y = ctx.output
+    g = stable_ratio(R, y, eps)
+    xs = [ctx.inputs[i] for i in live]
+    r = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), xs, g)
+    return [share * x * ri for x, ri in zip(xs, r)]
+
+
+#: categories whose ops act elementwise: :class:`Pass` is the identity there
+_ELEMENTWISE = frozenset({Category.ACTIVATION, Category.NORM, Category.SOFTMAX, Category.SCALE, Category.RESCALE})
+
+
+class Pass(Rule):
+    """Relevance passes through the op unchanged (the structural rule of every rule set).
+
+    - Elementwise ops (categories ``activation``, ``norm``, ``softmax``, ``scale``, ``rescale``):
+      the identity rule R_x = R (the identity rule of AttnLRP for elementwise
+      non-linearities, Achtibat et al. 2024).  It conserves relevance, unlike the
+      gradient (GELU', w/σ of a norm, c of a scale, −1 of ``neg``).  A scale that
+      broadcasts its input to a larger shape splits R in proportion to the
+      contributions (the ε-rule with ε = 0, Bach et al. 2015, Eq. 58).
+    - Everything else (data movement, max pooling, selects, ops without a rule):
+      by the op's gradient, R_x = Jᵀ R: exact for data movement, winner-takes-all
+      for max pooling.
+
+    ``inputs`` restricts relevance to those input positions (e.g. ``(0,)`` for a
+    division whose denominator is treated as a constant); the others are held at
+    their values and R is split by the ε-rule with ε = 0.
+    """
+
+    def __init__(self, inputs: Sequence[int] | None = None) -> None:
+        self.inputs = None if inputs is None else tuple(inputs)
+
+    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        live = [i for i in ctx.live_inputs if self.inputs is None or i in self.inputs]
+        out: list[Tensor | None] = [None] * len(ctx.inputs)
+        if not live:
+            return out
+        if ctx.info.category in _ELEMENTWISE and len(ctx.live_inputs) == 1:
+            first = R[0] if isinstance(R, (list, tuple)) else R
+            if first is not None and first.shape[1:] == ctx.inputs[live[0]].shape:
+                out[live[0]] = first
+                return out
+            rel = epsilon_relevance(ctx, R, live, 0.0)
+        elif len(ctx.live_inputs) > len(live):  # others held constant: scale by the local ratio
+            rel = epsilon_relevance(ctx, R, live, 0.0)
+        else:
+            rel = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), [ctx.inputs[i] for i in live], R)
+        for i, r in zip(live, rel):
+            out[i] = r
+        return out

@@ -13,38 +13,23 @@ unchanged, and the normalization statistics taken from the (absolute) input.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .base import Context
+from .attention import is_masked, masked_softmax
 from .ops import op_name
 
-__all__ = ["abs_input", "is_masked", "local_call", "masked_softmax", "unmasked"]
+if TYPE_CHECKING:  # base imports this module (Pass): annotations only
+    from .base import Context
+
+__all__ = ["abs_input", "local_call", "unmasked"]
 
 _ARITHMETIC = {"aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div"}
 _SOFTMAX = {"aten.softmax", "aten._softmax", "aten._safe_softmax"}
 _BATCH_NORM = {"aten._native_batch_norm_legit_no_training", "aten.batch_norm"}
-
-
-def is_masked(x: Tensor) -> Tensor:
-    """Entries that an attention mask removed: -inf, or below half the dtype's minimum."""
-    return x <= torch.finfo(x.dtype).min / 2
-
-
-def masked_softmax(x: Tensor, dim: int) -> Tensor:
-    """softmax with max and denominator treated as constants (DESIGN.md, "Softmax").
-
-    A row that a mask removed entirely (a padded query under a causal mask) is all
-    zeros, as ``scaled_dot_product_attention`` computes it, not 0/0.
-    """
-    m = x.detach().amax(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).min)
-    e = torch.exp(x - m)
-    den = e.detach().sum(dim=dim, keepdim=True)
-    return e / torch.where(den > 0, den, torch.ones((), dtype=den.dtype, device=den.device))
 
 
 def _abs_arguments(ctx: Context) -> Callable[[int, Any], Any]:
@@ -167,7 +152,3 @@ def unmasked(ctx: Context, x: Tensor) -> Tensor | None:
     if op_name(ctx.op) in _SOFTMAX:
         return ~is_masked(x)
     return None
-
-
-def default_scale(q: Tensor, scale: float | None) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale

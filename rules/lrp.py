@@ -6,20 +6,20 @@ Weighted rules (:class:`ZPlusRule`, :class:`AlphaBetaRule`, :class:`GammaRule`,
 weight: linear, convolution, and a matmul with a constant operand.  They all
 work through the op itself with modified weights, so one implementation covers
 every such op: for z = f(x; W), Jᵀg is the vector-Jacobian product of f.
+:class:`Pass` (the identity and gradient rule every rule set uses) lives in
+:mod:`~relprop.rules.base` and is importable from here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .abslrp import apply_mask, attention_inputs
-from .base import Context, NodeInfo, Relevance, Rule, stabilize, vjp
+from .attention import attention_inputs, masked_softmax, repeat_kv
+from .base import Context, NodeInfo, Pass, Relevance, Rule, epsilon_relevance, stabilize, stable_ratio, vjp
 from .categories import WEIGHTED_CATEGORIES, Category
-from .local import local_call, masked_softmax
 from .norms import CENTERING_NORMS, NormMap, norm_map
 from .ops import MOVE, SOFTMAX, WEIGHTED, op_name, weighted_args
 from .products import input_product
@@ -36,74 +36,6 @@ __all__ = [
     "BilinearRule",
     "AttentionValueRule",
 ]
-
-
-class Pass(Rule):
-    """Relevance passes through the op unchanged.
-
-    - Elementwise ops (categories ``activation``, ``norm``, ``softmax``, ``scale``, ``rescale``):
-      the identity rule R_x = R (the identity rule of AttnLRP for elementwise
-      non-linearities, Achtibat et al. 2024).  It conserves relevance, unlike the
-      gradient (GELU', w/σ of a norm, c of a scale, −1 of ``neg``).  A scale that
-      broadcasts its input to a larger shape splits R in proportion to the
-      contributions (the ε-rule with ε = 0, Bach et al. 2015, Eq. 58).
-    - Everything else (data movement, max pooling, selects, ops without a rule):
-      by the op's gradient, R_x = Jᵀ R: exact for data movement, winner-takes-all
-      for max pooling.
-
-    ``inputs`` restricts relevance to those input positions (e.g. ``(0,)`` for a
-    division whose denominator is treated as a constant); the others are held at
-    their values and R is split by the ε-rule with ε = 0.
-    """
-
-    def __init__(self, inputs: Sequence[int] | None = None) -> None:
-        self.inputs = None if inputs is None else tuple(inputs)
-
-    def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
-        live = [i for i in ctx.live_inputs if self.inputs is None or i in self.inputs]
-        out: list[Tensor | None] = [None] * len(ctx.inputs)
-        if not live:
-            return out
-        if ctx.info.category in _ELEMENTWISE and len(ctx.live_inputs) == 1:
-            first = R[0] if isinstance(R, (list, tuple)) else R
-            if first is not None and first.shape[1:] == ctx.inputs[live[0]].shape:
-                out[live[0]] = first
-                return out
-            rel = _epsilon(ctx, R, live, 0.0)
-        elif len(ctx.live_inputs) > len(live):  # others held constant: scale by the local ratio
-            rel = _epsilon(ctx, R, live, 0.0)
-        else:
-            rel = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), [ctx.inputs[i] for i in live], R)
-        for i, r in zip(live, rel):
-            out[i] = r
-        return out
-
-
-#: categories whose ops act elementwise: :class:`Pass` is the identity there
-_ELEMENTWISE = frozenset({Category.ACTIVATION, Category.NORM, Category.SOFTMAX, Category.SCALE, Category.RESCALE})
-
-
-def _epsilon(ctx: Context, R: Relevance, live: list[int], eps: float, share: float = 1.0) -> list:
-    """x ⊙ Jᵀ(R / stab(y)) for the ``live`` inputs, the others held at their values."""
-    y = ctx.output
-    g = _ratio(R, y, eps)
-    xs = [ctx.inputs[i] for i in live]
-    r = vjp(lambda *v: local_call(ctx, dict(zip(live, v))), xs, g)
-    return [share * x * ri for x, ri in zip(xs, r)]
-
-
-def _ratio(R: Relevance, y: Any, eps: float) -> Relevance:
-    """R / (y + ε sign y); with ε = 0, zero where y = 0 (no contribution, no relevance)."""
-    if isinstance(R, (list, tuple)):
-        return [None if r is None else _divide(r, o, eps) for r, o in zip(R, y)]
-    return _divide(R, y, eps)
-
-
-def _divide(R: Tensor, y: Tensor, eps: float) -> Tensor:
-    den = stabilize(y, eps)
-    if eps:
-        return R / den
-    return torch.where(den == 0, torch.zeros((), dtype=R.dtype, device=R.device), R / den)
 
 
 def _plain_add(ctx: Context, R: Relevance) -> bool:
@@ -134,20 +66,20 @@ class EpsilonRule(Rule):
         norm = norm_map(ctx) if ctx.info.category == Category.NORM else None
         if norm is not None:
             R0, y = _first(R), _first(ctx.output)
-            out[0] = norm.x * norm.jt_of_a(_ratio(R0, y, self.epsilon))
+            out[0] = norm.x * norm.jt_of_a(stable_ratio(R0, y, self.epsilon))
             return out
         if ctx.info.category in WEIGHTED_CATEGORIES:
             layer = _Layer(ctx)
-            product = input_product(ctx, layer.w, _ratio(R, ctx.output, self.epsilon))
+            product = input_product(ctx, layer.w, stable_ratio(R, ctx.output, self.epsilon))
             if product is not None:  # Wᵀ(R / z) from one transposed product, no second forward
                 out[layer.index] = layer.x * product
                 return out
         if _plain_add(ctx, R):  # J = 1 for each addend: x ⊙ (R / stab(y)), no autograd
-            g = _ratio(R, ctx.output, self.epsilon)
+            g = stable_ratio(R, ctx.output, self.epsilon)
             for i in live:
                 out[i] = ctx.inputs[i] * g
             return out
-        for i, r in zip(live, _epsilon(ctx, R, live, self.epsilon)):
+        for i, r in zip(live, epsilon_relevance(ctx, R, live, self.epsilon)):
             out[i] = r
         return out
 
@@ -386,7 +318,7 @@ class BilinearRule(Rule):
         if not keep:
             keep = live
         share = 1.0 / len(keep)
-        for i, r in zip(keep, _epsilon(ctx, R, keep, self.epsilon, share)):
+        for i, r in zip(keep, epsilon_relevance(ctx, R, keep, self.epsilon, share)):
             out[i] = r
         return out
 
@@ -402,17 +334,13 @@ class AttentionValueRule(Rule):
         self.epsilon = epsilon
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
-        q, k, v, mask, causal, scale, groups = attention_inputs(ctx)
+        att = attention_inputs(ctx)
         out: list[Tensor | None] = [None] * len(ctx.inputs)
         if not ctx.live[2]:
             return out
-
-        def repeat(t: Tensor) -> Tensor:
-            return t.repeat_interleave(groups, dim=-3) if groups > 1 else t
-
         with torch.no_grad():
-            p = masked_softmax(apply_mask((q * scale) @ repeat(k).transpose(-2, -1), mask, causal), -1)
+            p = masked_softmax(att.scores(), -1)
         g = R / stabilize(ctx.output, self.epsilon)
-        (r,) = vjp(lambda a: p @ repeat(a), [v], g)
-        out[2] = v * r
+        (r,) = vjp(lambda a: p @ repeat_kv(a, att.groups), [att.v], g)
+        out[2] = att.v * r
         return out

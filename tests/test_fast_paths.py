@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 import relprop
-from relprop.rules import abslrp
+from relprop.rules import abslrp, abslrp_closed, derived_weights
 
 
 @pytest.mark.parametrize(
@@ -130,14 +131,15 @@ def test_abslrp_closed_forms_match_generic_path(
     fast = relprop.trace(model, rules).explain(x, [0, 2, 1], contrastive=contrastive)
     seen: list[str] = []
     for name in ("closed_form", "diagonal_step"):  # record which nodes had a closed form, use none
-        form = getattr(abslrp, name)
+        form = getattr(abslrp_closed, name)
 
         def spy(ctx, *a, form=form):  # noqa: ANN001, ANN202
-            ctx.owns_relevance = False  # the closed form must leave R for the generic path
+            # the closed form must leave R for the generic path
+            ctx.hints = dataclasses.replace(ctx.hints, owns_relevance=False)
             if form(ctx, *a) is not None:
                 seen.append(str(ctx.op))
 
-        monkeypatch.setattr(abslrp, name, spy)
+        monkeypatch.setattr(abslrp_closed, name, spy)
     monkeypatch.setattr(abslrp.AbsRule, "_weighted", lambda self, ctx, g: None)
     slow = relprop.trace(model, rules).explain(x, [0, 2, 1], contrastive=contrastive)
     expected = {
@@ -190,7 +192,7 @@ def test_attention_closed_form_matches_autograd(case: str, monkeypatch: pytest.M
     if case == "causal":
         inputs["causal"] = True
     fast = relprop.trace(model).explain(inputs, [0, 2])
-    monkeypatch.setattr(abslrp, "attention_closed_form", lambda ctx, R, eps: None)
+    monkeypatch.setattr(abslrp_closed, "attention_closed_form", lambda ctx, R, eps: None)
     slow = relprop.trace(model).explain(inputs, [0, 2])
     assert fast.abs().sum() > 0
     assert torch.allclose(fast, slow, atol=1e-13, rtol=0), (fast - slow).abs().max()
@@ -203,7 +205,7 @@ def test_cached_absolute_weights_follow_weight_changes() -> None:
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
     graph = relprop.trace(model)
     before = graph.explain(x, [0, 1])
-    assert len(graph.rule_cache[abslrp.DerivedWeights]) >= 2
+    assert len(graph.rule_cache[derived_weights.DerivedWeights]) >= 2
     with torch.no_grad():
         model[0].weight.add_(torch.randn_like(model[0].weight))
     after_inplace = graph.explain(x, [0, 1])
@@ -286,7 +288,8 @@ def test_unnormalized_handoff_chains_are_bounded_and_respect_shared_values() -> 
     graph = relprop.trace(model)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     graph.explain(x, [0, 1])
-    (bound,) = graph._cache.values()
+    (plan,) = graph._plans.values()
+    bound = plan.bound
     flags = engine._free_scale(bound)
     readers: dict = {}
     for b in bound.bindings.values():
@@ -322,7 +325,8 @@ def test_recorded_walk_is_unchanged_by_in_place_reuse() -> None:
     plain = graph.explain(x, [0, 1])
     ex = graph.explanation(x, [0, 1], record=True)
     assert torch.allclose(ex.relevance, plain, rtol=1e-12, atol=1e-15)
-    (bound,) = graph._cache.values()
+    (plan,) = graph._plans.values()
+    bound = plan.bound
     checked = 0
     for n, b in bound.bindings.items():
         if n.name not in ex.records or n.target is operator.getitem:
@@ -363,7 +367,7 @@ def test_a_rule_handing_one_tensor_to_two_inputs_is_not_overwritten() -> None:
     handed: list[bool] = []
 
     def share(ctx, R):  # noqa: ANN001, ANN202 - the whole relevance to both factors
-        handed.append(ctx.owns_relevance)
+        handed.append(ctx.hints.owns_relevance)
         return [R, R]
 
     graph = relprop.trace(model, relprop.rules.AbsLRP(), overrides={"aten.mul": FunctionRule(share)})

@@ -16,7 +16,7 @@ from torch import nn
 
 import relprop
 from relprop import rules
-from relprop.rules import abslrp, products
+from relprop.rules import derived_weights, products
 
 DT = torch.float64
 
@@ -71,8 +71,8 @@ def _llama() -> tuple[nn.Module, dict[str, torch.Tensor], Any]:
 MODELS = {"mixed": _mixed, "llama": _llama}
 
 
-def _store(graph: relprop.Graph) -> abslrp.DerivedWeights:
-    return graph.rule_cache.get(abslrp.DerivedWeights, abslrp.DerivedWeights())
+def _store(graph: relprop.Graph) -> derived_weights.DerivedWeights:
+    return graph.rule_cache.get(derived_weights.DerivedWeights, derived_weights.DerivedWeights())
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -107,10 +107,12 @@ def test_cached_uncached_and_budgeted_explains_agree(name: str, monkeypatch: pyt
     assert _same(half, kept_all), (half - kept_all).abs().max()
 
     # derived weights not kept are built and multiplied in blocks of outputs: summation order only
-    monkeypatch.setitem(abslrp.BLOCK_BYTES, "cpu", 600)
+    monkeypatch.setitem(derived_weights.BLOCK_BYTES, "cpu", 600)
     calls: list[str] = []
-    blocks = abslrp.input_product_in_blocks
-    monkeypatch.setattr(abslrp, "input_product_in_blocks", lambda ctx, *a: calls.append(str(ctx.op)) or blocks(ctx, *a))
+    blocks = derived_weights.input_product_in_blocks
+    monkeypatch.setattr(
+        derived_weights, "input_product_in_blocks", lambda ctx, *a: calls.append(str(ctx.op)) or blocks(ctx, *a)
+    )
     graph, blocked = _twice(model, x, target, False)
     assert "aten.linear.default" in calls and len(_store(graph)) == 0
     if name == "mixed":
@@ -136,10 +138,10 @@ def test_budget_is_respected_first_come_and_nothing_is_evicted() -> None:
 
 
 def test_auto_budget() -> None:
-    assert abslrp.weight_budget("auto", 0) == abslrp.AUTO_FLOOR == 64 << 20
-    assert abslrp.weight_budget("auto", 1 << 32) == (1 << 32) / 8
-    assert abslrp.weight_budget(True, 0) == float("inf") and abslrp.weight_budget(False, 1 << 40) == 0
-    assert abslrp.weight_budget(1e6, 0) == 1e6
+    assert derived_weights.weight_budget("auto", 0) == derived_weights.AUTO_FLOOR == 64 << 20
+    assert derived_weights.weight_budget("auto", 1 << 32) == (1 << 32) / 8
+    assert derived_weights.weight_budget(True, 0) == float("inf") and derived_weights.weight_budget(False, 1 << 40) == 0
+    assert derived_weights.weight_budget(1e6, 0) == 1e6
     model, x, target = _mixed()
     graph = relprop.trace(model)  # the default: "auto"; a small model keeps all its derived weights
     assert graph.rules.weight_cache == "auto"
@@ -149,7 +151,7 @@ def test_auto_budget() -> None:
 
 
 def test_auto_bounds_by_the_model_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(abslrp, "AUTO_FLOOR", 0)
+    monkeypatch.setattr(derived_weights, "AUTO_FLOOR", 0)
     model, x, target = _mixed()
     graph = relprop.trace(model)
     graph.explain(x, target)
@@ -174,7 +176,7 @@ def test_one_cache_per_graph_shared_by_its_traces_and_freed_with_it() -> None:
     store = _store(graph)
     kept = {k: v[2] for k, v in store.entries.items()}
     graph.explain(torch.randn(2, 5, 8, dtype=DT), [0, 1])  # another length: another trace, the same weights
-    assert graph.trace_count == 2 and len(graph._cache) == 2
+    assert graph.trace_count == 2 and len(graph._plans) == 2
     assert {k: v[2] for k, v in store.entries.items()} == kept and len(kept) == 2
     # another Graph of the same model keeps its own
     other = relprop.trace(model, rules.AbsLRP(weight_cache=False))
@@ -208,7 +210,7 @@ def test_nothing_is_derived_for_products_taken_by_autograd(monkeypatch: pytest.M
     """A weighted op without a transposed product (a matmul with a parameter) derives nothing."""
     torch.manual_seed(0)
     derived: list[str] = []
-    for d in (abslrp._WITH_ABSOLUTE, abslrp._DOUBLE_POSITIVE, abslrp._ABSOLUTE):
+    for d in (derived_weights.WITH_ABSOLUTE, derived_weights.DOUBLE_POSITIVE, derived_weights.ABSOLUTE):
         monkeypatch.setattr(d, "fill", lambda w, out, fill=d.fill, name=d.name: derived.append(name) or fill(w, out))
     graph = relprop.trace(_ConstantMatmul().eval(), rules.AbsLRP(weight_cache=True))
     R = graph.explain(torch.randn(2, 8, dtype=DT), [0, 2])
@@ -226,9 +228,11 @@ class _Node:
         return self._args, {}
 
 
-@pytest.mark.parametrize("derive", [abslrp._WITH_ABSOLUTE, abslrp._DOUBLE_POSITIVE, abslrp._ABSOLUTE], ids=repr)
+@pytest.mark.parametrize(
+    "derive", [derived_weights.WITH_ABSOLUTE, derived_weights.DOUBLE_POSITIVE, derived_weights.ABSOLUTE], ids=repr
+)
 @pytest.mark.parametrize("block", [1, 200, 1000, 10**6])
-def test_blocks_give_one_product(derive: abslrp.Derivation, block: int) -> None:
+def test_blocks_give_one_product(derive: derived_weights.Derivation, block: int) -> None:
     torch.manual_seed(0)
     w, g = torch.randn(13, 7, dtype=DT), torch.randn(2, 3, 4, 13, dtype=DT)
     ctx: Any = _Node(torch.ops.aten.linear.default, torch.randn(3, 4, 7, dtype=DT), w)
@@ -244,7 +248,7 @@ def test_blocks_give_one_product(derive: abslrp.Derivation, block: int) -> None:
     assert whole is not None and got is not None and got.shape == whole.shape == (2, 3, 5 * derive.copies, 9, 8)
     assert torch.allclose(got, whole, rtol=1e-12, atol=1e-14)
     grouped = _Node(torch.ops.aten.conv2d.default, x[:, :4], w[:, :2], None, [1, 1], [0, 0], [1, 1], 2)
-    assert products.input_product_in_blocks(grouped, w[:, :2], abslrp._ABSOLUTE, g, 1, block) is None
+    assert products.input_product_in_blocks(grouped, w[:, :2], derived_weights.ABSOLUTE, g, 1, block) is None
 
 
 def test_weight_changes_are_seen() -> None:
