@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 import relprop
 from relprop import rules
-from relprop.rules.abslrp import apply_mask, attention_inputs
+from relprop.rules.attention import apply_mask, attention_inputs
 from relprop.rules.base import Context, Relevance, Rule, stabilize
 from relprop.rules.lrp import _first, _Layer
 from relprop.rules.norms import norm_map

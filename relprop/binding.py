@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from relprop.rules.base import NodeInfo, Rule, RuleCache
+from relprop.rules.base import NodeInfo, Pass, Rule
 from relprop.rules.categories import COMPUTING, WEIGHTED_CATEGORIES, Category
-from relprop.rules.lrp import Pass
 from relprop.rules.ops import categorize, full_op_name, op_name
 from relprop.rules.sets import RuleSet, as_rule
 
@@ -136,12 +135,6 @@ class Bound:
     embeddings: dict[fx.Node, str] = field(default_factory=dict)
     #: token sources whose indices are the user input itself (vocabulary checks apply)
     direct_tokens: set[fx.Node] = field(default_factory=set)
-    #: node -> values the forward may drop after computing it (engine._releases, cached)
-    releases: dict[fx.Node, list[fx.Node]] | None = field(default=None, repr=False)
-    #: node -> per input, may its relevance skip normalization (engine._free_scale, cached)
-    free_scale: dict[fx.Node, list[bool]] | None = field(default=None, repr=False)
-    #: what rules keep between explains (``ctx.cache``): the Graph's, shared by its traces
-    cache: RuleCache = field(default_factory=RuleCache, repr=False)
 
 
 def bind(

@@ -1,6 +1,8 @@
 """Running a bound program: one forward, then one walk backwards through the rules.
 
-The forward evaluates the graph once and keeps the values rules read.  The
+:func:`plan` prepares a bound program once per trace (what the forward may drop, which
+relevances may skip normalisation, the rules' cache); :func:`forward` evaluates the graph
+once and keeps the values rules read.  The
 walk visits nodes in reverse topological order; each node's rule maps the
 relevance of its output to its inputs, and relevances reaching a tensor from
 several consumers add up.  Relevance tensors carry a leading pass dimension, so
@@ -17,13 +19,32 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from relprop.rules.base import Context, Layout, mark_owned, owned
+from relprop.rules.base import Context, Hints, Layout, RuleCache, mark_owned, owned
 from relprop.rules.categories import SEPARABLE
 
 from .binding import Bound
 from .errors import RuleError
 
-__all__ = ["forward", "backward", "Walk"]
+__all__ = ["Plan", "plan", "forward", "backward", "Walk"]
+
+
+@dataclass
+class Plan:
+    """What the engine prepares once per trace and reuses on every explain."""
+
+    bound: Bound
+    #: node -> values the forward may drop once that node is computed (:func:`_releases`)
+    releases: dict[fx.Node, list[fx.Node]]
+    #: node -> per input, may its relevance be handed on unnormalized (:func:`_free_scale`)
+    free_scale: dict[fx.Node, list[bool]]
+    #: what rules keep between explains (absLRP's derived weights): the Graph's, shared
+    #: by all its traces
+    cache: RuleCache = field(default_factory=RuleCache)
+
+
+def plan(bound: Bound, cache: RuleCache | None = None) -> Plan:
+    """The :class:`Plan` of ``bound``; ``cache`` is shared with the other traces of a Graph."""
+    return Plan(bound, _releases(bound), _free_scale(bound), RuleCache() if cache is None else cache)
 
 
 def _state_value(model: nn.Module, kind: str, ref: Any) -> Any:
@@ -35,14 +56,12 @@ def _state_value(model: nn.Module, kind: str, ref: Any) -> Any:
 
 
 def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
-    """Node -> values the forward can drop once that node is computed (cached on ``bound``).
+    """Node -> values the forward can drop once that node is computed.
 
     The walk reads the values of bound nodes (their rule's ``ctx.output``), of their
     inputs (``ctx.inputs``) and of the outputs; every other value is dropped right
     after its last consumer in the forward has run.
     """
-    if bound.releases is not None:
-        return bound.releases
     nodes = list(bound.program.graph.nodes)
     keep: set[fx.Node] = set(bound.bindings)
     for n, binding in bound.bindings.items():
@@ -59,7 +78,6 @@ def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
         if n in keep:
             continue
         releases.setdefault(last.get(n, n), []).append(n)
-    bound.releases = releases
     return releases
 
 
@@ -75,10 +93,8 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
     gets.  A per-sample scale is only safe through a producer that keeps samples apart:
     its output and live inputs have the batch along dimension 0 (the same size), or the
     relevance has no batch layout at all (then the scale is one number per pass).
-    Chains are cut after :data:`_FREE_SCALE_DEPTH` steps.  Cached on ``bound``.
+    Chains are cut after :data:`_FREE_SCALE_DEPTH` steps.
     """
-    if bound.free_scale is not None:
-        return bound.free_scale
     nodes = list(bound.program.graph.nodes)
     readers: dict[fx.Node, int] = {}
     for n in nodes[-1].all_input_nodes:  # relevance may start at an output
@@ -126,20 +142,19 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
             row.append(ok)
         if any(row):
             flags[n] = row
-    bound.free_scale = flags
     return flags
 
 
-def forward(bound: Bound, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.Node, Any]:
+def forward(plan: Plan, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.Node, Any]:
     """Evaluate the graph on the user inputs.
 
     Returns the values the walk reads (see :func:`_releases`); the others are freed
     as soon as the forward no longer needs them.
     """
-    program = bound.program
+    program = plan.bound.program
     env: dict[fx.Node, Any] = {}
     user = {name: i for i, name in enumerate(program.user_inputs)}
-    releases = _releases(bound)
+    releases = plan.releases
     with torch.no_grad():
         for n in program.graph.nodes:
             if n.op == "placeholder":
@@ -182,7 +197,7 @@ def _add(store: dict[fx.Node, Any], node: fx.Node, R: Any, index: int | None = N
 
 
 def backward(
-    bound: Bound,
+    plan: Plan,
     env: dict[fx.Node, Any],
     start: list[Tensor | None],
     batch: int,
@@ -192,6 +207,7 @@ def backward(
 
     Consumes ``env``: values are released as soon as no rule needs them.
     """
+    bound = plan.bound
     program = bound.program
     nodes = list(program.graph.nodes)
     output = nodes[-1]
@@ -202,7 +218,7 @@ def backward(
     walk = Walk(inputs={})
     placeholders = {p: i for i, p in bound.float_sources.items()}
     # a recorded walk shows every relevance normalized, as the rules define it
-    free_scale = {} if record else _free_scale(bound)
+    free_scale = {} if record else plan.free_scale
     for n in reversed(nodes):
         # every consumer of n comes later in the graph and has been visited: only n's own
         # rule still reads its value, so it is dropped as soon as that rule has run
@@ -236,11 +252,8 @@ def backward(
         leaves, spec = pytree.tree_flatten(((*region.leaves,), {}) if region is not None else (n.args, n.kwargs))
         slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
         values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
-        ctx = Context(binding.info, leaves, values, spec, slots, value, batch, op=region)
-        if n in free_scale:
-            ctx.free_scale = free_scale[n]
-        ctx.cache = bound.cache
-        ctx.owns_relevance = not record and owned(R)
+        hints = Hints(tuple(free_scale.get(n, ())), not record and owned(R), plan.cache)
+        ctx = Context(binding.info, leaves, values, spec, slots, value, batch, op=region, hints=hints)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)
         if record:

@@ -13,7 +13,7 @@ The *main* output is the model's output tensor, the first element of a tuple, or
 the ``logits`` entry of a dict / Hugging Face ``ModelOutput``.  One pass starts
 at the selected scores; a contrastive explanation adds a second pass started
 from every other entry of the same rows (all other classes), each pass rescaled
-to Σ = 1 per sample (DESIGN.md, "Contrastive").
+to Σ = 1 per sample (docs/semantics.md §Contrastive).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import InputError, TargetError
 
-__all__ = ["NextToken", "Start", "main_output_index", "next_token", "start_relevance"]
+__all__ = ["NextToken", "Start", "main_output_index", "next_token", "split_target", "start_relevance"]
 
 
 @dataclass
@@ -178,7 +178,7 @@ def start_relevance(
     contrastive_given: bool,
     batch: int,
 ) -> Start:
-    """The relevance at each flat output for both passes (DESIGN.md, "Contrastive")."""
+    """The relevance at each flat output for both passes (docs/semantics.md §Contrastive)."""
     if isinstance(target, Tensor) and target.is_floating_point():
         i = main_output_index(out_obj, flat)
         if tuple(target.shape) != tuple(flat[i].shape):
@@ -284,6 +284,21 @@ class NextToken:
         rows = torch.arange(batch, device=logits.device)
         return logits[rows, positions, ids]
 
+    def rows(self, lo: int, hi: int, total: int) -> NextToken:
+        """The target of samples ``lo:hi`` of a batch of ``total`` (per-sample ids and mask split)."""
+        ids = self.token_id
+        if isinstance(ids, Tensor) and ids.dim() == 1 or isinstance(ids, (list, tuple)):
+            if len(ids) != total:
+                raise TargetError(
+                    f"next_token got {len(ids)} token ids but the batch has {total} samples; "
+                    "expected one id, or one per sample"
+                )
+            ids = ids[lo:hi]
+        mask = self.attention_mask
+        if isinstance(mask, Tensor) and mask.dim() > 0 and mask.shape[0] == total:
+            mask = mask[lo:hi]
+        return NextToken(ids, self.position, mask)
+
     def __repr__(self) -> str:
         return f"next_token({self.token_id!r}, position={self.position})"
 
@@ -319,3 +334,42 @@ def next_token(
     Token ids outside the vocabulary raise :class:`relprop.TargetError`.
     """
     return NextToken(token_id, position, attention_mask)
+
+
+def split_target(target: Any, lo: int, hi: int, total: int) -> Any:
+    """The part of ``target`` that belongs to samples ``lo:hi`` of ``total`` (for chunked explains).
+
+    Class indices, float target tensors and :class:`NextToken` are split per sample; a
+    single class, None and strings stay as they are; other callables cannot be split
+    and raise :class:`~relprop.TargetError`.
+    """
+    if target is None or isinstance(target, (bool, int)):
+        return target
+    if isinstance(target, Tensor):
+        if target.dim() == 0:
+            return target
+        if target.shape[0] != total:
+            raise TargetError(
+                f"with batch_size, a target tensor is split along dim 0 and must have one row per "
+                f"sample ({total}); got shape {tuple(target.shape)}"
+            )
+        return target[lo:hi]
+    if isinstance(target, NextToken):
+        return target.rows(lo, hi, total)
+    if callable(target):
+        raise TargetError(
+            "a callable target cannot be split into chunks with batch_size: it sees one chunk's "
+            "output at a time and may select scores per sample of the whole batch. Use "
+            "relprop.targets.next_token(...), class indices or a float target tensor, or call "
+            "explain per chunk yourself."
+        )
+    if isinstance(target, Sequence) or (hasattr(target, "__len__") and hasattr(target, "__getitem__")):
+        if isinstance(target, (str, Mapping)):
+            return target
+        if len(target) != total:
+            raise TargetError(
+                f"target has {len(target)} class indices but the batch has {total} samples; "
+                "expected one index per sample (or a single int for all)."
+            )
+        return target[lo:hi]
+    return target  # not understood: the explain of the first chunk raises the usual error

@@ -14,7 +14,7 @@ import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,32 +25,13 @@ from .errors import InputError, TraceError
 
 __all__ = [
     "Program",
-    "normalize_inputs",
+    "keyed_by_batch",
     "signature_of",
     "structure_of",
     "trace_program",
     "export_program",
     "eval_mode",
 ]
-
-
-def normalize_inputs(inputs: Any) -> tuple[tuple, dict]:
-    """Split what the user passed into positional and keyword arguments.
-
-    A tensor is one positional argument, a tuple or list is the positional
-    arguments, a mapping (``dict``, Hugging Face ``BatchEncoding``) is keyword
-    arguments.
-    """
-    if isinstance(inputs, torch.Tensor):
-        return (inputs,), {}
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    if isinstance(inputs, Mapping):
-        return (), {str(k): v for k, v in inputs.items()}
-    raise InputError(
-        f"explain() got inputs of type {type(inputs).__name__}; expected a tensor, a tuple of "
-        "positional arguments, or a dict of keyword arguments (model(**inputs))."
-    )
 
 
 def _describe(x: Any) -> Any:
@@ -128,9 +109,6 @@ class Program:
     batch_symbols: set = field(default_factory=set)
     #: batch size the graph was specialized to, where it could not be made dynamic
     static_batch: int | None = None
-
-    def nodes(self) -> list[torch.fx.Node]:
-        return list(self.graph.nodes)
 
 
 def _input_labels(args: tuple, kwargs: dict) -> list[str]:
@@ -231,6 +209,27 @@ def structure_of(model: nn.Module) -> tuple:
     return (tuple(parts), hooks)
 
 
+_T = TypeVar("_T")
+
+
+def keyed_by_batch(cache: Mapping[tuple, _T], key: tuple, batch: int | None) -> tuple[tuple, _T | None]:
+    """The key and entry of a signature in a cache of traces (programs, or plans of them).
+
+    Traces are keyed by :func:`signature_of`; a model that fixed its batch size when it
+    was traced (``static_batch``) has one trace per batch size, under ``(*key, batch)``.
+    An entry is a :class:`Program` or has one as ``.bound.program``.
+    """
+    entry = cache.get(key)
+    if entry is not None and _program(entry).static_batch not in (None, batch):
+        key = (*key, batch)
+        entry = cache.get(key)
+    return key, entry
+
+
+def _program(entry: Any) -> Program:
+    return entry if isinstance(entry, Program) else entry.bound.program
+
+
 def trace_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
     """The :class:`Program` of ``model(*args, **kwargs)``, exported once per model and signature.
 
@@ -247,11 +246,7 @@ def trace_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
         return export_program(model, args, kwargs)
     batch = _batch_size(args, kwargs)
     with _PROGRAMS_LOCK:
-        programs = _PROGRAMS.get(model)
-        program = programs.get(key) if programs is not None else None
-        if program is not None and program.static_batch not in (None, batch):
-            key = (*key, batch)
-            program = programs.get(key) if programs is not None else None
+        key, program = keyed_by_batch(_PROGRAMS.get(model) or {}, key, batch)
     if program is not None:
         return program
     program = export_program(model, args, kwargs)

@@ -1,7 +1,7 @@
 """absLRP: Relative Absolute Magnitude LRP (Vukadin et al., ACM TIST 2024, arXiv 2412.09311).
 
 The rule as the paper defines it.  For a node y = f(x1..xn; θ) with output relevance R_y
-(DESIGN.md, "absLRP"):
+(docs/semantics.md §absLRP):
 
     g     = R_y / (|y| + ε)
     y_abs = f(|x1|..|xn|; |θ|)
@@ -139,7 +139,7 @@ class AbsRule(Rule):
 
 
 class AbsAttentionRule(Rule):
-    """absLRP through ``scaled_dot_product_attention``, decomposed (DESIGN.md).
+    """absLRP through ``scaled_dot_product_attention``, decomposed (docs/semantics.md §Attention).
 
     s = (q·scale)·kᵀ (+ mask) → p = softmax(s) → o = p·v, the rule at each
     product and at the softmax; the relevance of q·scale goes to q unchanged.

@@ -166,7 +166,7 @@ def _add(ctx: Context) -> dict[int, Tensor] | None:
 
 
 def _layer_norm(ctx: Context) -> dict[int, Tensor] | None:
-    """layer norm with constant statistics: J = w/σ(x), J_abs = |w|/σ(|x|) (DESIGN.md)."""
+    """layer norm with constant statistics: J = w/σ(x), J_abs = |w|/σ(|x|) (docs/semantics.md §Normalisations)."""
     args, kwargs = ctx.args()
     if ctx.live_inputs != [0]:
         return None

@@ -78,7 +78,7 @@ def is_masked(x: Tensor) -> Tensor:
 
 
 def masked_softmax(x: Tensor, dim: int) -> Tensor:
-    """softmax with max and denominator treated as constants (DESIGN.md, "Softmax").
+    """softmax with max and denominator treated as constants (docs/semantics.md §Softmax).
 
     A row that a mask removed entirely (a padded query under a causal mask) is all
     zeros, as ``scaled_dot_product_attention`` computes it, not 0/0.

@@ -1,7 +1,7 @@
 """The op categories binding sorts graph nodes into; rule sets map categories to rules.
 
 :func:`relprop.rules.ops.categorize` decides a node's category from its op and which of
-its inputs carry relevance; ``docs/semantics.md`` says what each rule set does per
+its inputs carry relevance; ``docs/semantics.md`` §Rule sets by category says what each rule set does per
 category.  A :class:`Category` is a ``str`` (``Category.DENSE == "dense"``), so code that
 compares categories with their names keeps working.
 """

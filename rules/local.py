@@ -2,7 +2,7 @@
 
 Most ops are their own local form.  Normalizations and softmax are not: their
 statistics (mean, variance, max, denominator) are computed from the input but
-treated as constants (DESIGN.md; the absLRP reference does the same), so the
+treated as constants (docs/semantics.md §Normalisations; the absLRP reference does the same), so the
 local form is linear in the input up to the elementwise exponential.
 
 ``local_call(ctx, replace, absolute)`` evaluates the local form with the live

@@ -7,13 +7,13 @@ Binding sorts every graph node into a :class:`~relprop.rules.categories.Category
   along one dimension, or a crop that removes exactly what a pad upstream added;
   ``pool_select`` where it keeps a part and drops the rest (a pooling: it computes).
 - mul/div by a plain number or a normalisation statistic is ``rescale`` (relevance
-  passes unchanged, as docs/semantics.md prescribes for q·scale; ``neg`` is the
+  passes unchanged, as docs/semantics.md §Products prescribes for q·scale; ``neg`` is the
   rescaling by −1 of rotary embeddings' ``rotate_half``); by a constant tensor ``scale``.
 - ``statistic`` ops (``STATISTIC``: square roots, reciprocals, variances, powers with a
   negative or fractional exponent) are normalization statistics: like ``CONSTANT``
   ops their outputs carry no relevance, so ``x * rsqrt(mean(x²) + eps)`` (RMSNorm
   written out, as Hugging Face Llama does) or ``(x - u) / sqrt(var + eps)`` is a
-  scaling of ``x`` by a constant, exactly DESIGN.md's rule for normalization
+  scaling of ``x`` by a constant, exactly the rule of docs/semantics.md §Normalisations for normalization
   statistics.  Models use roots of a live tensor for nothing else in practice; a
   positive integer power (``x ** 2``, ``x ** 3`` in a tanh-GELU) still computes.
   The multiplication or division by such a statistic is a ``rescale`` (a positive

@@ -1,7 +1,7 @@
 """Transposed products Jᵀg of weighted ops, without a second forward.
 
 For a linear or convolution op z = f(x; W), Jᵀg with respect to x depends only
-on W, so the rules that need ``Wᵀg`` and ``|W|ᵀg`` (absLRP, DESIGN.md
+on W, so the rules that need ``Wᵀg`` and ``|W|ᵀg`` (absLRP, docs/semantics.md §Computation
 "Performance principles") get them from one backward product each, with the
 pass dimension folded into the batch.  Ops not listed return None and the
 caller falls back to autograd.

@@ -1,4 +1,5 @@
-"""An independent, slow oracle for absLRP, written from DESIGN.md's semantics only.
+"""An independent, slow oracle for absLRP, written from the semantics only
+(docs/semantics.md §absLRP; first written from ../shared/DESIGN.md).
 
 It does not import relprop. A model is walked module by module (the way the absLRP
 authors' code works on the ``nn.Module`` tree): the walker re-executes the model's

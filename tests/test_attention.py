@@ -1,6 +1,6 @@
 """Attention: the decomposed SDPA rule against the same attention written out op by op.
 
-DESIGN.md decomposes ``scaled_dot_product_attention`` into (q·scale)·kᵀ → softmax →
+docs/semantics.md §Attention decomposes ``scaled_dot_product_attention`` into (q·scale)·kᵀ → softmax →
 attn·v with the rule at each step and the relevance of q·scale passed to q
 unchanged.  A model that writes those steps out explicitly (its q·scale is a product with a
 plain number, which passes relevance unchanged) must get exactly the same relevance: an

@@ -306,10 +306,11 @@ def test_forward_keeps_only_what_rules_read() -> None:
     graph = relprop.trace(model)
     x = torch.randn(2, 6)
     graph.explain(x)
-    bound = graph._last
-    assert bound is not None
+    plan = graph._last
+    assert plan is not None
+    bound = plan.bound
     flat = [x]
-    env = engine.forward(bound, model, flat)
+    env = engine.forward(plan, model, flat)
     needed = set(bound.bindings) | {a for n in bound.bindings for a in n.all_input_nodes}
     output = list(bound.program.graph.nodes)[-1]
     needed |= {output, *output.all_input_nodes}

@@ -2,7 +2,8 @@
 
 Each fixture holds, for a timm model built with ``torch.manual_seed(0)`` and random
 weights, the positive pass, the negative pass and the combined contrastive map the
-authors' code produced (float64, with the two corrections DESIGN.md describes). We
+authors' code produced (float64, with the two corrections that docs/semantics.md
+§Departures from the reference code describes). We
 rebuild the very same model, check its weights by fingerprint, explain the fixture's
 input in float64 with relprop and compare per sample with the cosine similarity.
 
