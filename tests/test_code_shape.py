@@ -97,3 +97,26 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         relprop.nonexistent  # noqa: B018
+
+
+def test_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Repository layout") :]
+    missing = [p.relative_to(ROOT).as_posix() for p in SOURCES if p.name != "__init__.py" and p.name not in layout]
+    assert not missing, f"README's Repository layout does not name {missing}"
+
+
+def test_semantics_citations_name_existing_sections():
+    import re
+
+    doc = (ROOT / "docs" / "semantics.md").read_text(encoding="utf-8")
+    headings = [line[3:].strip() for line in doc.splitlines() if line.startswith("## ")]
+    assert "absLRP" in headings and "Contrastive" in headings
+    files = [*SOURCES, *(ROOT / "tests").glob("*.py"), ROOT / "README.md"]
+    cited = 0
+    for path in files:
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        for after in re.findall(r"docs/semantics\.md §(.{0,60})", text):
+            cited += 1
+            assert any(after.startswith(h) for h in headings), f"{path.name} cites §{after!r}: no such section"
+    assert cited >= 10
