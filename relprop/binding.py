@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from relprop.rules.base import NodeInfo, Pass, Rule
 from relprop.rules.categories import COMPUTING, WEIGHTED_CATEGORIES, Category
-from relprop.rules.ops import categorize, full_op_name, op_name
+from relprop.rules.ops import WEIGHTED, categorize, full_op_name, op_name, uncovered_reason
 from relprop.rules.sets import RuleSet, as_rule
 
 from .analysis import (
@@ -285,12 +285,24 @@ def _submodule(model: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
+def _why_uncovered(info: NodeInfo) -> str:
+    """The documented reason no rule covers a node (docs/semantics.md §Binding and overrides)."""
+    if info.category is None:
+        reason = uncovered_reason(info.node)
+        if reason is not None:
+            return reason
+        if op_name(info.node.target) in WEIGHTED:
+            return "relevance would flow into its weights (a weight that is itself computed from an input)"
+        return "its category is unknown"
+    return f"the rule set has no rule for its category '{info.category}'"
+
+
 def _missing_message(info: NodeInfo, rule_set: RuleSet) -> str:
     op = full_op_name(info.node.target)
     where = f"module '{info.module_path}' ({info.module_class})" if info.module_path else "the model's own forward"
     return (
         f"no rule for op {op} (node '{info.node.name}', traced in {where}) in rule set "
-        f"{type(rule_set).__name__}. Register one, e.g.:\n"
+        f"{type(rule_set).__name__}: {_why_uncovered(info)}. Register one, e.g.:\n"
         f'    relprop.register_rule("{op}", {rule_set.suggestion()})\n'
         "or pass overrides={...} to relprop.trace, or strict=False to pass relevance through "
         "such ops by their gradient."

@@ -366,6 +366,20 @@ def epsilon_relevance(ctx: Context, R: Relevance, live: list[int], eps: float, s
 
 #: categories whose ops act elementwise: :class:`Pass` is the identity there
 _ELEMENTWISE = frozenset({Category.ACTIVATION, Category.NORM, Category.SOFTMAX, Category.SCALE, Category.RESCALE})
+#: categories where :class:`Pass` is the identity when the output has the input's shape
+#: (log_softmax, like softmax; logsumexp itself passes by its gradient, the softmax weights)
+_IDENTITY = _ELEMENTWISE | {Category.LOGSUMEXP}
+
+
+def _identity(ctx: Context, R: Relevance, live: list[int]) -> Tensor | None:
+    """R itself where the identity rule applies: an elementwise op (or log_softmax) of one
+    relevant input whose output has the input's shape."""
+    if ctx.info.category not in _IDENTITY or len(ctx.live_inputs) != 1:
+        return None
+    first = R[0] if isinstance(R, (list, tuple)) else R
+    if first is not None and first.shape[1:] == ctx.inputs[live[0]].shape:
+        return first
+    return None
 
 
 class Pass(Rule):
@@ -376,7 +390,8 @@ class Pass(Rule):
       non-linearities, Achtibat et al. 2024).  It conserves relevance, unlike the
       gradient (GELU', w/σ of a norm, c of a scale, −1 of ``neg``).  A scale that
       broadcasts its input to a larger shape splits R in proportion to the
-      contributions (the ε-rule with ε = 0, Bach et al. 2015, Eq. 58).
+      contributions (the ε-rule with ε = 0, Bach et al. 2015, Eq. 58).  ``log_softmax``
+      (category ``logsumexp``) is the identity too.
     - Everything else (data movement, max pooling, selects, ops without a rule):
       by the op's gradient, R_x = Jᵀ R: exact for data movement, winner-takes-all
       for max pooling.
@@ -394,11 +409,11 @@ class Pass(Rule):
         out: list[Tensor | None] = [None] * len(ctx.inputs)
         if not live:
             return out
+        same_shape = _identity(ctx, R, live)
+        if same_shape is not None:
+            out[live[0]] = same_shape
+            return out
         if ctx.info.category in _ELEMENTWISE and len(ctx.live_inputs) == 1:
-            first = R[0] if isinstance(R, (list, tuple)) else R
-            if first is not None and first.shape[1:] == ctx.inputs[live[0]].shape:
-                out[live[0]] = first
-                return out
             rel = epsilon_relevance(ctx, R, live, 0.0)
         elif len(ctx.live_inputs) > len(live):  # others held constant: scale by the local ratio
             rel = epsilon_relevance(ctx, R, live, 0.0)

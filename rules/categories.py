@@ -55,6 +55,19 @@ class Category(str, Enum):
     MASK = "mask"
     #: one output of a multi-output op
     GETITEM = "getitem"
+    #: linear in its relevant inputs jointly, not a weighted layer: cumsum, trace,
+    #: scatter_add, linear/bilinear/bicubic interpolation, products with one relevant operand
+    LINEAR = "linear"
+    #: a pointwise function of several relevant inputs (maximum, where, clamp with tensor
+    #: bounds, atan2, lerp, ...)
+    POINTWISE = "pointwise"
+    #: keeps some entries chosen by value and drops the rest (amin, median, kthvalue,
+    #: topk, cummax, ...): relevance goes with the kept values
+    SELECTION = "selection"
+    #: log-sum-exp and its relatives (logsumexp, log_softmax, logcumsumexp)
+    LOGSUMEXP = "logsumexp"
+    #: any other differentiable op with a floating output (linear algebra, prod, norms, ...)
+    GENERIC = "generic"
 
     def __str__(self) -> str:
         return self.value
@@ -77,6 +90,11 @@ COMPUTING = frozenset(
         Category.ATTENTION,
         Category.MAXPOOL,
         Category.AVGPOOL,
+        Category.LINEAR,
+        Category.POINTWISE,
+        Category.SELECTION,
+        Category.LOGSUMEXP,
+        Category.GENERIC,
     }
 )
 #: weighted layers (the first of them on a path gets a rule set's ``first`` rule)

@@ -45,6 +45,7 @@ __all__ = [
     "is_constant",
     "is_statistic",
     "op_name",
+    "uncovered_reason",
     "WEIGHTED_ARGS",
     "WEIGHTED_LAYOUT",
     "weighted_args",
@@ -99,7 +100,108 @@ MOVE = _names(
     "alpha_dropout",
     "repeat_interleave",
 )
-SELECT = _names("select", "slice", "narrow", "index", "index_select", "gather")
+#: data movement added to the list above: each output entry is a copy of one input entry
+#: (or a constant), so the gradient moves relevance and conserves it
+MOVE |= _names(
+    "slice_scatter",
+    "select_scatter",
+    "diagonal_scatter",
+    "as_strided_scatter",
+    "scatter",
+    "index_copy",
+    "masked_scatter",
+    "index_fill",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_nearest3d",
+    "_upsample_nearest_exact1d",
+    "_upsample_nearest_exact2d",
+    "_upsample_nearest_exact3d",
+    "diagonal",
+    "diag_embed",
+    "diag",
+    "tril",
+    "triu",
+    "im2col",
+    "narrow_copy",
+    "as_strided",
+    "sort",
+    "msort",
+    "max_unpool2d",
+    "max_unpool3d",
+    "rot90",
+    "block_diag",
+    "reflection_pad1d",
+    "reflection_pad2d",
+    "reflection_pad3d",
+    "replication_pad1d",
+    "replication_pad2d",
+    "replication_pad3d",
+    "circular_pad",
+    "_pad_circular",
+    "broadcast_to",
+    "unsafe_split",
+    "unsafe_chunk",
+    "unsafe_split_with_sizes",
+    "hsplit",
+    "vsplit",
+    "dsplit",
+    "hstack",
+    "vstack",
+    "dstack",
+    "column_stack",
+    "atleast_1d",
+    "atleast_2d",
+    "atleast_3d",
+    "ravel",
+    "view_as",
+    "reshape_as",
+    "copy",
+    "squeeze_copy",
+    "unsqueeze_copy",
+    "expand_copy",
+    "permute_copy",
+    "view_copy",
+    "t_copy",
+    "transpose_copy",
+    "diagonal_copy",
+    "select_copy",
+    "slice_copy",
+    "unfold_copy",
+    "alias_copy",
+    "_reshape_alias",
+    "index_put",  # accumulate=True is a sum: see categorize
+)
+SELECT = _names("select", "slice", "narrow", "index", "index_select", "gather", "take", "take_along_dim")
+#: linear in their relevant inputs jointly (not weighted layers): the ε-rule is their
+#: LRP, absLRP's generic rule applies
+LINEAR = _names(
+    "cumsum",
+    "trace",
+    "scatter_add",
+    "index_add",
+    "index_reduce",
+    "upsample_linear1d",
+    "upsample_bilinear2d",
+    "upsample_bicubic2d",
+    "upsample_trilinear3d",
+    "_upsample_bilinear2d_aa",
+    "_upsample_bicubic2d_aa",
+    "col2im",
+    "sum_to_size",
+    "nansum",
+    "nanmean",
+    "lerp",
+    "grid_sampler_2d",
+    "grid_sampler_3d",
+    "addcdiv",
+    "diff",
+)
+#: products: of two relevant tensors ``matmul`` (uniform rule), else linear in the one
+PRODUCT = _names("dot", "vdot", "mv", "outer", "ger", "inner", "kron", "cross", "linalg_cross", "tensordot")
+#: keep some entries chosen by value and drop the rest
+SELECTION = _names("amin", "min", "median", "nanmedian", "kthvalue", "mode", "topk", "cummax", "cummin")
+LOGSUMEXP = _names("logsumexp", "log_softmax", "_log_softmax", "logcumsumexp", "special_log_softmax")
 WEIGHTED = _names(
     "linear",
     "addmm",
@@ -267,38 +369,47 @@ def _by_statistic(node: Any) -> bool:
 def categorize(node: Any, live: list[bool], split: bool) -> Category | None:
     """The category of a call_function node, given which tensor inputs are live.
 
-    ``split`` says whether a select-like node is one of a set of selects that
-    together cover their input along one dimension.  None for unknown ops.
+    ``split`` says whether a select-like node is one of a set of selects that together
+    cover their input along one dimension.  Ops named in this module's tables first;
+    every other ATen op by its metadata (:func:`_by_metadata`).  None where no category
+    fits (:func:`uncovered_reason` says why).
     """
     if node.target is operator.getitem:
         return Category.GETITEM
     name = op_name(node.target)
+    known = _by_name(node, name, live, split)
+    return known if known is not _UNKNOWN else _by_metadata(node, sum(live))
+
+
+_UNKNOWN: Any = object()
+
+
+def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
+    """The category of an op in this module's tables, else ``_UNKNOWN``."""
     n_live = sum(live)
     if name in MOVE:
-        return Category.MOVE
+        return Category.LINEAR if name == "aten.index_put" and _accumulates(node) else Category.MOVE
     if name in SELECT:
-        return Category.SPLIT if split else "pool_select"
+        return Category.SPLIT if split else Category.POOL_SELECT
     if name in WEIGHTED:
         position = weighted_args(node.target)[0]
         slot = _slot_of(node, position)
         if n_live == 1 and slot is not None and live[slot]:
-            return Category.CONV if name in CONV else "dense"
+            return Category.CONV if name in CONV else Category.DENSE
         return None  # relevance through the weights: no rule set covers it
-    if name in MATMUL:
-        return Category.MATMUL if n_live > 1 else "dense"
+    if name in MATMUL or name in PRODUCT:
+        if n_live > 1:
+            return Category.MATMUL
+        return Category.DENSE if name in MATMUL and _matrices(node) else Category.LINEAR
     if name in ADD:
         return Category.ADD
     if name in RESCALE:
         return Category.RESCALE
     if name in MUL or name in DIV:
-        if name in DIV and len(live) > 1 and live[1]:
-            return Category.DIV
-        if n_live > 1:
-            return Category.MUL
-        numbers = [a for a in node.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
-        return Category.RESCALE if numbers or _by_statistic(node) else "scale"
+        return _product_category(node, name, live)
+    if name in ACTIVATION:
+        return Category.ACTIVATION if n_live == 1 else Category.POINTWISE
     for category, names in (
-        (Category.ACTIVATION, ACTIVATION),
         (Category.NORM, NORM),
         (Category.SOFTMAX, SOFTMAX),
         (Category.ATTENTION, ATTENTION),
@@ -306,7 +417,71 @@ def categorize(node: Any, live: list[bool], split: bool) -> Category | None:
         (Category.AVGPOOL, AVGPOOL),
         (Category.EMBEDDING, EMBEDDING),
         (Category.MASK, MASK),
+        (Category.LINEAR, LINEAR),
+        (Category.SELECTION, SELECTION),
+        (Category.LOGSUMEXP, LOGSUMEXP),
     ):
         if name in names:
             return category
+    return _UNKNOWN
+
+
+def _product_category(node: Any, name: str, live: list[bool]) -> Category:
+    """mul / div: of two relevant tensors, by a relevant divisor, by a constant or a number."""
+    if name in DIV and len(live) > 1 and live[1]:
+        return Category.DIV
+    if sum(live) > 1:
+        return Category.MUL
+    numbers = [a for a in node.args[:2] if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    return Category.RESCALE if numbers or _by_statistic(node) else Category.SCALE
+
+
+def _by_metadata(node: Any, n_live: int) -> Category | None:
+    """The category of an ATen op no table names, from its tags and schema.
+
+    Views (the schema's return aliases an input) and ``view_copy`` ops move data;
+    ``pointwise`` ops are activations (one relevant input) or pointwise functions of
+    several; every other deterministic op with a real floating output is ``generic``.
+    """
+    if uncovered_reason(node) is not None:
+        return None
+    tags = set(getattr(node.target, "tags", ()))
+    if torch.Tag.view_copy in tags or _is_view(node.target):
+        return Category.MOVE
+    if torch.Tag.pointwise in tags:
+        return Category.ACTIVATION if n_live == 1 else Category.POINTWISE
+    return Category.GENERIC
+
+
+def uncovered_reason(node: Any) -> str | None:
+    """Why an op not named in the tables gets no category (None: it gets one)."""
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return f"{op_name(node.target)} is not an ATen operator"
+    tags = set(node.target.tags)
+    if torch.Tag.nondeterministic_seeded in tags:
+        return "it draws random numbers: its output is not a function of its inputs"
+    values = [node.meta.get("val")] + [a.meta.get("val") for a in node.all_input_nodes]
+    for v in values:
+        for t in v if isinstance(v, (tuple, list)) else [v]:
+            if isinstance(t, torch.Tensor) and t.is_complex():
+                return "it computes with complex numbers, which carry no sign for relevance"
     return None
+
+
+def _is_view(target: Any) -> bool:
+    """Whether the op's first return aliases an input without writing to it (a view)."""
+    returns = getattr(getattr(target, "_schema", None), "returns", ())
+    info = returns[0].alias_info if returns else None
+    return info is not None and not info.is_write
+
+
+def _accumulates(node: Any) -> bool:
+    """``index_put(..., accumulate=True)``: a sum, not a move."""
+    flag = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate", False)
+    return bool(flag)
+
+
+def _matrices(node: Any) -> bool:
+    """Whether both operands of a matmul are at least 2-D (a weighted layer's shapes)."""
+    vals = [a.meta.get("val") if hasattr(a, "meta") else None for a in node.args[:2]]
+    return all(isinstance(v, torch.Tensor) and v.dim() >= 2 for v in vals)

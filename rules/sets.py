@@ -32,6 +32,7 @@ from .lrp import (
     ZPlusRule,
     weighted_layer,
 )
+from .taylor import TaylorRule
 
 __all__ = [
     "RuleSet",
@@ -200,8 +201,12 @@ class LRP(RuleSet):
       :class:`AttentionValueRule`;
     - activations, batch norm, RMSNorm, softmax and scaling by a constant: the identity
       rule, R_x = R (:class:`Pass`; conservative, unlike their gradients);
-    - max pooling, selects and data movement: relevance passes by the gradient
-      (winner-takes-all, or moved unchanged).
+    - max pooling, selects, selections (amin, median, topk, ...) and data movement:
+      relevance passes by the gradient (winner-takes-all, or moved unchanged);
+      log-sum-exp: by the gradient (softmax weights), log_softmax: the identity;
+    - other linear ops (cumsum, interpolation, scatter_add, ...): the ε-rule; pointwise
+      functions of several relevant inputs and any other op: the ε-rule of the op's
+      linearisation (:class:`~relprop.rules.taylor.TaylorRule`).
     """
 
     def __init__(
@@ -223,6 +228,7 @@ class LRP(RuleSet):
         self._sum = EpsilonRule(epsilon)
         self._bilinear = BilinearRule(epsilon)
         self._attention = AttentionValueRule(epsilon)
+        self._taylor = TaylorRule(max(epsilon, 1e-9))
         self._pass = Pass()
         self._numerator = Pass(inputs=(0,))
 
@@ -239,15 +245,17 @@ class LRP(RuleSet):
             return slot if slot is not None else self._layer
         if c == Category.NORM and weighted_layer(info):
             return self.dense if self.dense is not None else self._layer
-        if c in (Category.ADD, Category.AVGPOOL):
+        if c in (Category.ADD, Category.AVGPOOL, Category.LINEAR):
             return self._sum
+        if c in (Category.POINTWISE, Category.GENERIC):
+            return self._taylor
         if c in (Category.MATMUL, Category.MUL):
             return self._bilinear
         if c == Category.ATTENTION:
             return self._attention
         if c == Category.DIV:
             return self._numerator
-        if c in _MOVES or c in _ELEMENTWISE_PASS:
+        if c in _MOVES or c in _ELEMENTWISE_PASS or c in (Category.SELECTION, Category.LOGSUMEXP):
             return self._pass
         return None
 
