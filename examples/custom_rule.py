@@ -1,10 +1,11 @@
 """Registering a rule for an op relprop does not know.
 
-The model below uses ``torch.cumsum``, which no rule set covers.  In strict mode
-(the default) relprop refuses to guess and names the op, the module it came from,
-and the line that would register a rule.  We register one: a small rule object
-that applies the ε-rule, R_x = x ⊙ Jᵀ(R / (y + ε sign y)), through the op's own
-vector-Jacobian product.
+Every ATen operator has a category and a rule (docs/semantics.md §Op taxonomy), but a
+custom operator (``torch.library.custom_op``) is opaque: relprop cannot know what it
+computes.  The model below uses one, a running total.  In strict mode (the default)
+relprop refuses to guess and names the op, the module it came from, and the line that
+would register a rule.  We register one: a small rule object that applies the ε-rule,
+R_x = x ⊙ Jᵀ(R / (y + ε sign y)), through the op's own vector-Jacobian product.
 
 Run: ``.venv/bin/python examples/custom_rule.py``
 """
@@ -18,9 +19,22 @@ import relprop
 from relprop.rules import Context, Rule, stabilize, vjp
 
 
+@torch.library.custom_op("relprop_example::running_total", mutates_args=())
+def running_total(x: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(x, dim=1)
+
+
+@running_total.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+running_total.register_autograd(lambda ctx, grad: grad.flip(1).cumsum(1).flip(1))
+
+
 class RunningTotal(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cumsum(x, dim=1)
+        return running_total(x)
 
 
 class CumsumEpsilon(Rule):
@@ -46,7 +60,7 @@ def main() -> None:
     except relprop.MissingRuleError as err:
         print("strict mode says:\n", err, "\n")
 
-    relprop.register_rule("aten.cumsum", CumsumEpsilon())
+    relprop.register_rule("relprop_example::running_total", CumsumEpsilon())
     graph = relprop.trace(model, relprop.rules.Epsilon(1e-9))
     R = graph.explain(x, 0)
     print(graph.summary(), "\n")

@@ -297,13 +297,20 @@ def _why_uncovered(info: NodeInfo) -> str:
     return f"the rule set has no rule for its category '{info.category}'"
 
 
+def _register_key(target: Any) -> str:
+    """The string :func:`register_rule` takes for an op: ``aten.x.default`` or ``ns::x``."""
+    name = full_op_name(target)
+    namespace = getattr(target, "namespace", "aten")
+    return name if namespace == "aten" else f"{namespace}::{name.split('.', 1)[1].rsplit('.', 1)[0]}"
+
+
 def _missing_message(info: NodeInfo, rule_set: RuleSet) -> str:
     op = full_op_name(info.node.target)
     where = f"module '{info.module_path}' ({info.module_class})" if info.module_path else "the model's own forward"
     return (
         f"no rule for op {op} (node '{info.node.name}', traced in {where}) in rule set "
         f"{type(rule_set).__name__}: {_why_uncovered(info)}. Register one, e.g.:\n"
-        f'    relprop.register_rule("{op}", {rule_set.suggestion()})\n'
+        f'    relprop.register_rule("{_register_key(info.node.target)}", {rule_set.suggestion()})\n'
         "or pass overrides={...} to relprop.trace, or strict=False to pass relevance through "
         "such ops by their gradient."
     )

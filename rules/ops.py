@@ -457,6 +457,11 @@ def uncovered_reason(node: Any) -> str | None:
     """Why an op not named in the tables gets no category (None: it gets one)."""
     if not isinstance(node.target, torch._ops.OpOverload):
         return f"{op_name(node.target)} is not an ATen operator"
+    if node.target.namespace != "aten":
+        return (
+            f"it is a custom operator (namespace '{node.target.namespace}'): relprop cannot know what it "
+            "computes or whether it is differentiable"
+        )
     tags = set(node.target.tags)
     if torch.Tag.nondeterministic_seeded in tags:
         return "it draws random numbers: its output is not a function of its inputs"

@@ -333,35 +333,34 @@ def test_module_overrides_leave_data_movement_alone() -> None:
 
 
 def test_register_rule_globally_and_as_decorator() -> None:
-    class Cumsum(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.cumsum(x, dim=1)
+    from custom_ops import Cumulative
 
-    model = nn.Sequential(nn.Linear(4, 4), Cumsum(), nn.Linear(4, 2)).eval()
+    model = nn.Sequential(nn.Linear(4, 4), Cumulative(), nn.Linear(4, 2)).eval()
     x = torch.randn(2, 4)
     with pytest.raises(relprop.MissingRuleError) as info:
         relprop.trace(model).explain(x, 0)
     msg = str(info.value)
-    assert "aten.cumsum.default" in msg and "'1' (Cumsum)" in msg
-    assert 'relprop.register_rule("aten.cumsum.default", relprop.rules.AbsRule())' in msg
+    assert "relprop_test.running_total.default" in msg and "'1' (Cumulative)" in msg
+    assert "custom operator" in msg
+    assert 'relprop.register_rule("relprop_test::running_total", relprop.rules.AbsRule())' in msg
 
     try:
 
-        @relprop.register_rule("aten.cumsum")
+        @relprop.register_rule("relprop_test::running_total")
         class CumsumRule(rules.AbsRule):
             pass
 
         g = relprop.trace(model)
         R = g.explain(x, 0)
         assert torch.isfinite(R).all()
-        assert _sources(g)["cumsum"] == ("CumsumRule", "op aten.cumsum")
+        assert _sources(g)["running_total"] == ("CumsumRule", "op relprop_test.running_total")
     finally:
-        relprop.unregister_rule("aten.cumsum")
+        relprop.unregister_rule("relprop_test::running_total")
     with pytest.raises(relprop.MissingRuleError):
         relprop.trace(model).explain(x, 0)
     g = relprop.trace(model, strict=False)
     g.explain(x, 0)
-    assert "aten.cumsum.default" in g.summary().splitlines()[-1]
+    assert "relprop_test.running_total.default" in g.summary().splitlines()[-1]
 
 
 def test_bad_rule_objects_are_reported() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from custom_ops import Cumulative
 from torch import Tensor, nn
 
 import relprop
@@ -345,12 +346,7 @@ def test_timm_vit_cp_attnlrp_conserves_the_logit() -> None:
     assert not torch.allclose(R_attn.sum((1, 2, 3)), logits, rtol=1e-2)
 
 
-# -- ops outside the rule tables ---------------------------------------------------------------
-
-
-class Cumulative(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cumsum(x, dim=1)
+# -- ops outside the rule tables: a custom operator ----------------------------------------------
 
 
 class WithUnknownOp(nn.Module):
@@ -370,9 +366,9 @@ def test_unknown_op_strict_raises_with_fix() -> None:
     with pytest.raises(relprop.MissingRuleError) as info:
         relprop.trace(model).explain(x, [0, 2])
     message = str(info.value)
-    assert "aten.cumsum" in message
+    assert "relprop_test.running_total" in message and "custom operator" in message
     assert "'block'" in message and "Cumulative" in message
-    assert 'relprop.register_rule("aten.cumsum' in message
+    assert 'relprop.register_rule("relprop_test::running_total"' in message
 
 
 @pytest.mark.parametrize("rule_set", ["abslrp", "epsilon"])
@@ -383,8 +379,8 @@ def test_unknown_op_lenient_passes_by_gradient(rule_set: str) -> None:
     expl = graph.explanation(x, [0, 2], record=True)
     assert expl.relevance.shape == x.shape and torch.isfinite(expl.relevance).all()
     summary = graph.summary()
-    assert "passed by their gradient for want of a rule (strict=False): aten.cumsum.default" in summary
-    (binding,) = [b for b in graph.bindings if "cumsum" in str(b.info.node.target)]
+    assert "passed by their gradient for want of a rule (strict=False): relprop_test.running_total.default" in summary
+    (binding,) = [b for b in graph.bindings if "running_total" in str(b.info.node.target)]
     assert binding.source.startswith("gradient") and binding.info.module_path == "block"
     # the gradient of a cumulative sum along dim 1 is the reversed cumulative sum
     name = binding.info.node.name
@@ -396,15 +392,15 @@ def test_unknown_op_lenient_passes_by_gradient(rule_set: str) -> None:
 def test_unknown_op_registered_rule_is_used() -> None:
     """The register_rule line the error suggests makes the model explainable in strict mode."""
     model = WithUnknownOp().eval()
-    relprop.register_rule("aten.cumsum.default", rules.AbsRule())
+    relprop.register_rule("relprop_test::running_total", rules.AbsRule())
     try:
         graph = relprop.trace(model)
         R = graph.explain(torch.randn(2, 4), [0, 2])
     finally:
-        relprop.unregister_rule("aten.cumsum.default")
+        relprop.unregister_rule("relprop_test::running_total")
     assert torch.isfinite(R).all() and (R.abs().sum(1) > 0).all()
-    (binding,) = [b for b in graph.bindings if "cumsum" in str(b.info.node.target)]
-    assert binding.source == "op aten.cumsum.default" and isinstance(binding.rule, rules.AbsRule)
+    (binding,) = [b for b in graph.bindings if "running_total" in str(b.info.node.target)]
+    assert binding.source == "op relprop_test.running_total" and isinstance(binding.rule, rules.AbsRule)
 
 
 # -- graph structures the zoo relies on, in isolation ------------------------------------------
