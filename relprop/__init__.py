@@ -7,7 +7,8 @@
 
 Hugging Face models take dict inputs (``graph.explain(dict(enc), target)``, token
 relevance shaped (batch, tokens)); decoder LMs take a next-token target,
-``relprop.targets.next_token(token_id)``.
+``relprop.targets.next_token(token_id)``; segmentation models a class over a region
+of pixels, ``relprop.targets.region(cls, mask=None)``.
 
 ``import relprop`` loads the library alone; the evaluation stack (:mod:`relprop.evaluation`:
 GAE, the compared methods) and the applications (:mod:`relprop.apps`: the command line,
@@ -28,7 +29,7 @@ from .errors import (
     TraceError,
 )
 from .graph import Explanation, Graph, trace
-from .targets import next_token
+from .targets import next_token, region
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "TargetError",
     "TraceError",
     "next_token",
+    "region",
     "register_rule",
     "rules",
     "targets",

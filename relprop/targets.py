@@ -7,13 +7,17 @@
 - a float tensor shaped like the main output: the initial relevance, as-is;
 - a callable ``output -> selected scores`` for outputs that are not
   (batch, classes), e.g. ``lambda out: out.logits[:, -1, token_id]``, or the
-  same made by :func:`next_token` (``relprop.targets.next_token(token_id)``).
+  same made by :func:`next_token` (``relprop.targets.next_token(token_id)``);
+- :func:`region` (``relprop.targets.region(cls, mask=None)``) for segmentation
+  models: the class-``cls`` logit summed over a region of pixels.
 
 The *main* output is the model's output tensor, the first element of a tuple, or
 the ``logits`` entry of a dict / Hugging Face ``ModelOutput``.  One pass starts
 at the selected scores; a contrastive explanation adds a second pass started
-from every other entry of the same rows (all other classes), each pass rescaled
-to Σ = 1 per sample (docs/semantics.md §Contrastive).
+from every other entry of the same rows (all other classes; for a callable with a
+``class_dim`` attribute, such as :func:`region`, the other entries along that
+dimension at the same positions), each pass rescaled to Σ = 1 per sample
+(docs/semantics.md §Contrastive).
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ from torch.utils import _pytree as pytree
 
 from .errors import InputError, TargetError
 
-__all__ = ["NextToken", "Start", "main_output_index", "next_token", "split_target", "start_relevance"]
+__all__ = [
+    "NextToken",
+    "Region",
+    "Start",
+    "main_output_index",
+    "next_token",
+    "region",
+    "split_target",
+    "start_relevance",
+]
 
 
 @dataclass
@@ -199,14 +212,7 @@ def start_relevance(
     _check_finite(flat, weights)
     if contrastive:
         positive = _unit(weights, "target")
-        others: list[Tensor | None] = []
-        for w in weights:
-            if w is None:
-                others.append(None)
-                continue
-            row = (w != 0).any(dim=-1, keepdim=True)
-            others.append((row & (w == 0)).to(w.dtype))
-        negative = _unit(others, "contrast (all other classes)")
+        negative = _unit(_others(weights, target), "contrast (all other classes)")
         rel = [None if p is None else torch.stack([p, n]) for p, n in zip(positive, negative)]
         return Start(rel, classes, 2)
     if start == "onehot":
@@ -214,6 +220,24 @@ def start_relevance(
     else:
         positive = [None if w is None else w * v.detach() for w, v in zip(weights, flat)]
     return Start([None if p is None else p[None] for p in positive], classes, 1)
+
+
+def _others(weights: list[Tensor | None], target: Any) -> list[Tensor | None]:
+    """The contrastive pass's selection: ones on every other entry of the rows the target selects.
+
+    A row runs along the last dimension (the classes of a (batch, classes) output, the
+    vocabulary of a language model), or along the target's ``class_dim`` if it has one
+    (:class:`Region`: the classes of a (batch, classes, H, W) output at the same pixels).
+    """
+    dim = getattr(target, "class_dim", -1) if callable(target) and not isinstance(target, Tensor) else -1
+    others: list[Tensor | None] = []
+    for w in weights:
+        if w is None:
+            others.append(None)
+            continue
+        row = (w != 0).any(dim=dim, keepdim=True)
+        others.append((row & (w == 0)).to(w.dtype))
+    return others
 
 
 def _check_finite(flat: list[Any], weights: list[Tensor | None]) -> None:
@@ -336,10 +360,161 @@ def next_token(
     return NextToken(token_id, position, attention_mask)
 
 
+class Region:
+    """Target of a segmentation model: the logit of class ``cls`` summed over a region of pixels.
+
+    Made by :func:`region`; calling it on the model output returns one score per sample,
+    ``Σ_{(h, w) in mask_b} out[b, cls_b, h, w]``.  ``class_dim = 1``: a contrastive pass
+    starts from all the other classes at the same pixels.
+    """
+
+    #: the dimension of the output holding the classes (for the contrastive pass)
+    class_dim = 1
+
+    def __init__(self, cls: Any, mask: Any = None) -> None:
+        self.cls = cls
+        self.mask = mask
+
+    def __call__(self, out: Any) -> Tensor:
+        logits = _segmentation_logits(out)
+        if logits.dim() != 4:
+            raise TargetError(
+                f"region expects segmentation logits shaped (batch, classes, height, width); the model's "
+                f"output is shaped {tuple(logits.shape)}"
+            )
+        batch, _, height, width = logits.shape
+        classes = self._classes(batch, logits)
+        mask = self._pixels(batch, logits, classes)
+        empty = ~mask.reshape(batch, -1).any(1)
+        if empty.any():
+            j = int(empty.nonzero()[0])
+            where = "the mask" if self.mask is not None else f"the prediction (no pixel's argmax is {int(classes[j])})"
+            raise TargetError(
+                f"region: {where} selects no pixel of sample {j}; expected at least one pixel per sample "
+                "(pass mask= to choose the pixels)"
+            )
+        index = classes.reshape(batch, 1, 1, 1).expand(batch, 1, height, width)
+        picked = logits.gather(1, index)[:, 0]
+        return (picked * mask.to(picked.dtype)).reshape(batch, -1).sum(1)
+
+    def _classes(self, batch: int, logits: Tensor) -> Tensor:
+        """One class index per sample, checked against the output's classes."""
+        n_classes = logits.shape[1]
+        cls = self.cls
+        if isinstance(cls, bool) or isinstance(cls, str):
+            raise TargetError(f"region needs a class index (an int, or one per sample); got {cls!r}")
+        try:
+            ids = torch.as_tensor(cls, device=logits.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TargetError(f"region needs a class index (an int, or one per sample); got {cls!r}") from err
+        if (
+            ids.is_floating_point()
+            or ids.dtype == torch.bool
+            or ids.dim() > 1
+            or (ids.dim() == 1 and len(ids) != batch)
+        ):
+            raise TargetError(f"region needs one int class index, or one per sample ({batch}); got {cls!r}")
+        ids = ids.to(torch.long).expand(batch)
+        bad = (ids < 0) | (ids >= n_classes)
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise TargetError(
+                f"region: class {int(ids[j])} (sample {j}) is out of range: the model has {n_classes} "
+                f"classes, so expected 0 <= cls < {n_classes}"
+            )
+        return ids
+
+    def _pixels(self, batch: int, logits: Tensor, classes: Tensor) -> Tensor:
+        """The region as a (batch, H, W) bool tensor: the mask, or the pixels predicted as the class."""
+        if self.mask is None:
+            return logits.detach().argmax(dim=1) == classes.reshape(batch, 1, 1)
+        size = tuple(logits.shape[2:])
+        mask = torch.as_tensor(self.mask, device=logits.device)
+        if mask.dim() == 2:
+            mask = mask.expand(batch, *mask.shape)
+        if mask.dim() != 3 or tuple(mask.shape) != (batch, *size):
+            raise TargetError(
+                f"region: the mask is shaped {tuple(torch.as_tensor(self.mask).shape)}; expected (height, width) "
+                f"= {size} or (batch, height, width) = {(batch, *size)}, the size of the model's output"
+            )
+        if mask.dtype != torch.bool:
+            if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
+                raise TargetError("region: the mask must be bool or hold only 0 and 1")
+            mask = mask != 0
+        return mask
+
+    def rows(self, lo: int, hi: int, total: int) -> Region:
+        """The target of samples ``lo:hi`` of a batch of ``total`` (per-sample classes and masks split)."""
+        cls = self.cls
+        if isinstance(cls, Tensor) and cls.dim() == 1 or isinstance(cls, (list, tuple)):
+            if len(cls) != total:
+                raise TargetError(
+                    f"region got {len(cls)} classes but the batch has {total} samples; expected one class, "
+                    "or one per sample"
+                )
+            cls = cls[lo:hi]
+        mask = self.mask
+        if mask is not None:
+            shape = tuple(torch.as_tensor(mask).shape)
+            if len(shape) == 3:
+                if shape[0] != total:
+                    raise TargetError(
+                        f"region: the mask is shaped {shape} but the batch has {total} samples; expected "
+                        "(height, width) or (batch, height, width)"
+                    )
+                mask = mask[lo:hi]
+        return Region(cls, mask)
+
+    def __repr__(self) -> str:
+        mask = "None" if self.mask is None else f"<{tuple(torch.as_tensor(self.mask).shape)}>"
+        return f"region({self.cls!r}, mask={mask})"
+
+
+def _segmentation_logits(out: Any) -> Tensor:
+    """The logits of a segmentation model: the output, its ``out`` (torchvision) or ``logits`` entry."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        for key in ("out", "logits"):
+            if key in out:
+                return out[key]
+        first = next(iter(out.values()), None)
+        if isinstance(first, Tensor):
+            return first
+    elif hasattr(out, "logits"):
+        return out.logits
+    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TargetError(
+        f"region cannot find segmentation logits in the model output {type(out).__name__}; expected a "
+        "tensor, a dict with 'out' (torchvision) or 'logits', or a tuple whose first element is a tensor"
+    )
+
+
+def region(cls: int | Sequence[int] | Tensor, mask: Any = None) -> Region:
+    """A target for segmentation models: class ``cls`` over a region of pixels.
+
+    ``graph.explain(x, relprop.targets.region(cls, mask))`` explains the sum over the
+    region's pixels of the class-``cls`` logit: the start relevance is the ``cls`` channel
+    of the output restricted to the region (torchvision's ``fcn_*``, ``deeplabv3_*`` and
+    ``lraspp_*`` return a dict: its ``"out"`` is explained).
+
+    - ``cls``: one class for all samples, or one per sample (sequence or 1-D tensor).
+    - ``mask``: the pixels, a bool or 0/1 tensor shaped (H, W) (the same for every
+      sample) or (batch, H, W), the size of the output; None (default): each sample's
+      pixels predicted as ``cls`` (argmax over the classes).
+
+    With a contrastive rule set (absLRP) the negative pass starts from all the other
+    classes over the same pixels.  A wrong mask shape, a class out of range, an output
+    that is not (batch, classes, H, W) or an empty region raise :class:`relprop.TargetError`.
+    """
+    return Region(cls, mask)
+
+
 def split_target(target: Any, lo: int, hi: int, total: int) -> Any:
     """The part of ``target`` that belongs to samples ``lo:hi`` of ``total`` (for chunked explains).
 
-    Class indices, float target tensors and :class:`NextToken` are split per sample; a
+    Class indices, float target tensors, :class:`NextToken` and :class:`Region` are split per sample; a
     single class, None and strings stay as they are; other callables cannot be split
     and raise :class:`~relprop.TargetError`.
     """
@@ -354,13 +529,14 @@ def split_target(target: Any, lo: int, hi: int, total: int) -> Any:
                 f"sample ({total}); got shape {tuple(target.shape)}"
             )
         return target[lo:hi]
-    if isinstance(target, NextToken):
+    if isinstance(target, (NextToken, Region)):
         return target.rows(lo, hi, total)
     if callable(target):
         raise TargetError(
             "a callable target cannot be split into chunks with batch_size: it sees one chunk's "
             "output at a time and may select scores per sample of the whole batch. Use "
-            "relprop.targets.next_token(...), class indices or a float target tensor, or call "
+            "relprop.targets.next_token(...), relprop.targets.region(...), class indices or a float "
+            "target tensor, or call "
             "explain per chunk yourself."
         )
     if isinstance(target, Sequence) or (hasattr(target, "__len__") and hasattr(target, "__getitem__")):
