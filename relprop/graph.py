@@ -101,9 +101,11 @@ class Graph:
         hidden dimension, shaped (batch, tokens), exactly 0 where a given
         ``attention_mask`` is 0; position and token-type embeddings are reported
         separately, in :meth:`explanation`'s ``embeddings`` (see :class:`Explanation`).
-        For a decoder language model pass ``use_cache=False`` (in the config or the
-        inputs) and a target that selects one logit, e.g.
-        ``relprop.targets.next_token(token_id)``.
+        For a decoder language model pass a target that selects one logit, e.g.
+        ``relprop.targets.next_token(token_id)``; a model whose forward takes
+        ``use_cache`` (Hugging Face causal LMs) is traced with ``use_cache=False``
+        without changing the model or its config (an explicit ``use_cache=True`` too,
+        with a warning: the key/value cache is not an output relprop explains).
 
         ``batch_size``: explain at most this many samples at a time and concatenate
         (the result is the same; memory is bounded by the chunk).  Every tensor input

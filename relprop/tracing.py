@@ -9,6 +9,7 @@ as dynamic where the model allows it, so one trace serves every batch size.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import warnings
 import weakref
@@ -261,22 +262,65 @@ def export_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
     The batch dimension (dim 0 of every tensor input) is exported as dynamic where
     the model allows; a model that specializes it gets a graph for that batch
     size only.  A batch of one is traced as a batch of two (by repetition) so that
-    the graph stays dynamic.
+    the graph stays dynamic.  A model whose forward takes ``use_cache`` (Hugging Face
+    causal LMs) is traced with ``use_cache=False`` (see :func:`_without_cache`).
     """
-    ex_args, ex_kwargs = args, kwargs
+    traced_args, traced_kwargs, added = _without_cache(model, args, kwargs)
+    ex_args, ex_kwargs = traced_args, traced_kwargs
     batch = _batch_size(args, kwargs)
     if batch == 1:
-        ex_args, ex_kwargs = pytree.tree_map(_repeat2, (args, kwargs))
+        ex_args, ex_kwargs = pytree.tree_map(_repeat2, (traced_args, traced_kwargs))
     try:
-        program = _program_from(_export(model, ex_args, ex_kwargs, dynamic=True), args, kwargs)
+        program = _program_from(_export(model, ex_args, ex_kwargs, dynamic=True), args, kwargs, added)
         if program.static_batch is not None and batch == 1:
             raise TraceError("the model fixed the batch size of the repeated input")
     except Exception:  # noqa: BLE001 - fall back to a static trace of the real batch
         try:
-            program = _program_from(_export(model, args, kwargs, dynamic=False), args, kwargs)
+            program = _program_from(_export(model, traced_args, traced_kwargs, dynamic=False), args, kwargs, added)
         except Exception as err:  # noqa: BLE001
-            _raise_trace_error(model, args, kwargs, err)
+            _raise_trace_error(model, traced_args, traced_kwargs, err)
     return program
+
+
+#: the forward argument that makes Hugging Face models return a key/value cache
+_CACHE_ARG = "use_cache"
+
+
+def _without_cache(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict, bool]:
+    """The arguments to trace with, and whether ``use_cache=False`` was added to them.
+
+    A Hugging Face causal LM returns its key/value cache (a ``DynamicCache`` object,
+    which torch.export cannot capture) unless it is called with ``use_cache=False``.
+    Where the model's forward takes a ``use_cache`` argument, relprop passes
+    ``use_cache=False`` to its own trace only: the model, its config and the user's
+    inputs are left as they are, and the explained outputs (the logits) are the same.
+    An added argument is removed from the :class:`Program` again (:func:`_drop_kwarg`),
+    so the trace is fed the user's inputs.  A ``use_cache=True`` the user passed is
+    traced as ``False`` too, with a warning (the cache is not part of the output).
+    """
+    forward = getattr(model, "forward", None)
+    try:
+        signature = inspect.signature(forward)  # type: ignore[arg-type]
+        if _CACHE_ARG not in signature.parameters:
+            return args, kwargs, False
+        given = signature.bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):  # no signature, or inputs the forward does not take
+        return args, kwargs, False
+    if _CACHE_ARG not in given:
+        return args, {**kwargs, _CACHE_ARG: False}, True
+    if given[_CACHE_ARG] is False:
+        return args, kwargs, False
+    if given[_CACHE_ARG]:
+        warnings.warn(
+            "relprop traces the model with use_cache=False: a key/value cache is not an output "
+            "relprop can explain (the logits are the same); the output a target sees has no "
+            "past_key_values.",
+            stacklevel=_user_stacklevel(),
+        )
+    if _CACHE_ARG in kwargs:  # True, or None (the config's default)
+        return args, {**kwargs, _CACHE_ARG: False}, False
+    at = list(signature.parameters).index(_CACHE_ARG)  # passed positionally
+    return (*args[:at], False, *args[at + 1 :]), kwargs, False
 
 
 def _repeat2(x: Any) -> Any:
@@ -295,7 +339,7 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
 def _raise_trace_error(model: nn.Module, args: tuple, kwargs: dict, err: Exception) -> None:
     try:
         with torch.no_grad():
-            model(*args, **kwargs)
+            out = model(*args, **kwargs)
     except Exception as eager:  # noqa: BLE001
         shapes = [
             f"{tuple(x.shape)} {x.dtype}" for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)
@@ -305,15 +349,37 @@ def _raise_trace_error(model: nn.Module, args: tuple, kwargs: dict, err: Excepti
             f"{type(eager).__name__}: {_first_line(eager)}. Expected an input the model's own "
             "forward accepts."
         ) from None
+    odd = _non_tensor_outputs(out)
+    if odd:
+        raise TraceError(
+            f"torch.export could not capture {type(model).__name__}: its output holds "
+            f"{', '.join(odd)}, which relprop cannot take apart into tensors.\n"
+            "relprop explains models whose forward returns tensors, or tuples, lists, dicts or "
+            "Hugging Face ModelOutputs of tensors: return the tensors the target needs instead "
+            "of other objects. The full export error is chained below."
+        ) from err
     raise TraceError(
         f"torch.export could not capture {type(model).__name__}: {type(err).__name__}: "
         f"{_first_line(err)}\n"
         "relprop needs a model that torch.export.export(model, args, strict=False) can capture. "
         "Things to try: remove data-dependent Python control flow from forward (or use "
-        "torch.cond), return tensors (or tuples/dicts of tensors) instead of other objects, "
-        "and for Hugging Face models pass use_cache=False. The full export error is chained "
-        "below."
+        "torch.cond), and return tensors (or tuples/dicts of tensors) instead of other objects. "
+        "The full export error is chained below."
     ) from err
+
+
+def _non_tensor_outputs(out: Any, limit: int = 3) -> list[str]:
+    """Where an eager output holds objects other than tensors and plain values: "out[1] (Foo)"."""
+    try:
+        leaves = pytree.tree_flatten_with_path(out)[0]
+    except Exception:  # noqa: BLE001 - an output pytree cannot even walk
+        return [f"out ({type(out).__name__})"]
+    odd = [
+        f"out{pytree.keystr(path)} ({type(x).__name__})"
+        for path, x in leaves
+        if not isinstance(x, (torch.Tensor, int, float, bool, str, type(None)))
+    ]
+    return odd[:limit] + ([f"{len(odd) - limit} more"] if len(odd) > limit else [])
 
 
 def _first_line(err: Exception, limit: int = 400) -> str:
@@ -322,7 +388,12 @@ def _first_line(err: Exception, limit: int = 400) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def _program_from(ep: Any, args: tuple, kwargs: dict) -> Program:
+def _program_from(ep: Any, args: tuple, kwargs: dict, added: bool = False) -> Program:
+    """The :class:`Program` of an export of ``model(*args, **kwargs)``.
+
+    ``added``: the export was called with ``use_cache=False`` added to ``kwargs``
+    (:func:`_without_cache`); that input is removed again (:func:`_drop_kwarg`).
+    """
     sig = ep.graph_signature
     state: dict[str, tuple[str, Any]] = {}
     user_inputs: list[str] = []
@@ -340,6 +411,9 @@ def _program_from(ep: Any, args: tuple, kwargs: dict) -> Program:
         else:  # TOKEN and future kinds
             raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
     graph = ep.graph_module.graph
+    in_spec = ep.call_spec.in_spec
+    if added:
+        in_spec = _drop_kwarg(graph, in_spec, user_inputs, state, _CACHE_ARG)
     symbols: set = set()
     static_batch = None
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
@@ -355,7 +429,7 @@ def _program_from(ep: Any, args: tuple, kwargs: dict) -> Program:
         static_batch = None
     return Program(
         graph=graph,
-        in_spec=ep.call_spec.in_spec,
+        in_spec=in_spec,
         out_spec=ep.call_spec.out_spec,
         state=state,
         user_inputs=user_inputs,
@@ -363,3 +437,23 @@ def _program_from(ep: Any, args: tuple, kwargs: dict) -> Program:
         batch_symbols=symbols,
         static_batch=static_batch,
     )
+
+
+def _drop_kwarg(
+    graph: torch.fx.Graph, in_spec: pytree.TreeSpec, user_inputs: list[str], state: dict, key: str
+) -> pytree.TreeSpec:
+    """Remove the keyword input ``key`` that relprop added to its export call.
+
+    Its placeholder leaves ``user_inputs`` (so the flat inputs are the user's own) and
+    the graph (a constant argument has no users; one that had would be fed its traced
+    value as a constant); the returned ``in_spec`` is the export's without ``key``.
+    """
+    args, kwargs = pytree.tree_unflatten(list(range(in_spec.num_leaves)), in_spec)
+    index = kwargs.pop(key)
+    name = user_inputs.pop(index)
+    node = next(n for n in graph.nodes if n.op == "placeholder" and n.name == name)
+    if node.users:
+        state[name] = ("const", False)
+    else:
+        graph.erase_node(node)
+    return pytree.tree_flatten((args, kwargs))[1]

@@ -120,22 +120,19 @@ def _deberta() -> Case:
     return Case(model, False, "deberta.embeddings.word_embeddings")
 
 
-def _gpt2() -> Case:
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=VOCAB,
-        n_positions=32,
-        use_cache=False,
-        bos_token_id=0,
-        eos_token_id=0,
+def _gpt2_config(**extra: Any) -> Any:
+    return transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0, **extra
     )
+
+
+def _gpt2() -> Case:
+    config = _gpt2_config(use_cache=False)
     return Case(transformers.GPT2LMHeadModel(config), True, "transformer.wte", ("transformer.wpe",))
 
 
-def _llama() -> Case:
-    config = transformers.LlamaConfig(
+def _llama_config(**extra: Any) -> Any:
+    return transformers.LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -143,11 +140,15 @@ def _llama() -> Case:
         num_key_value_heads=2,
         vocab_size=VOCAB,
         max_position_embeddings=32,
-        use_cache=False,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        **extra,
     )
+
+
+def _llama() -> Case:
+    config = _llama_config(use_cache=False)
     return Case(transformers.LlamaForCausalLM(config), True, "model.embed_tokens")
 
 
@@ -355,6 +356,108 @@ def test_decoder_right_padding(name: str) -> None:
     # the second sample's target is at its last real position, as if its padding were cut off
     alone = graph.explain({k: v[1:, : TOKENS - PAD] for k, v in inputs.items()}, relprop.targets.next_token(TOKEN))
     torch.testing.assert_close(expl.relevance[1, : TOKENS - PAD], alone[0], rtol=1e-6, atol=1e-12)
+
+
+# -- causal LMs as Hugging Face builds them: use_cache on ------------------------------------
+
+CONFIGS: dict[str, Callable[..., Any]] = {"gpt2": _gpt2_config, "llama": _llama_config}
+
+
+def _default_lm(name: str) -> nn.Module:
+    """A causal LM from ``AutoModelForCausalLM.from_config``, its config's use_cache left on."""
+    torch.manual_seed(0)
+    config = CONFIGS[name]()
+    assert config.use_cache is True
+    return transformers.AutoModelForCausalLM.from_config(config).double().eval()
+
+
+@pytest.mark.parametrize("rule_set", ["abslrp", "attnlrp"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_causal_lm_with_the_cache_on_is_explained_unmodified(name: str, rule_set: str) -> None:
+    """No use_cache=False needed: the same relevance as with it, the model left as it was."""
+    model = _default_lm(name)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    torch.manual_seed(1)
+    inputs = _inputs(True)
+    target = relprop.targets.next_token(TOKEN)
+    expl = relprop.trace(model, rules=RULE_SETS[rule_set]()).explanation(inputs, target)
+    off = relprop.trace(model, rules=RULE_SETS[rule_set]()).explain({**inputs, "use_cache": False}, target)
+    assert torch.equal(expl.relevance, off)
+    assert expl.relevance.shape == (2, TOKENS) and (expl.relevance.abs().sum(1) > 0).all()
+    # the shared trace is fed the user's inputs only: no use_cache placeholder
+    program = relprop.tracing.trace_program(model, (), inputs)
+    assert program.input_labels == ["input_ids", "attention_mask"] and len(program.user_inputs) == 2
+    assert not [n for n in program.graph.nodes if n.op == "placeholder" and "cache" in n.name]
+    assert expl.output.past_key_values is None and expl.output.logits.shape == (2, TOKENS, VOCAB)
+    # a single sample (traced as a repeated batch of two) and a batch of another size
+    one = relprop.trace(model, rules=RULE_SETS[rule_set]()).explain(_alone(inputs, 0), target)
+    torch.testing.assert_close(one[0], off[0], rtol=1e-6, atol=1e-12)
+    # unmodified: config (use_cache still on), parameters and buffers, eval flag
+    assert model.config.use_cache is True and model.config.to_dict() == config
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    assert not model.training
+    with torch.no_grad():
+        assert model(**inputs).past_key_values is not None  # the model still caches when called
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_causal_lm_given_use_cache_true_is_traced_without_the_cache(name: str) -> None:
+    """An explicit use_cache=True: traced as False, with a warning; the same relevance."""
+    model = _default_lm(name)
+    torch.manual_seed(1)
+    inputs = _inputs(True)
+    target = relprop.targets.next_token(TOKEN)
+    off = relprop.trace(model).explain({**inputs, "use_cache": False}, target)
+    with pytest.warns(UserWarning, match="use_cache=False"):
+        on = relprop.trace(model).explain({**inputs, "use_cache": True}, target)
+    assert torch.equal(on, off)
+    assert model.config.use_cache is True
+
+
+class _Box:
+    def __init__(self, value: Tensor) -> None:
+        self.value = value
+
+
+class _ReturnsAnObject(nn.Module):
+    """Takes use_cache like a Hugging Face model, yet returns another object either way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor, use_cache: bool = True) -> dict[str, Any]:
+        y = self.lin(x)
+        return {"logits": y, "state": _Box(y)}
+
+
+class _CachingWrapper(nn.Module):
+    """Calls a causal LM with use_cache=True itself: the cache is part of its output."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: Tensor) -> Any:
+        return self.lm(input_ids=input_ids, use_cache=True)
+
+
+def test_other_non_tensor_outputs_still_raise_a_trace_error() -> None:
+    with pytest.raises(relprop.TraceError) as info:
+        relprop.trace(_ReturnsAnObject().eval()).explain(torch.randn(2, 3), lambda out: out["logits"][:, 0])
+    message = str(info.value)
+    assert "torch.export could not capture _ReturnsAnObject" in message
+    assert "out['state'] (_Box)" in message and "return the tensors" in message
+    assert "use_cache" not in message
+
+    wrapper = _CachingWrapper(_default_lm("gpt2")).eval()
+    with pytest.raises(relprop.TraceError) as info:
+        relprop.trace(wrapper).explain(_inputs(True)["input_ids"], relprop.targets.next_token(TOKEN))
+    message = str(info.value)
+    assert "torch.export could not capture _CachingWrapper" in message
+    assert "out['past_key_values'] (DynamicCache)" in message
 
 
 # -- bad input -----------------------------------------------------------------------------
