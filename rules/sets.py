@@ -228,7 +228,7 @@ class LRP(RuleSet):
         self._sum = EpsilonRule(epsilon)
         self._bilinear = BilinearRule(epsilon)
         self._attention = AttentionValueRule(epsilon)
-        self._taylor = TaylorRule(max(epsilon, 1e-9))
+        self._taylor = TaylorRule(epsilon if epsilon > 0 else 1e-12)
         self._pass = Pass()
         self._numerator = Pass(inputs=(0,))
 
