@@ -180,7 +180,6 @@ LINEAR = _names(
     "trace",
     "scatter_add",
     "index_add",
-    "index_reduce",
     "upsample_linear1d",
     "upsample_bilinear2d",
     "upsample_bicubic2d",
@@ -197,6 +196,18 @@ LINEAR = _names(
     "addcdiv",
     "diff",
 )
+#: scatters and index ops that reduce: their category follows the ``reduce`` argument
+#: (``_REDUCTIONS``); ``scatter`` with no ``reduce`` moves data
+REDUCING = _names("scatter_reduce", "index_reduce", "scatter")
+_REDUCTIONS = {
+    "sum": Category.LINEAR,
+    "add": Category.LINEAR,
+    "mean": Category.LINEAR,
+    "amax": Category.SELECTION,
+    "amin": Category.SELECTION,
+    "prod": Category.GENERIC,
+    "multiply": Category.GENERIC,
+}
 #: products: of two relevant tensors ``matmul`` (uniform rule), else linear in the one
 PRODUCT = _names("dot", "vdot", "mv", "outer", "ger", "inner", "kron", "cross", "linalg_cross", "tensordot")
 #: keep some entries chosen by value and drop the rest
@@ -310,9 +321,18 @@ def weighted_args(target: Any) -> tuple[int, int, int]:
 def is_statistic(node: Any) -> bool:
     """Whether a node computes a normalization statistic (its output carries no relevance).
 
-    Roots, reciprocals and variances always; ``pow`` when its exponent is a plain
-    number that is negative or not an integer (``x ** -0.5``, ``x ** 0.5``).
+    Roots, reciprocals and variances; ``pow`` when its exponent is a plain number that is
+    negative or not an integer (``x ** -0.5``, ``x ** 0.5``) — where they normalize: where
+    their value (through ops whose only graph input it is, such as ``+ eps``, a root or a
+    view) goes into elementwise ops only, as in ``x * rsqrt(var + eps)``.  One whose value
+    reaches the model's output or an op that is not elementwise (a model returning a
+    variance or ``sqrt(x)``, statistics pooling ``cat([mean, std])`` into a linear layer)
+    normalizes nothing: it computes like any other op.
     """
+    return _statistic_op(node) and not _computes(node)
+
+
+def _statistic_op(node: Any) -> bool:
     name = op_name(node.target)
     if name in STATISTIC:
         return True
@@ -321,6 +341,31 @@ def is_statistic(node: Any) -> bool:
         if isinstance(e, (int, float)) and not isinstance(e, bool):
             return e < 0 or float(e) != int(e)
     return False
+
+
+def _computes(node: Any) -> bool:
+    """Whether ``node``'s value reaches the graph's output, or an op that is not elementwise,
+    through ops whose only graph input it is (comparisons and masks do not use the value)."""
+    for user in getattr(node, "users", ()):
+        if user.op == "output":
+            return True
+        if user.op != "call_function" or not _floating_value(user.meta.get("val")):
+            continue
+        if set(user.all_input_nodes) == {node}:
+            if _computes(user):
+                return True
+        elif torch.Tag.pointwise not in getattr(user.target, "tags", ()):
+            return True
+    return False
+
+
+def _floating_value(val: Any) -> bool:
+    """Whether a node's value holds a floating tensor (True where unknown)."""
+    if val is None:
+        return True
+    if isinstance(val, (tuple, list)):
+        return any(_floating_value(v) for v in val if v is not None)
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
 def op_name(target: Any) -> str:
@@ -387,16 +432,14 @@ _UNKNOWN: Any = object()
 def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
     """The category of an op in this module's tables, else ``_UNKNOWN``."""
     n_live = sum(live)
+    if name in REDUCING and _reduce(node) is not None:
+        return _REDUCTIONS.get(_reduce(node), Category.GENERIC)
     if name in MOVE:
         return Category.LINEAR if name == "aten.index_put" and _accumulates(node) else Category.MOVE
     if name in SELECT:
         return Category.SPLIT if split else Category.POOL_SELECT
     if name in WEIGHTED:
-        position = weighted_args(node.target)[0]
-        slot = _slot_of(node, position)
-        if n_live == 1 and slot is not None and live[slot]:
-            return Category.CONV if name in CONV else Category.DENSE
-        return None  # relevance through the weights: no rule set covers it
+        return _weighted_category(node, name, live)
     if name in MATMUL or name in PRODUCT:
         if n_live > 1:
             return Category.MATMUL
@@ -409,6 +452,8 @@ def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
         return _product_category(node, name, live)
     if name in ACTIVATION:
         return Category.ACTIVATION if n_live == 1 else Category.POINTWISE
+    if name in EMBEDDING and live and live[0]:
+        return Category.MOVE  # rows gathered from a live table (not a lookup of token ids)
     for category, names in (
         (Category.NORM, NORM),
         (Category.SOFTMAX, SOFTMAX),
@@ -424,6 +469,20 @@ def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
         if name in names:
             return category
     return _UNKNOWN
+
+
+def _weighted_category(node: Any, name: str, live: list[bool]) -> Category | None:
+    """A weighted op: a layer where its input alone is live; ``linear`` where its bias alone
+    is (a sum of the bias and a constant, as ``addmm(x, A, B)``); else None (relevance would
+    flow into its weights: no rule set covers it)."""
+    if sum(live) != 1:
+        return None
+    position, _, bias = weighted_args(node.target)
+    slot = _slot_of(node, position)
+    if slot is not None and live[slot]:
+        return Category.CONV if name in CONV else Category.DENSE
+    slot = _slot_of(node, bias)
+    return Category.LINEAR if slot is not None and live[slot] else None
 
 
 def _product_category(node: Any, name: str, live: list[bool]) -> Category:
@@ -478,6 +537,12 @@ def _is_view(target: Any) -> bool:
     returns = getattr(getattr(target, "_schema", None), "returns", ())
     info = returns[0].alias_info if returns else None
     return info is not None and not info.is_write
+
+
+def _reduce(node: Any) -> str | None:
+    """The ``reduce`` argument of a scatter or index reduction (None: it has none)."""
+    value = node.args[4] if len(node.args) > 4 else node.kwargs.get("reduce")
+    return value if isinstance(value, str) else None
 
 
 def _accumulates(node: Any) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from .base import Context, Relevance, Rule, stabilize, vjp
@@ -32,32 +33,84 @@ def directional_derivative(fn: Callable[..., Any], primals: Sequence[Tensor]) ->
     """Σ_j J_j x_j: the derivative of ``fn`` at ``primals`` in the direction of ``primals``.
 
     One forward-mode pass; where an op has no forward-mode formula, the same number by
-    differentiating a vector-Jacobian product (double backward).  One entry per output
-    (None for outputs that are not floating tensors).
+    differentiating a vector-Jacobian product (double backward), and where it has no second
+    derivative either, from one vector-Jacobian product per output entry.  One entry per
+    output (None for outputs that are not floating tensors).  A floating output left without
+    a tangent counts as no formula (``scatter_reduce(..., "prod")`` has none and says
+    nothing; ``torch.func.jvp`` would read it as a zero derivative).
     """
     xs = tuple(p.detach() for p in primals)
     try:
-        _, tangents = torch.func.jvp(fn, xs, xs)
+        with fwAD.dual_level():
+            outs = _as_list(fn(*(fwAD.make_dual(x, x) for x in xs)))
+            tangents = [fwAD.unpack_dual(o).tangent if _floating(o) else None for o in outs]
     except (RuntimeError, NotImplementedError):
         return _by_double_backward(fn, xs)
-    return [t if _floating(t) else None for t in _as_list(tangents)]
+    if any(_floating(o) and t is None for o, t in zip(outs, tangents)):
+        return _by_double_backward(fn, xs)
+    return tangents
 
 
 def _by_double_backward(fn: Callable[..., Any], xs: tuple[Tensor, ...]) -> list[Tensor | None]:
+    """Σ_j J_j x_j by differentiating a vector-Jacobian product; zero for a floating output
+    that does not depend on the inputs."""
     with torch.enable_grad():
         leaves = [x.clone().requires_grad_(True) for x in xs]
         outs = _as_list(fn(*leaves))
+        result: list[Tensor | None] = [torch.zeros_like(o) if _floating(o) else None for o in outs]
         floats = [i for i, o in enumerate(outs) if _floating(o) and o.requires_grad]
+        if not floats:
+            return result
         vs = [torch.zeros_like(outs[i], requires_grad=True) for i in floats]
-        grads = torch.autograd.grad([outs[i] for i in floats], leaves, vs, create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            [outs[i] for i in floats], leaves, vs, create_graph=True, retain_graph=True, allow_unused=True
+        )
         total = sum(((g * x).sum() for g, x in zip(grads, xs) if g is not None), torch.zeros(()))
         if not total.requires_grad:  # the op is constant in its inputs
-            return [torch.zeros_like(o) if i in floats else None for i, o in enumerate(outs)]
-        jx = torch.autograd.grad(total, vs, allow_unused=True)
-    result: list[Tensor | None] = [None] * len(outs)
+            return result
+        try:
+            jx = torch.autograd.grad(total, vs, allow_unused=True)
+        except (RuntimeError, NotImplementedError):  # no second derivative
+            return _by_entries(outs, leaves, result)
     for i, j in zip(floats, jx):
-        result[i] = torch.zeros_like(outs[i]) if j is None else j.detach()
+        if j is not None:
+            result[i] = j.detach()
     return result
+
+
+def _by_entries(outs: list[Any], leaves: list[Tensor], result: list[Tensor | None]) -> list[Tensor | None]:
+    """(J x)_j = ⟨Jᵀe_j, x⟩: one vector-Jacobian product per output entry, in blocks."""
+    xs = [x.detach() for x in leaves]
+    for i, o in enumerate(outs):
+        if not (_floating(o) and o.requires_grad):
+            continue
+        n, blocks = o.numel(), []
+        for start in range(0, n, _BLOCK):
+            rows = torch.arange(start, min(start + _BLOCK, n), device=o.device)
+            basis = torch.zeros(len(rows), n, dtype=o.dtype, device=o.device)
+            basis[torch.arange(len(rows)), rows] = 1
+            cots = basis.reshape(len(rows), *o.shape)
+            grads = _batched_vjp(o, leaves, cots)
+            block = o.new_zeros(len(rows))
+            for g, x in zip(grads, xs):
+                if g is not None:
+                    block += (g * x).reshape(len(rows), -1).sum(1)
+            blocks.append(block)
+        result[i] = torch.cat(blocks).reshape(o.shape).detach()
+    return result
+
+
+#: output entries per batched vector-Jacobian product in :func:`_by_entries`
+_BLOCK = 256
+
+
+def _batched_vjp(out: Tensor, leaves: list[Tensor], cots: Tensor) -> list[Tensor | None]:
+    """The vector-Jacobian products of ``out`` with each of ``cots`` (stacked along dim 0)."""
+    try:
+        return list(torch.autograd.grad(out, leaves, cots, retain_graph=True, allow_unused=True, is_grads_batched=True))
+    except RuntimeError:  # an op without a batching rule: one product at a time
+        rows = [torch.autograd.grad(out, leaves, c, retain_graph=True, allow_unused=True) for c in cots]
+        return [None if r[0] is None else torch.stack(list(r)) for r in zip(*rows)]
 
 
 def _as_list(x: Any) -> list[Any]:
