@@ -175,6 +175,8 @@ def is_split(node: fx.Node, equivalents: dict[fx.Node, list[fx.Node]]) -> bool:
         name = op_name(user.target)
         if name not in _SLICES or user.args[0] not in sources:
             continue  # a consumer of the whole tensor: it neither splits nor pools
+        if any(isinstance(a, fx.Node) for a in user.args[1:]):
+            return False  # bounds computed at run time (tensor_split by a tensor): not known to cover
         dim = user.args[1] if len(user.args) > 1 else 0
         dim = dim % val.dim()
         dims.add(dim)
@@ -209,7 +211,7 @@ def undoes_pad(node: fx.Node, limit: int = 256) -> bool:
         return False
     val = node.args[0].meta.get("val")
     step = node.args[4] if len(node.args) > 4 else 1
-    if not isinstance(val, torch.Tensor) or step != 1:
+    if not isinstance(val, torch.Tensor) or step != 1 or any(isinstance(a, fx.Node) for a in node.args[1:]):
         return False
     rank = val.dim()
     dim = (node.args[1] if len(node.args) > 1 else 0) % rank

@@ -411,6 +411,7 @@ def _program_from(ep: Any, args: tuple, kwargs: dict, added: bool = False) -> Pr
         else:  # TOKEN and future kinds
             raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
     graph = ep.graph_module.graph
+    _keep_user_outputs(graph, sig)
     in_spec = ep.call_spec.in_spec
     if added:
         in_spec = _drop_kwarg(graph, in_spec, user_inputs, state, _CACHE_ARG)
@@ -437,6 +438,22 @@ def _program_from(ep: Any, args: tuple, kwargs: dict, added: bool = False) -> Pr
         batch_symbols=symbols,
         static_batch=static_batch,
     )
+
+
+def _keep_user_outputs(graph: torch.fx.Graph, sig: Any) -> None:
+    """Drop the outputs that are in-place updates of buffers or inputs, not the model's own.
+
+    A forward that mutates a buffer (batch norm with ``training=True`` called functionally,
+    a step counter) is exported with the new values as extra outputs ahead of the user's;
+    relprop never writes them back (explaining leaves the model as it was).
+    """
+    kinds = [spec.kind.name for spec in sig.output_specs]
+    if all(kind == "USER_OUTPUT" for kind in kinds):
+        return
+    out = next(n for n in graph.nodes if n.op == "output")
+    values = out.args[0]
+    out.args = (type(values)(v for v, kind in zip(values, kinds) if kind == "USER_OUTPUT"),)
+    graph.eliminate_dead_code()
 
 
 def _drop_kwarg(

@@ -276,13 +276,18 @@ def vjp(fn: Callable[..., Any], primals: Sequence[Tensor], cotangent: Relevance)
                     results[i].append(_grad_or_zeros(g, leaves[i]))
             return [torch.stack(r) for r in results]
     return [
-        torch.zeros((passes, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
+        torch.zeros((passes, *x.shape), dtype=x.dtype, device=x.device) if _absent(g) else g
         for g, x in zip(grads, leaves)
     ]
 
 
+def _absent(g: Tensor | None) -> bool:
+    """No gradient, or autograd's immutable ZeroTensor (sgn, sign: zero derivative)."""
+    return g is None or g._is_zerotensor()
+
+
 def _grad_or_zeros(g: Tensor | None, x: Tensor) -> Tensor:
-    return torch.zeros_like(x) if g is None else g
+    return torch.zeros_like(x) if _absent(g) else g
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
