@@ -28,7 +28,9 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
         info = b.info
         module = f"{info.module_path} ({info.module_class})" if info.module_path else info.module_class
         op = full_op_name(n.target) if b.region is None else b.region.describe()
-        rows.append((n.name, op, module, str(info.category), repr(b.rule), b.source))
+        rows.append(
+            (n.name, op, module, str(info.category) if info.category is not None else "none", repr(b.rule), b.source)
+        )
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(len(rows[0]))]
     lines = [f"relprop graph, rule set {rules!r}; {len(rows) - 1} nodes on the relevance path"]
     for r in rows:
