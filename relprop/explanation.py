@@ -30,7 +30,7 @@ class Explanation:
     by a buffer or by positions computed from the ids), token-type embeddings —
     receive relevance too; they are not tokens, so they are not added to the token
     relevance.  ``embeddings`` holds the relevance of *every* lookup, keyed by the
-    module path of the embedding (``"bert.embeddings.position_embeddings"``),
+    module path of the embedding (e.g. ``"embeddings.position"``),
     shaped like the lookup's indices: (batch, tokens), or (1, tokens) summed over
     the batch where one index tensor is shared by the whole batch (position ids).
     With a conservative rule set, the output relevance is the sum over all entries

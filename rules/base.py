@@ -42,6 +42,7 @@ __all__ = [
     "stable_ratio",
     "epsilon_relevance",
     "sample_l1",
+    "as_list",
     "unit_l1",
     "owned",
     "mark_owned",
@@ -240,7 +241,8 @@ def owned(t: Any) -> bool:
     return isinstance(t, Tensor) and getattr(t, "_relprop_owned", False)
 
 
-def _as_list(x: Any) -> list[Any]:
+def as_list(x: Any) -> list[Any]:
+    """``x`` as a list: the entries of a tuple or list, else ``[x]`` (one output per entry)."""
     return list(x) if isinstance(x, (tuple, list)) else [x]
 
 
@@ -250,11 +252,11 @@ def vjp(fn: Callable[..., Any], primals: Sequence[Tensor], cotangent: Relevance)
     ``cotangent`` is (P, *out.shape) (or one such entry per output, None for
     outputs without one).  Returns, per primal, a tensor (P, *primal.shape).
     """
-    cots = _as_list(cotangent)
+    cots = as_list(cotangent)
     passes = next(c.shape[0] for c in cots if c is not None)
     with torch.enable_grad():
         leaves = [p.detach().requires_grad_(True) for p in primals]
-        outs = _as_list(fn(*leaves))
+        outs = as_list(fn(*leaves))
         pairs = [(o, c) for o, c in zip(outs, cots) if c is not None and isinstance(o, Tensor) and o.requires_grad]
         if not pairs:
             return [torch.zeros((passes, *p.shape), dtype=p.dtype, device=p.device) for p in primals]

@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from .base import Context, Relevance, Rule, stabilize, vjp
+from .base import Context, Relevance, Rule, as_list, stabilize, vjp
 from .local import local_call
 
 __all__ = ["TaylorRule", "directional_derivative"]
@@ -42,7 +42,7 @@ def directional_derivative(fn: Callable[..., Any], primals: Sequence[Tensor]) ->
     xs = tuple(p.detach() for p in primals)
     try:
         with fwAD.dual_level():
-            outs = _as_list(fn(*(fwAD.make_dual(x, x) for x in xs)))
+            outs = as_list(fn(*(fwAD.make_dual(x, x) for x in xs)))
             tangents = [fwAD.unpack_dual(o).tangent if _floating(o) else None for o in outs]
     except (RuntimeError, NotImplementedError):
         return _by_double_backward(fn, xs)
@@ -56,7 +56,7 @@ def _by_double_backward(fn: Callable[..., Any], xs: tuple[Tensor, ...]) -> list[
     that does not depend on the inputs."""
     with torch.enable_grad():
         leaves = [x.clone().requires_grad_(True) for x in xs]
-        outs = _as_list(fn(*leaves))
+        outs = as_list(fn(*leaves))
         result: list[Tensor | None] = [torch.zeros_like(o) if _floating(o) else None for o in outs]
         floats = [i for i, o in enumerate(outs) if _floating(o) and o.requires_grad]
         if not floats:
@@ -71,50 +71,34 @@ def _by_double_backward(fn: Callable[..., Any], xs: tuple[Tensor, ...]) -> list[
         try:
             jx = torch.autograd.grad(total, vs, allow_unused=True)
         except (RuntimeError, NotImplementedError):  # no second derivative
-            return _by_entries(outs, leaves, result)
+            return _by_entries(fn, xs, outs, result)
     for i, j in zip(floats, jx):
         if j is not None:
             result[i] = j.detach()
     return result
 
 
-def _by_entries(outs: list[Any], leaves: list[Tensor], result: list[Tensor | None]) -> list[Tensor | None]:
+def _by_entries(
+    fn: Callable[..., Any], xs: tuple[Tensor, ...], outs: list[Any], result: list[Tensor | None]
+) -> list[Tensor | None]:
     """(J x)_j = ⟨Jᵀe_j, x⟩: one vector-Jacobian product per output entry, in blocks."""
-    xs = [x.detach() for x in leaves]
     for i, o in enumerate(outs):
         if not (_floating(o) and o.requires_grad):
             continue
         n, blocks = o.numel(), []
         for start in range(0, n, _BLOCK):
-            rows = torch.arange(start, min(start + _BLOCK, n), device=o.device)
-            basis = torch.zeros(len(rows), n, dtype=o.dtype, device=o.device)
-            basis[torch.arange(len(rows)), rows] = 1
-            cots = basis.reshape(len(rows), *o.shape)
-            grads = _batched_vjp(o, leaves, cots)
-            block = o.new_zeros(len(rows))
-            for g, x in zip(grads, xs):
-                if g is not None:
-                    block += (g * x).reshape(len(rows), -1).sum(1)
-            blocks.append(block)
+            k = min(_BLOCK, n - start)
+            basis = torch.zeros(k, n, dtype=o.dtype, device=o.device)
+            basis[torch.arange(k), torch.arange(start, start + k)] = 1
+            cotangents = [basis.reshape(k, *o.shape) if j == i else None for j in range(len(outs))]
+            grads = vjp(fn, xs, cotangents)  # the k products batched like passes
+            blocks.append(sum((g * x).reshape(k, -1).sum(1) for g, x in zip(grads, xs)))
         result[i] = torch.cat(blocks).reshape(o.shape).detach()
     return result
 
 
 #: output entries per batched vector-Jacobian product in :func:`_by_entries`
 _BLOCK = 256
-
-
-def _batched_vjp(out: Tensor, leaves: list[Tensor], cots: Tensor) -> list[Tensor | None]:
-    """The vector-Jacobian products of ``out`` with each of ``cots`` (stacked along dim 0)."""
-    try:
-        return list(torch.autograd.grad(out, leaves, cots, retain_graph=True, allow_unused=True, is_grads_batched=True))
-    except RuntimeError:  # an op without a batching rule: one product at a time
-        rows = [torch.autograd.grad(out, leaves, c, retain_graph=True, allow_unused=True) for c in cots]
-        return [None if r[0] is None else torch.stack(list(r)) for r in zip(*rows)]
-
-
-def _as_list(x: Any) -> list[Any]:
-    return list(x) if isinstance(x, (tuple, list)) else [x]
 
 
 def _floating(t: Any) -> bool:
@@ -142,7 +126,7 @@ class TaylorRule(Rule):
             return local_call(ctx, dict(zip(live, v)))
 
         jx = directional_derivative(f, xs)
-        rs = _as_list(R)
+        rs = as_list(R)
         g = [None if r is None or d is None else r / stabilize(d, self.epsilon) for r, d in zip(rs, jx)]
         grads = vjp(f, xs, g if isinstance(R, (list, tuple)) else g[0])
         for i, x, r in zip(live, xs, grads):

@@ -362,7 +362,7 @@ def test_taylor_derivative_fallbacks_agree() -> None:
     double = taylor._by_double_backward(f, tuple(xs))
     with torch.enable_grad():
         leaves = [x.clone().requires_grad_(True) for x in xs]
-        entries = taylor._by_entries(list(f(*leaves)), leaves, [None, None])
+        entries = taylor._by_entries(f, tuple(xs), list(f(*leaves)), [None, None])
     for a, b, c in zip(forward, double, entries):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, c)
