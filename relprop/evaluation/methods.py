@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, RuleError
 from ..rules import registry
-from .metrics import Method, constant_method, random_method, relprop_method
+from .metrics import Method
 
 __all__ = [
     "BASELINES",
@@ -92,11 +92,15 @@ __all__ = [
     "RELPROP_RULE_SETS",
     "TokenGrid",
     "build_methods",
+    "ABSLRP_VARIANTS",
     "cam_method",
     "captum_method",
+    "constant_method",
     "find_cam_layer",
     "get_method",
     "lrp_method",
+    "random_method",
+    "relprop_method",
     "resolve_name",
 ]
 
@@ -379,17 +383,70 @@ def _captum_layer(layer: CamLayer) -> Iterator[nn.Module]:
 
 # ---------------------------------------------------------------- relprop
 
+#: absLRP as the authors apply it per architecture (``relprop_method(variant=...)``): their
+#: VGG rule set skips the division by |y| at max pooling, their ResNet rule set divides
+ABSLRP_VARIANTS = {"vgg": {"maxpool_divide": False}, "resnet": {"maxpool_divide": True}}
 
-def lrp_method(name: str) -> Method:
+
+def relprop_method(rules: Any = None, *, variant: str | None = None, **explain_kwargs: Any) -> Method:
+    """A method explaining with a relprop rule set; traces once per model.
+
+    ``rules=None``: absLRP, in the authors' ``variant`` for the architecture family
+    (``"vgg"``: ``AbsLRP(maxpool_divide=False)``, the variant of their VGG tables;
+    ``"resnet"`` or None: ``AbsLRP()``). The variant is an explicit choice, never
+    guessed from the model. ``explain_kwargs`` go to :meth:`relprop.Graph.explain`.
+    """
+    import relprop
+
+    if variant is not None and variant not in ABSLRP_VARIANTS:
+        raise InputError(f"unknown absLRP variant {variant!r}; expected one of {', '.join(ABSLRP_VARIANTS)}")
+    if variant is not None and rules is not None:
+        raise InputError("give either rules or an absLRP variant, not both")
+    if rules is None:
+        rules = relprop.rules.AbsLRP(**ABSLRP_VARIANTS.get(variant or "resnet", {}))
+    cache: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+
+    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        if model not in cache:
+            cache[model] = relprop.trace(model, rules=rules)
+        return cache[model].explain(x, target, **explain_kwargs)
+
+    return method
+
+
+def constant_method(value: float = 1.0) -> Method:
+    """Baseline: the same value everywhere."""
+
+    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        return torch.full_like(x, value)
+
+    return method
+
+
+def random_method(seed: int = 0) -> Method:
+    """Baseline: uniform noise in [0, 1) from a generator seeded at creation."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        return torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+    return method
+
+
+def lrp_method(name: str, *, variant: str | None = None) -> Method:
     """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1.
 
     The rule set is a fresh one from its :mod:`relprop.rules.registry` entry, explained
-    with the set's defaults (absLRP and cLRP contrastive, the others from the target logit).
+    with the set's defaults (absLRP and cLRP contrastive, the others from the target logit);
+    ``variant`` picks absLRP's per-architecture variant (:func:`relprop_method`).
     """
     name = resolve_name(name)
     if name not in RELPROP_METHODS:
         raise InputError(f"{name!r} is not a relprop rule set; those are: {', '.join(RELPROP_METHODS)}")
-    inner = relprop_method(registry.rule_set(name))
+    if variant is not None and name == "absLRP":
+        inner = relprop_method(variant=variant)
+    else:
+        inner = relprop_method(registry.rule_set(name))
 
     def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         with _preserved(model, freeze=False):
@@ -494,11 +551,13 @@ def cam_method(name: str, layer: nn.Module | CamLayer | None = None) -> Method:
 # ---------------------------------------------------------------- all methods
 
 
-def get_method(name: str, *, seed: int = 0) -> Method:
-    """One method by name (any of :data:`METHOD_NAMES`), without checking that it suits a model."""
+def get_method(name: str, *, seed: int = 0, abslrp_variant: str | None = None) -> Method:
+    """One method by name (any of :data:`METHOD_NAMES`), without checking that it suits a model.
+
+    ``abslrp_variant``: absLRP's per-architecture variant (:func:`relprop_method`)."""
     name = resolve_name(name)
     if name in RELPROP_METHODS:
-        return lrp_method(name)
+        return lrp_method(name, variant=abslrp_variant)
     if name in CAPTUM_METHODS:
         return captum_method(name, seed=seed)
     if name in CAM_METHODS:
@@ -524,7 +583,7 @@ def _unavailable(name: str, model: nn.Module) -> str | None:
 
 
 def build_methods(
-    model: nn.Module, names: Sequence[str] | None = None, *, seed: int = 0
+    model: nn.Module, names: Sequence[str] | None = None, *, seed: int = 0, abslrp_variant: str | None = None
 ) -> tuple[dict[str, Method], dict[str, str]]:
     """Methods usable on ``model``: (methods by name in :data:`METHOD_NAMES` order, skipped {name: reason}).
 
@@ -532,7 +591,8 @@ def build_methods(
     installed, no conv layer for CAM methods) are skipped with the reason. ``names``
     given: an unknown name or a method that cannot run raises InputError naming the
     method, the reason and what to install / the valid names. Names are matched as
-    in :func:`resolve_name`. ``seed`` seeds SmoothGrad's noise and the random baseline.
+    in :func:`resolve_name`. ``seed`` seeds SmoothGrad's noise and the random baseline;
+    ``abslrp_variant`` (``"vgg"`` or ``"resnet"``) picks absLRP's variant (:func:`relprop_method`).
     """
     if isinstance(names, str):
         names = [names]
@@ -548,5 +608,5 @@ def build_methods(
                 raise InputError(f"method {name!r} cannot run on this model: {why}")
             skipped[name] = why
             continue
-        methods[name] = get_method(name, seed=seed)
+        methods[name] = get_method(name, seed=seed, abslrp_variant=abslrp_variant)
     return methods, skipped

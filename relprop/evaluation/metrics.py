@@ -24,7 +24,6 @@ Readings of points that section 3.2 leaves open (documented choices):
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -42,7 +41,6 @@ __all__ = [
     "Perturbation",
     "Table",
     "WilcoxonResult",
-    "constant_method",
     "contrastiveness",
     "local_consistency",
     "lc_faithfulness",
@@ -52,8 +50,6 @@ __all__ = [
     "output_differences",
     "attribution_differences",
     "perturb",
-    "random_method",
-    "relprop_method",
     "sample_positive",
     "saliency_difference",
     "score_map",
@@ -259,38 +255,16 @@ def contrastiveness(a_mosaic: Tensor, s: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- methods
 
-
-def relprop_method(rules: Any = None, **explain_kwargs: Any) -> Method:
-    """A method explaining with a relprop rule set (default absLRP); traces once per model."""
-    import relprop
-
-    cache: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
-
-    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-        if model not in cache:
-            cache[model] = relprop.trace(model, rules=rules if rules is not None else relprop.rules.AbsLRP())
-        return cache[model].explain(x, target, **explain_kwargs)
-
-    return method
+_METHOD_FACTORIES = ("relprop_method", "constant_method", "random_method")
 
 
-def constant_method(value: float = 1.0) -> Method:
-    """Baseline: the same value everywhere."""
+def __getattr__(name: str) -> Any:
+    """The method factories live in :mod:`relprop.evaluation.methods`; these names stay importable here."""
+    if name in _METHOD_FACTORIES:
+        from . import methods
 
-    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-        return torch.full_like(x, value)
-
-    return method
-
-
-def random_method(seed: int = 0) -> Method:
-    """Baseline: uniform noise in [0, 1) from a generator seeded at creation."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-        return torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-
-    return method
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- evaluation

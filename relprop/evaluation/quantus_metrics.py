@@ -5,7 +5,7 @@ attribution method with Quantus (``pip install 'relprop[quantus]'``, quantus
 0.6.0).  This module exposes any relprop :data:`~relprop.metrics.Method` as a
 Quantus ``explain_func`` and runs the three metrics over a data set::
 
-    from relprop.evaluation.metrics import relprop_method, random_method
+    from relprop.evaluation.methods import relprop_method, random_method
     from relprop.evaluation.quantus_metrics import evaluate_quantus
     res = evaluate_quantus(model, {"absLRP": relprop_method(), "random": random_method()}, test_set)
     print(res.table())
@@ -117,7 +117,7 @@ def _quantus() -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _default_method() -> Method:
-    from .metrics import relprop_method
+    from .methods import relprop_method
 
     return relprop_method()
 
