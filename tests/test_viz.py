@@ -41,8 +41,8 @@ def test_positive_is_red_dominant_and_negative_blue_dominant() -> None:
 
 def test_colour_limits_are_symmetric() -> None:
     r = _signed_map()
-    r[3, 4] = -0.25  # the limit stays max|R| = 1, so -0.25 is a pale blue
-    img = viz.heatmap(r)
+    r[3, 4] = -0.25  # with clip=None the limit stays max|R| = 1, so -0.25 is a pale blue
+    img = viz.heatmap(r, clip=None)
     assert tuple(img[3, 4]) == (191, 191, 255)
     # flipping the sign swaps red and blue exactly
     assert np.array_equal(viz.heatmap(-r), viz.heatmap(r)[..., ::-1])
@@ -53,7 +53,7 @@ def test_colour_limits_are_symmetric() -> None:
 def test_percentile_clip_saturates_the_extremes() -> None:
     r = np.linspace(-1, 1, 101).reshape(1, 101)
     r[0, -1] = 100.0  # one outlier would wash everything else out
-    plain, clipped = viz.heatmap(r), viz.heatmap(r, clip=98)
+    plain, clipped = viz.heatmap(r, clip=None), viz.heatmap(r, clip=98)
     assert tuple(plain[0, 80]) != RED and tuple(clipped[0, 99]) == RED
     assert tuple(clipped[0, -1]) == RED and tuple(clipped[0, 50]) == WHITE
     sparse = np.zeros((10, 10))
@@ -201,3 +201,98 @@ def test_no_pyplot_state_leaks(tmp_path) -> None:
     viz.overlay(r, torch.rand(2, 3, 8, 8))
     viz.save(tmp_path / "x.png", r, torch.rand(2, 3, 8, 8), titles=["a", "b"])
     assert plt.get_fignums() == before
+
+
+# -- percentile clipping and layouts -----------------------------------------------------------
+
+
+def _ramp_with_outlier() -> np.ndarray:
+    """3×67 = 201 pixels: 0, 1, ..., 199 and one outlier 1000 (in place of 200)."""
+    r = np.arange(201, dtype=float).reshape(3, 67)
+    r[-1, -1] = 1000.0
+    return r
+
+
+def test_default_clip_is_the_99_5th_percentile_by_hand() -> None:
+    r = _ramp_with_outlier()
+    # sorted |R| = 0..199, 1000; numpy's linear percentile sits at index 0.995 * (201 - 1) = 199 -> 199
+    assert viz.DEFAULT_CLIP == 99.5
+    limit = 199.0
+    img = viz.heatmap(r)
+    at_100 = divmod(100, 67)  # the pixel of value 100
+    fade = round(255 * (1 - 100 / limit))  # 127
+    assert tuple(img[at_100]) == (255, fade, fade)
+    assert tuple(img[divmod(199, 67)]) == RED and tuple(img[-1, -1]) == RED  # 199 and the outlier saturate
+    assert np.array_equal(img, viz.heatmap(r, clip=99.5))
+    # clip=None and clip=100: the old max|R| limit, where the outlier washes 100 out to a pale pink
+    old = viz.heatmap(r, clip=None)
+    assert np.array_equal(old, viz.heatmap(r, clip=100))
+    pale = int(np.round(255 * (1 - 100 / 1000)))
+    assert tuple(old[at_100]) == (255, pale, pale)
+    # per sample: a map ten times larger, or with its outlier elsewhere, gets its own limit
+    batch = viz.heatmap(np.stack([r, 10 * r, -r]), batch=True, pad=0)
+    assert np.array_equal(batch[:, :67], img) and np.array_equal(batch[:, 67:134], img)
+    assert np.array_equal(batch[:, 134:], img[..., ::-1])  # negative: blue, the same scale
+
+
+def test_save_layouts_stack_panels_per_sample(tmp_path) -> None:
+    r, x = torch.randn(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
+    pad = 4  # 2 * scale
+    for layout, rows in [("heatmap", 1), ("overlay", 1), ("side-by-side", 2), ("image+heatmap+overlay", 3)]:
+        pic = viz.save(tmp_path / f"{layout}.png", r, x, layout=layout, scale=2)
+        assert pic.size == (3 * 32 + 4 * pad, rows * 32 + (rows + 1) * pad), layout
+    px = np.asarray(viz.save(tmp_path / "h.png", r, x, layout="heatmap", scale=1))
+    assert np.array_equal(px[2:18, 2:18], viz.heatmap(r[0]))
+    # the old switch is a layout: overlay=False is "side-by-side", the default with an image "image+overlay"
+    a = np.asarray(viz.save(tmp_path / "a.png", r, x, overlay=False))
+    assert np.array_equal(a, np.asarray(viz.save(tmp_path / "b.png", r, x, layout="side-by-side")))
+    a = np.asarray(viz.save(tmp_path / "c.png", r, x))
+    assert np.array_equal(a, np.asarray(viz.save(tmp_path / "d.png", r, x, layout="image+overlay")))
+    with pytest.raises(relprop.InputError, match="unknown layout"):
+        viz.save(tmp_path / "e.png", r, x, layout="image+banana")
+    with pytest.raises(relprop.InputError, match="needs the image"):
+        viz.save(tmp_path / "f.png", r, layout="overlay")
+
+
+def test_figure_is_one_image_and_its_heatmap(tmp_path) -> None:
+    r, x = torch.randn(3, 32, 32), torch.rand(3, 32, 32)
+    pic = viz.figure(r, x, legend=False)  # side-by-side, upscaled to 224 (x7), 8-pixel gaps
+    band = viz._band(1, [], viz._font(14)).height
+    assert pic.size == (2 * (224 + 8) + 8, band + 224 + 2)
+    px = np.asarray(pic)
+    heat = viz.heatmap(r).repeat(7, axis=0).repeat(7, axis=1)
+    assert np.array_equal(px[band + 1 : band + 225, 8 + 232 : 8 + 232 + 224], heat)
+    image = np.round(x.permute(1, 2, 0).double().numpy() * 255).astype(np.uint8).repeat(7, axis=0).repeat(7, axis=1)
+    assert np.array_equal(px[band + 1 : band + 225, 8 : 8 + 224], image)
+    for layout, panels in [("heatmap", 1), ("overlay", 1), ("image+heatmap+overlay", 3)]:
+        assert viz.figure(r, x, layout=layout, legend=False).width == panels * 232 + 8
+    titled = viz.figure(r, x, title="cat.png: Egyptian cat (36%)")
+    assert titled.width == pic.width and titled.height > pic.height + 40  # a title above, the colour bar below
+    assert viz.figure(r, layout="heatmap", legend=False, size=64).size == (64 + 16, band + 64 + 2)
+    one = viz.save_one(tmp_path / "one.png", r[None], x, layout="overlay")
+    with Image.open(tmp_path / "one.png") as img:
+        assert img.size == one.size and np.array_equal(np.asarray(img), np.asarray(one))
+    with pytest.raises(relprop.InputError, match="one sample"):
+        viz.figure(torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
+    with pytest.raises(relprop.InputError, match="needs the image"):
+        viz.figure(r, layout="side-by-side")
+
+
+def test_table_has_a_row_per_sample(tmp_path) -> None:
+    x = torch.rand(2, 3, 16, 16)
+    cols = {"absLRP": torch.randn(2, 3, 16, 16), "LRP-ε": torch.randn(2, 3, 16, 16)}
+    pic = viz.table(x, cols, scale=4, legend=False)
+    header = viz._band(1, [], viz._font(14)).height
+    assert pic.size == (3 * (64 + 4) + 4, header + 2 * (64 + 4))
+    px = np.asarray(pic)
+    tile = viz.heatmap(cols["absLRP"][1]).repeat(4, axis=0).repeat(4, axis=1)
+    y = header + 68
+    assert np.array_equal(px[y : y + 64, 4 + 68 : 4 + 68 + 64], tile)
+    titled = viz.table(x, cols, layout={"absLRP": "overlay"}, row_titles=["a", "b"], scale=4)
+    assert titled.width == pic.width and titled.height > pic.height + 2 * header
+    with pytest.raises(relprop.InputError, match="row titles"):
+        viz.table(x, cols, row_titles=["a"])
+    with pytest.raises(relprop.InputError, match="column 'bad'"):
+        viz.table(x, {**cols, "bad": torch.randn(3, 3, 16, 16)})
+    with pytest.raises(relprop.InputError, match="'heatmap' or 'overlay'"):
+        viz.table(x, cols, layout="side-by-side")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from ..errors import InputError
+from .imagenet import load_imagenet_model  # EfficientNet-Lite0 (ImageNet), relprop.models.load_imagenet_model
 
 __all__ = [
     "DIGITS_MODELS",
@@ -37,6 +38,7 @@ __all__ = [
     "digits_accuracy",
     "load_digits_model",
     "load_digits_test",
+    "load_imagenet_model",
     "normalize_digits",
 ]
 

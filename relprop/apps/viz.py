@@ -1,11 +1,21 @@
 """Relevance as a picture: a zero-centred diverging colour map, alone or over the input.
 
-    R = relprop.trace(model).explain(x, target)      # (B, C, H, W)
-    relprop.viz.save("heatmap.png", R, x)            # inputs above, overlays below
+    R = relprop.trace(model).explain(x, target)           # (B, C, H, W)
+    relprop.viz.save("heatmap.png", R, x)                 # inputs above, overlays below
+    relprop.viz.save_one("cat.png", R[0], x[0])           # one image and its heatmap, titled
+    relprop.viz.figure(R[0], x[0], layout="overlay")      # the same as a Pillow image
 
 Red is positive relevance, blue negative, white zero.  The colour limits are
-symmetric, ``±max|R|`` per sample (or ``±`` the ``clip`` percentile of ``|R|``,
-values beyond it saturate), so white always means zero.
+symmetric, ``±`` the ``clip`` percentile of ``|R|`` per sample (default 99.5, so that
+a few extreme pixels do not wash out the map; values beyond it saturate;
+``clip=None`` or ``100``: ``±max|R|``), so white always means zero.
+
+Layouts (:data:`LAYOUTS`): the panels drawn per sample, ``"heatmap"``, ``"overlay"``
+(the heatmap over the dimmed greyscale input), ``"side-by-side"`` (the input, then
+its heatmap), or any ``+``-joined sequence of ``image``, ``heatmap`` and ``overlay``
+(``"image+overlay"``, ``"image+heatmap+overlay"``).  :func:`figure` and
+:func:`save_one` draw one sample's panels left to right; :func:`save` draws one
+column per sample, its panels top to bottom; :func:`table` one row per sample.
 
 Shapes: ``(H, W)``; ``(C, H, W)``, summed over channels; a batch ``(B, C, H, W)``
 (or ``(B, H, W)`` with ``batch=True``) is rendered as a grid, ``ncols`` per row
@@ -24,7 +34,29 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import InputError
 
-__all__ = ["colorize", "heatmap", "overlay", "save", "save_rows", "to_maps"]
+__all__ = [
+    "DEFAULT_CLIP",
+    "LAYOUTS",
+    "colorize",
+    "figure",
+    "heatmap",
+    "overlay",
+    "save",
+    "save_one",
+    "save_rows",
+    "table",
+    "to_maps",
+]
+
+#: default colour limit: this percentile of |R|, per sample (``clip=None`` or 100: max|R|)
+DEFAULT_CLIP = 99.5
+#: the named layouts and their panels (any ``+``-joined sequence of the panel names works too)
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "heatmap": ("heatmap",),
+    "overlay": ("overlay",),
+    "side-by-side": ("image", "heatmap"),
+}
+PANELS = ("image", "heatmap", "overlay")
 
 #: grey between the tiles of a grid (not white, which means zero relevance)
 PAD_VALUE = 160
@@ -125,7 +157,7 @@ def _images(image: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
 
 
 def _limits(maps: np.ndarray, clip: float | None) -> np.ndarray:
-    """Per-map colour limit: max|R|, or the ``clip`` percentile of |R| (max|R| where that is 0)."""
+    """Per-map colour limit: the ``clip`` percentile of |R| (max|R| where that is 0), or max|R| (``clip=None``)."""
     flat = np.abs(maps.reshape(len(maps), -1))
     largest = flat.max(1)
     if clip is None:
@@ -169,21 +201,134 @@ def _grid(tiles: np.ndarray, ncols: int | None, pad: int) -> np.ndarray:
     return out
 
 
+# -- layouts and text -----------------------------------------------------------------------
+
+
+def _panels(layout: str) -> tuple[str, ...]:
+    """The panels a layout names: one of :data:`LAYOUTS` or a ``+``-joined sequence of :data:`PANELS`."""
+    if not isinstance(layout, str):
+        raise InputError(f"layout is a string, got {type(layout).__name__}")
+    panels = LAYOUTS.get(layout) or tuple(p.strip() for p in layout.split("+"))
+    if not panels or any(p not in PANELS for p in panels):
+        raise InputError(
+            f"unknown layout {layout!r}; expected one of {', '.join(map(repr, LAYOUTS))} "
+            f"or a '+'-joined sequence of {', '.join(PANELS)}"
+        )
+    return panels
+
+
+def _panel_tiles(
+    panel: str, maps: np.ndarray, img: np.ndarray | None, alpha: float, clip: float | None, gray: bool = True
+) -> np.ndarray:
+    """(B, H, W, 3) uint8: the panel ``panel`` of every sample."""
+    if panel == "heatmap":
+        return _to_uint8(colorize(_scaled(maps, clip)))
+    if img is None:
+        raise InputError(f"the {panel!r} panel needs the image; pass image= or use layout='heatmap'")
+    if panel == "image":
+        return _to_uint8(img)
+    return _blend(maps, img, alpha, clip, gray)
+
+
+def _scale_for(h: int, w: int, scale: int | None, least: int) -> int:
+    """The integer upscaling factor: ``scale``, or the smallest that makes the long side at least ``least``."""
+    scale = int(-(-least // max(h, w)) if scale is None else scale)
+    if scale < 1:
+        raise InputError(f"scale is an integer upscaling factor; expected >= 1, got {scale}")
+    return scale
+
+
+def _upscaled(tiles: np.ndarray, scale: int) -> np.ndarray:
+    return tiles.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else tiles
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _centred(draw: ImageDraw.ImageDraw, x: int, width: int, y: int, text: str, font: Any) -> None:
+    """``text`` centred in [x, x + width), its top at ``y``."""
+    left, top, right, _ = draw.textbbox((0, 0), text, font=font)
+    draw.text((x + (width - (right - left)) // 2 - left, y - top), text, fill=(0, 0, 0), font=font)
+
+
+def _clip_text(clip: float | None) -> str:
+    return "max |R|" if clip is None or clip == 100 else f"the {clip:g}th percentile of |R|"
+
+
+def _wrapped(text: str, width: int, font: Any) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` pixels wide (a longer word stays whole)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _legend(width: int, note: str, font: Any) -> Image.Image:
+    """A colour bar (blue, white, red) ``width`` wide, -/0/+ under it, then ``note`` wrapped to the width."""
+    bar_w = max(64, min(width - 16, 320))
+    bar = _to_uint8(colorize(np.linspace(-1.0, 1.0, bar_w)))[None].repeat(10, axis=0)
+    line = (font.size if hasattr(font, "size") else 10) + 4
+    lines = _wrapped(note, max(width - 8, 120), font)
+    out = Image.new("RGB", (max(width, bar_w + 16), 17 + line * (1 + len(lines)) + 4), (255, 255, 255))
+    x0 = (out.width - bar_w) // 2
+    out.paste(Image.fromarray(bar), (x0, 4))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((x0 - 1, 3, x0 + bar_w, 14), outline=(PAD_VALUE,) * 3)
+    for text, x in (("-", x0), ("0", x0 + bar_w // 2), ("+", x0 + bar_w)):
+        _centred(draw, x - 20, 40, 17, text, font)
+    for i, text in enumerate(lines):
+        _centred(draw, 0, out.width, 17 + line * (i + 1), text, font)
+    return out
+
+
+def _stack(parts: Sequence[Image.Image]) -> Image.Image:
+    """Pictures top to bottom on white, centred."""
+    out = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), (255, 255, 255))
+    y = 0
+    for p in parts:
+        out.paste(p, ((out.width - p.width) // 2, y))
+        y += p.height
+    return out
+
+
+def _band(width: int, texts: Sequence[tuple[int, int, str]], font: Any) -> Image.Image:
+    """A white band ``width`` wide with each ``(x, w, text)`` centred in [x, x + w)."""
+    line = font.size + 6 if hasattr(font, "size") else 16
+    out = Image.new("RGB", (width, line), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for x, w, text in texts:
+        _centred(draw, x, w, 3, str(text), font)
+    return out
+
+
+def _caption(width: int, text: str, font: Any) -> Image.Image:
+    """``text`` centred in a white band ``width`` wide, wrapped onto more lines where it is wider."""
+    return _stack([_band(width, [(0, width, line)], font) for line in _wrapped(str(text), width - 8, font)])
+
+
 # -- public ----------------------------------------------------------------------------------
 
 
 def heatmap(
     R: Any,
     *,
-    clip: float | None = None,
+    clip: float | None = DEFAULT_CLIP,
     batch: bool | None = None,
     ncols: int | None = None,
     pad: int = 2,
 ) -> np.ndarray:
     """Relevance as an RGB image, (H, W, 3) uint8; a batch as a grid of tiles.
 
-    ``clip``: a percentile of |R| (e.g. 99.5) to use as the colour limit instead of
-    max|R|, so that a few extreme pixels do not wash out the rest.
+    ``clip``: the percentile of |R| used as each map's colour limit (default 99.5),
+    so that a few extreme pixels do not wash out the rest; ``None`` or 100: max|R|.
     """
     maps = to_maps(R, batch)
     return _grid(_to_uint8(colorize(_scaled(maps, clip))), ncols, pad)
@@ -206,7 +351,7 @@ def overlay(
     image: Any,
     alpha: float = 0.7,
     *,
-    clip: float | None = None,
+    clip: float | None = DEFAULT_CLIP,
     gray: bool = True,
     batch: bool | None = None,
     ncols: int | None = None,
@@ -247,42 +392,155 @@ def save(
     R: Any,
     image: Any = None,
     *,
+    layout: str | None = None,
     overlay: bool = True,
     alpha: float = 0.7,
-    clip: float | None = None,
+    clip: float | None = DEFAULT_CLIP,
     scale: int | None = None,
     titles: Sequence[str] | None = None,
     batch: bool | None = None,
 ) -> Image.Image:
     """Write relevance as a PNG at ``path``; returns the Pillow image written.
 
-    One column per sample.  Without ``image``: the heatmaps.  With ``image``: the
-    inputs above, and below them the heatmap over the input (``overlay=True``) or
-    the bare heatmap (``overlay=False``).  ``scale``: integer nearest-neighbour
-    upscaling (default: tiles at least 128 pixels tall).  ``titles``: one short
-    caption per sample, drawn above its column.
+    One column per sample, its panels top to bottom.  ``layout`` (see :data:`LAYOUTS`):
+    default ``"heatmap"`` without ``image``; with it, ``"image+overlay"`` (the input
+    above the heatmap over it) or, with ``overlay=False``, ``"side-by-side"`` (the
+    input above the bare heatmap).  ``scale``: integer nearest-neighbour upscaling
+    (default: tiles at least 128 pixels tall).  ``titles``: one short caption per
+    sample, drawn above its column.
     """
     maps = to_maps(R, batch)
     n, h, w = maps.shape
+    if layout is None:
+        layout = "heatmap" if image is None else ("image+overlay" if overlay else "side-by-side")
+    panels = _panels(layout)
     if titles is not None and len(titles) != n:
         raise InputError(f"{len(titles)} titles for {n} relevance maps; expected as many")
-    if scale is None:
-        scale = -(-128 // max(h, w))
-    scale = int(scale)
-    if scale < 1:
-        raise InputError(f"scale is an integer upscaling factor; expected >= 1, got {scale}")
-    tiles = _to_uint8(colorize(_scaled(maps, clip)))
-    if image is not None:
-        img = _images(image, n, (h, w))
-        maps_row = _blend(maps, img, alpha, clip, gray=True) if overlay else tiles
-        tiles = np.concatenate([_to_uint8(img), maps_row])
-    if scale > 1:
-        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    scale = _scale_for(h, w, scale, 128)
+    img = None if image is None else _images(image, n, (h, w))
+    tiles = _upscaled(np.concatenate([_panel_tiles(p, maps, img, alpha, clip) for p in panels]), scale)
     pad = 2 * scale if len(tiles) > 1 else 0
     grid = _grid(tiles, n, pad)
     pic = _titled(grid, titles, w * scale, pad) if titles else Image.fromarray(grid)
     pic.save(path, format="PNG")
     return pic
+
+
+def figure(
+    R: Any,
+    image: Any = None,
+    *,
+    layout: str | None = None,
+    title: str | None = None,
+    alpha: float = 0.7,
+    clip: float | None = DEFAULT_CLIP,
+    gray: bool = True,
+    size: int = 224,
+    legend: bool = True,
+) -> Image.Image:
+    """One sample and its relevance as a picture readable at a glance (a Pillow RGB image).
+
+    The panels of ``layout`` left to right (default ``"side-by-side"``: the input,
+    then its heatmap; ``"heatmap"`` without ``image``), each captioned, ``title`` above
+    them, and under them a colour bar stating the colour limit.  ``R``: (H, W),
+    (C, H, W) or a batch of one; ``image`` as in :func:`overlay`.  ``size``: panels
+    are upscaled by an integer factor (nearest neighbour) until their long side is
+    at least ``size`` pixels.
+    """
+    maps = to_maps(R, None)
+    if len(maps) != 1:
+        raise InputError(f"figure draws one sample; got {len(maps)} relevance maps (use save() or table())")
+    _, h, w = maps.shape
+    panels = _panels(layout or ("heatmap" if image is None else "side-by-side"))
+    img = None if image is None else _images(image, 1, (h, w))
+    scale = _scale_for(h, w, None, size)
+    tiles = [_upscaled(_panel_tiles(p, maps, img, alpha, clip, gray), scale)[0] for p in panels]
+    gap, th, tw = 8, h * scale, w * scale
+    row = Image.new("RGB", (len(tiles) * (tw + gap) + gap, th + 2), (255, 255, 255))
+    draw = ImageDraw.Draw(row)
+    for i, tile in enumerate(tiles):
+        x = gap + i * (tw + gap)
+        row.paste(Image.fromarray(tile), (x, 1))
+        draw.rectangle((x - 1, 0, x + tw, th + 1), outline=(PAD_VALUE,) * 3)
+    font = _font(14)
+    captions = {"image": "input", "heatmap": "relevance", "overlay": "relevance over the input"}
+    parts = [_band(row.width, [(gap + i * (tw + gap), tw, captions[p]) for i, p in enumerate(panels)], font), row]
+    if title:
+        parts.insert(0, _caption(row.width, title, _font(16)))
+    if legend:
+        lim = float(_limits(maps, clip)[0])
+        note = f"red: positive, blue: negative relevance; colours saturate at {_clip_text(clip)} (±{lim:.3g})"
+        parts.append(_legend(row.width, note, _font(12)))
+    return _stack(parts)
+
+
+def save_one(path: str | PathLike[str], R: Any, image: Any = None, **options: Any) -> Image.Image:
+    """Write :func:`figure` (one sample, its relevance, title and colour bar) as a PNG at ``path``; returns it."""
+    pic = figure(R, image, **options)
+    pic.save(path, format="PNG")
+    return pic
+
+
+def _table_columns(
+    columns: Mapping[str, Any], layout: str | Mapping[str, str], n: int, hw: tuple[int, int]
+) -> list[tuple[str, np.ndarray, str]]:
+    """``(label, maps, panel)`` per column of :func:`table`, checked against ``n`` images of size ``hw``."""
+    out = []
+    for label, R in columns.items():
+        maps = to_maps(R, None)
+        if maps.shape != (n, *hw):
+            raise InputError(f"column {label!r} has {len(maps)} maps of {maps.shape[1:]}; expected {n} of {hw}")
+        panel = layout if isinstance(layout, str) else layout.get(label, "heatmap")
+        if panel not in ("heatmap", "overlay"):
+            raise InputError(f"column {label!r}: layout {panel!r}; expected 'heatmap' or 'overlay'")
+        out.append((label, maps, panel))
+    return out
+
+
+def table(
+    images: Any,
+    columns: Mapping[str, Any],
+    *,
+    layout: str | Mapping[str, str] = "heatmap",
+    row_titles: Sequence[str] | None = None,
+    alpha: float = 0.7,
+    clip: float | None = DEFAULT_CLIP,
+    scale: int | None = None,
+    legend: bool = True,
+) -> Image.Image:
+    """Several explanations of a batch as one picture: one row per sample.
+
+    Each row: the input, then one panel per entry of ``columns`` (label -> relevance of
+    the batch), drawn as ``layout`` (``"heatmap"`` or ``"overlay"``, or a mapping
+    label -> one of them).  Column labels on top, ``row_titles`` (one per sample)
+    above each row, a colour bar below; every map on its own colour scale.
+    """
+    if not columns:
+        raise InputError("columns is empty; expected at least one label -> relevance entry")
+    first = to_maps(next(iter(columns.values())), None)
+    n, h, w = first.shape
+    cols = _table_columns(columns, layout, n, (h, w))
+    if row_titles is not None and len(row_titles) != n:
+        raise InputError(f"{len(row_titles)} row titles for {n} samples; expected as many")
+    img = _images(images, n, (h, w))
+    scale = _scale_for(h, w, scale, 128)
+    tiles = [_to_uint8(img)] + [_panel_tiles(p, maps, img, alpha, clip) for _, maps, p in cols]
+    gap, th, tw = 4, h * scale, w * scale
+    width = len(tiles) * (tw + gap) + gap
+    font = _font(14)
+    xs = [gap + j * (tw + gap) for j in range(len(tiles))]
+    parts = [_band(width, [(x, tw, t) for x, t in zip(xs, ["input", *columns])], font)]
+    for i in range(n):
+        if row_titles is not None:
+            parts.append(_caption(width, row_titles[i], font))
+        row = np.full((th + gap, width, 3), PAD_VALUE, np.uint8)
+        for x, t in zip(xs, tiles):
+            row[:th, x : x + tw] = _upscaled(t[i : i + 1], scale)[0]
+        parts.append(Image.fromarray(row))
+    if legend:
+        note = f"red: positive, blue: negative relevance; each map's colours saturate at {_clip_text(clip)}"
+        parts.append(_legend(width, note, font))
+    return _stack(parts)
 
 
 def save_rows(
@@ -292,7 +550,7 @@ def save_rows(
     *,
     overlay: bool = True,
     alpha: float = 0.7,
-    clip: float | None = None,
+    clip: float | None = DEFAULT_CLIP,
     scale: int | None = None,
     titles: Sequence[str] | None = None,
 ) -> Image.Image:
@@ -308,16 +566,12 @@ def save_rows(
             raise InputError(f"row {label!r} has maps shaped {maps.shape[1:]} x {len(maps)}; expected {(h, w)} x {n}")
     if titles is not None and len(titles) != n:
         raise InputError(f"{len(titles)} titles for {n} relevance maps; expected as many")
-    scale = int(-(-128 // max(h, w)) if scale is None else scale)
-    if scale < 1:
-        raise InputError(f"scale is an integer upscaling factor; expected >= 1, got {scale}")
+    scale = _scale_for(h, w, scale, 128)
     img = _images(image, n, (h, w))
-    tiles = [_to_uint8(img)]
-    for maps in all_maps:
-        tiles.append(_blend(maps, img, alpha, clip, gray=True) if overlay else _to_uint8(colorize(_scaled(maps, clip))))
-    stack = np.concatenate(tiles)
-    if scale > 1:
-        stack = stack.repeat(scale, axis=1).repeat(scale, axis=2)
+    panel = "overlay" if overlay else "heatmap"
+    stack = _upscaled(
+        np.concatenate([_to_uint8(img)] + [_panel_tiles(panel, m, img, alpha, clip) for m in all_maps]), scale
+    )
     pad = 2 * scale
     grid = _grid(stack, n, pad)
     pic = _titled(grid, titles, w * scale, pad) if titles else Image.fromarray(grid)
