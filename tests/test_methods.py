@@ -91,7 +91,8 @@ def test_every_method_on_digits_models(arch: str, digits: tuple[Tensor, Tensor])
     p0.grad = torch.full_like(p0, 0.5)  # a user's gradient must survive (grad-cam calls zero_grad)
     p0.requires_grad_(False)  # and a frozen parameter stays frozen
     methods, skipped = RM.build_methods(model, seed=3)
-    assert skipped == {} and tuple(methods) == RM.METHOD_NAMES
+    no_attention = set() if arch == "vit" else set(RM.ATTENTION_METHODS)  # CNNs: no attention
+    assert set(skipped) == no_attention and tuple(methods) == tuple(n for n in RM.METHOD_NAMES if n not in no_attention)
     again, _ = RM.build_methods(model, ["random"], seed=3)
     before = snapshot(model)
     rng = torch.get_rng_state()
@@ -281,7 +282,7 @@ def test_float64_batch_of_100() -> None:
     model = tiny_cnn(torch.float64)
     x, t = torch.randn(100, 3, 8, 8, dtype=torch.float64), torch.arange(100) % 3
     methods, skipped = RM.build_methods(model)
-    assert skipped == {}
+    assert set(skipped) == set(RM.ATTENTION_METHODS)
     for name, method in methods.items():
         a = method(model, x, t)
         assert a.shape == x.shape and a.dtype == torch.float64 and torch.isfinite(a).all(), name
@@ -298,9 +299,9 @@ def test_unknown_name() -> None:
 def test_no_conv_layer() -> None:
     model = mlp()
     methods, skipped = RM.build_methods(model)
-    assert set(skipped) == set(RM.LAYER_METHODS)
-    assert all("no nn.Conv2d" in r for r in skipped.values())
-    assert list(methods) == [n for n in RM.METHOD_NAMES if n not in RM.LAYER_METHODS]
+    assert set(skipped) == set(RM.LAYER_METHODS + RM.ATTENTION_METHODS)
+    assert all("no nn.Conv2d" in skipped[n] for n in RM.LAYER_METHODS)
+    assert list(methods) == [n for n in RM.METHOD_NAMES if n not in skipped]
     with pytest.raises(InputError, match="'GradCAM'.*no nn.Conv2d"):
         RM.build_methods(model, ["Saliency", "GradCAM"])
     a = methods["IntegratedGradients"](model, torch.randn(2, 3, 2, 2), torch.tensor([0, 2]))
@@ -316,8 +317,8 @@ def test_missing_package(monkeypatch: pytest.MonkeyPatch, package: str, names: t
         monkeypatch.setitem(sys.modules, mod, None)
     monkeypatch.setitem(sys.modules, package, None)
     methods, skipped = RM.build_methods(tiny_cnn())
-    assert set(skipped) == set(names) and not set(methods) & set(names)
-    assert all(f"pip install '{hint}'" in r for r in skipped.values())
+    assert set(skipped) == set(names + RM.ATTENTION_METHODS) and not set(methods) & set(names)
+    assert all(f"pip install '{hint}'" in skipped[n] for n in names)
     pattern = re.escape(names[-1]) + ".*not installed.*" + re.escape(f"pip install '{hint}'")
     with pytest.raises(InputError, match=pattern):
         RM.build_methods(tiny_cnn(), ["absLRP", names[-1]])

@@ -51,6 +51,8 @@ Choices (documented, not prescribed by the paper):
   methods (skipped). CAM maps (one value per pixel) are repeated over the C channels.
 * **Baselines**: ``constant`` (1 everywhere) and ``random`` (uniform, generator
   seeded with ``seed``), from :mod:`relprop.metrics`.
+* **Attention** (ViTs): ``Rollout``, ``LLAttention``, ``TIBAV`` from the traced graph's
+  attention (:mod:`relprop.evaluation.attention_methods`); skipped on models without attention.
 * **The model is left as it was**, without copying it: every method runs the model
   with all modules in eval mode and, for captum and grad-cam, with parameters
   temporarily frozen (``requires_grad=False``; the gradient comes from the input).
@@ -79,9 +81,11 @@ from torch import Tensor, nn
 
 from ..errors import InputError, RuleError
 from ..rules import registry
+from .attention_methods import ATTENTION_METHODS, attention_method, attention_unavailable
 from .metrics import Method
 
 __all__ = [
+    "ATTENTION_METHODS",
     "BASELINES",
     "CAM_METHODS",
     "CAPTUM_METHODS",
@@ -120,7 +124,7 @@ CAPTUM_METHODS = (
 CAM_METHODS = ("GradCAM", "HiResCAM", "GradCAM++", "LayerCAM")
 BASELINES = ("constant", "random")
 #: every method, in display order
-METHOD_NAMES: tuple[str, ...] = RELPROP_METHODS + CAPTUM_METHODS + CAM_METHODS + BASELINES
+METHOD_NAMES: tuple[str, ...] = RELPROP_METHODS + CAPTUM_METHODS + CAM_METHODS + BASELINES + ATTENTION_METHODS
 #: methods that need a spatial feature map (a model with an ``nn.Conv2d``)
 LAYER_METHODS = ("GuidedGradCAM", "LayerGradCam") + CAM_METHODS
 
@@ -562,6 +566,8 @@ def get_method(name: str, *, seed: int = 0, abslrp_variant: str | None = None) -
         return captum_method(name, seed=seed)
     if name in CAM_METHODS:
         return cam_method(name)
+    if name in ATTENTION_METHODS:
+        return attention_method(name)
     if name == "constant":
         return constant_method(1.0)
     return random_method(seed)
@@ -579,6 +585,8 @@ def _unavailable(name: str, model: nn.Module) -> str | None:
             return why
     if name in LAYER_METHODS and not _has_conv(model):
         return "the model has no nn.Conv2d layer, so there is no feature map for CAM methods"
+    if name in ATTENTION_METHODS:
+        return attention_unavailable(model)
     return None
 
 
