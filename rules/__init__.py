@@ -1,6 +1,6 @@
 """Rules and rule sets of relprop (installed as ``relprop.rules``).
 
-Rule sets (``relprop.trace(model, rules=...)``): :class:`AbsLRP` (default),
+Rule sets (``relprop.trace(model, rules=...)``): :class:`AbsLRP` (default), :class:`RAP`,
 :class:`AttnLRP` (transformers), :class:`Epsilon`, :class:`ZPlus`, :class:`AlphaBeta`, :class:`Gamma`, :class:`Flat`,
 :class:`WSquare`, :class:`ZBox`, and the presets :func:`EpsilonPlus`,
 :func:`EpsilonPlusFlat`, :func:`EpsilonAlpha2Beta1`, :func:`EpsilonAlpha2Beta1Flat`,
@@ -35,6 +35,7 @@ from .lrp import (
 from .registry import rule_set
 from .sets import (
     LRP,
+    RAP,
     AbsLRP,
     AlphaBeta,
     AttnLRP,
@@ -82,6 +83,7 @@ __all__ = [
     "Layout",
     "NodeInfo",
     "Pass",
+    "RAP",
     "Rule",
     "RuleSet",
     "SoftmaxRule",

@@ -25,7 +25,7 @@ from typing import Any
 
 from relprop.errors import RuleError
 
-from .sets import AbsLRP, AlphaBeta, AttnLRP, Epsilon, EpsilonPlusFlat, RuleSet, ZPlus
+from .sets import RAP, AbsLRP, AlphaBeta, AttnLRP, Epsilon, EpsilonPlusFlat, RuleSet, ZPlus
 
 __all__ = ["RuleSetEntry", "ENTRIES", "entry", "markdown_table", "names", "resolve", "rule_set"]
 
@@ -151,6 +151,22 @@ ENTRIES: tuple[RuleSetEntry, ...] = (
         "EpsilonPlusFlat",
         "ε on dense layers, z⁺ on convolutions, flat on the first layer "
         "(Zennit's composite; Kohlbrenner et al., IJCNN 2020)",
+    ),
+    _entry(
+        "rap",
+        RAP,
+        "RAP",
+        "Relative Attributing Propagation: the output layer's contributions as absolute influence, positive "
+        "and negative relevance propagated apart by relative influence, uncertain relevance shifted away "
+        "(Nam et al., AAAI 2020)",
+    ),
+    _entry(
+        "crap",
+        RAP,
+        "cRAP",
+        "RAP explained contrastively: target pass minus the pass from all other classes (as cLRP)",
+        params={"contrastive": True},
+        contrastive=True,
     ),
 )
 

@@ -32,6 +32,7 @@ from .lrp import (
     ZPlusRule,
     weighted_layer,
 )
+from .rap import RAPInputRule, RAPOutputRule, RAPRule, feeds_output
 from .taylor import TaylorRule
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",
     "EpsilonGammaBox",
+    "RAP",
     "as_rule",
 ]
 
@@ -363,6 +365,47 @@ class ZBox(LRP):
 
     def __init__(self, low: float | Tensor, high: float | Tensor, **slots: Any) -> None:
         super().__init__(ZBoxRule(low, high), **slots)
+
+
+class RAP(LRP):
+    """RAP, Relative Attributing Propagation (Nam et al., AAAI 2020); ``contrastive=True``: cRAP.
+
+    The paper's rules (:mod:`relprop.rules.rap`, docs/semantics.md §RAP):
+
+    - the weighted layer at the model's output: its contributions as relative (absolute)
+      influence, R_i = |Σ_j z_ij R_j| / Σ_i |Σ_j z_ij R_j| · Σ_j R_j (:class:`RAPOutputRule`);
+    - the other convolutions: positive relevance to the positive contributions and, by their
+      share of the total magnitude, to the negative ones; negative relevance to the negative
+      contributions; then the uncertain shift (:class:`RAPRule`); dense layers (and layer and
+      group norm's linear map) send negative relevance along the paths of the positive, as
+      the authors' fully connected layers do (``RAPRule(separate=False)``);
+    - the input layer: z^B with each sample's min and max as bounds (:class:`RAPInputRule`);
+    - sums, average and max pooling: the z-rule (zero where the output is zero); ReLU, batch
+      norm and other activations: the identity; ops the paper's CNNs do not have (products,
+      attention, ...) as in :class:`LRP`.
+
+    Starts from the target logit; ``contrastive=True`` (cRAP, made contrastive as cLRP is)
+    explains the target pass minus the pass from all other classes, each started at Σ = 1.
+    """
+
+    def __init__(self, contrastive: bool = False) -> None:
+        super().__init__(RAPRule(), dense=RAPRule(separate=False), first=RAPInputRule(), contrastive=contrastive)
+        self._output = RAPOutputRule()
+        self._zero = EpsilonRule(0.0)
+
+    def rule_for(self, info: NodeInfo) -> Rule | None:
+        c = info.category
+        if c in WEIGHTED_CATEGORIES and feeds_output(info.node):
+            return self._output
+        if c in (Category.ADD, Category.AVGPOOL, Category.MAXPOOL):
+            return self._zero
+        return super().rule_for(info)
+
+    def suggestion(self) -> str:
+        return "relprop.rules.EpsilonRule(0.0)"
+
+    def __repr__(self) -> str:
+        return f"RAP(contrastive={self.contrastive!r})"
 
 
 def EpsilonPlus(epsilon: float = 1e-6) -> LRP:  # noqa: N802 - preset named like a rule set

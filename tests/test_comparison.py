@@ -93,6 +93,48 @@ def test_bad_arguments(digits: TensorDataset) -> None:
         comparison.compare(nets, bad, ["absLRP"], progress=False)
 
 
+def _record_abslrp(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """maxpool_divide of every absLRP rule set traced from now on."""
+    seen: list[bool] = []
+    trace = relprop.trace
+
+    def spy(model, rules=None, **kwargs):
+        if isinstance(rules, relprop.rules.AbsLRP):
+            seen.append(rules.maxpool_divide)
+        return trace(model, rules=rules, **kwargs)
+
+    monkeypatch.setattr(relprop, "trace", spy)
+    return seen
+
+
+def test_abslrp_variant_per_model(digits: TensorDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    nets = {"vgg": models.load_digits_model("vgg"), "resnet": models.load_digits_model("resnet")}
+    seen = _record_abslrp(monkeypatch)
+    names = ["absLRP", "absLRP (no maxpool division)", "absLRP (maxpool division)"]
+    run = comparison.compare(nets, digits, names, steps=2, max_images=8, progress=False, abslrp_variant={"vgg": "vgg"})
+    assert run.abslrp_variants == {"vgg": "vgg", "resnet": "resnet"}  # a model not named: AbsLRP()
+    assert seen == [False, False, True, True, False, True]  # per model: absLRP, then the two named variants
+    vgg = run.gae["vgg"]
+    assert torch.equal(vgg["absLRP"]["gae"], vgg["absLRP (no maxpool division)"]["gae"])
+    assert not torch.equal(vgg["absLRP"]["lc"], vgg["absLRP (maxpool division)"]["lc"])
+    assert "model vgg" in str(run) and "absLRP: AbsLRP(maxpool_divide=False) (vgg)" in str(run)
+    assert "absLRP: AbsLRP() (resnet)" in str(run)
+    seen.clear()
+    comparison.compare(nets, digits, ["absLRP"], steps=2, max_images=8, progress=False, abslrp_variant="vgg")
+    assert seen == [False, False]
+
+
+def test_bad_abslrp_variants(digits: TensorDataset) -> None:
+    nets = {"vgg": models.load_digits_model("vgg")}
+    for bad in ("alexnet", {"vgg": "densenet"}):
+        with pytest.raises(relprop.InputError, match="unknown absLRP variant .* expected one of vgg, resnet"):
+            comparison.compare(nets, digits, ["absLRP"], max_images=8, abslrp_variant=bad)
+    with pytest.raises(relprop.InputError, match="names model.*vit.*not being evaluated"):
+        comparison.compare(nets, digits, ["absLRP"], max_images=8, abslrp_variant={"vit": "vgg"})
+    with pytest.raises(relprop.InputError, match="must be 'vgg', 'resnet', None or a mapping"):
+        comparison.compare(nets, digits, ["absLRP"], max_images=8, abslrp_variant=3)
+
+
 # -- the user's own images ------------------------------------------------------------------
 
 
@@ -165,6 +207,27 @@ def test_evaluate_command_on_a_shipped_model(tmp_path: Path, capsys) -> None:
     assert {p.name for p in out.iterdir()} == {"gae.csv", "gae.json", "gae.png"}
     doc = json.loads((out / "gae.json").read_text())
     assert [r["method"] for r in doc["gae"]] == ["absLRP", "constant"] and doc["gae"][0]["n"] == 4
+    assert "absLRP on vgg: AbsLRP(maxpool_divide=False) (variant vgg)" in text  # the shipped VGG's own
+    assert doc["abslrp_variants"] == {"vgg": "vgg"}
+
+
+def test_evaluate_command_abslrp_variant(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_abslrp(monkeypatch)
+    args = ["evaluate", "--model", "vgg", "--model", "resnet", "--methods", "absLRP", "--max-images", "8"]
+    args += ["--steps", "2", "--out-dir", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "absLRP on vgg: AbsLRP(maxpool_divide=False) (variant vgg)" in text
+    assert "absLRP on resnet: AbsLRP() (variant resnet)" in text
+    assert seen == [False, True]
+    seen.clear()
+    assert cli.main([*args, "--abslrp-variant", "resnet"]) == 0
+    assert "absLRP on vgg: AbsLRP() (variant resnet)" in capsys.readouterr().out and seen == [True, True]
+    assert json.loads((tmp_path / "gae.json").read_text())["abslrp_variants"] == {"vgg": "resnet", "resnet": "resnet"}
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--abslrp-variant", "alexnet"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'alexnet'" in err and "vgg" in err and "resnet" in err
 
 
 def test_evaluate_command_on_your_own_grayscale_model(tmp_path: Path, capsys) -> None:
@@ -174,7 +237,7 @@ def test_evaluate_command_on_your_own_grayscale_model(tmp_path: Path, capsys) ->
     args += ["--steps", "2", "--batch-size", "8", "--out-dir", str(tmp_path / "o"), "--no-progress"]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
-    assert "model make_gray_net" in text
+    assert "model make_gray_net" in text and "absLRP on make_gray_net: AbsLRP() (variant resnet)" in text
     rows = json.loads((tmp_path / "o" / "gae.json").read_text())["gae"]
     assert [r["n"] for r in rows] == [2, 2]
 

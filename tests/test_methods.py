@@ -180,6 +180,34 @@ def test_deeplift_leaves_no_attributes_on_unreached_modules() -> None:
     assert_unchanged(model, before, "DeepLIFT")
 
 
+def vjp(fn, x: Tensor, g: Tensor) -> Tensor:
+    """The transposed Jacobian of a linear op at x applied to g (the op's backward, nothing else)."""
+    xg = x.detach().clone().requires_grad_(True)
+    (out,) = torch.autograd.grad(fn(xg), xg, g)
+    return out
+
+
+def test_deconvolution_matches_hand_computation() -> None:
+    """Deconvolution (Zeiler & Fergus): backward through the linear ops, each ReLU passing the
+    positive part of the gradient from above whatever its forward input."""
+    model, x, t = tiny_cnn(torch.float64), torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    c1, c2, head = model.features[0], model.features[2], model.head[1]
+    with torch.no_grad():
+        h1 = F.conv2d(x, c1.weight, c1.bias, padding=1)
+        h2 = F.conv2d(F.relu(h1), c2.weight, c2.bias, 2, 1)
+    g = head.weight.detach()[t].reshape(4, 5, 4, 4)  # d logit_t / d (flattened feature map)
+    g = vjp(lambda a: F.conv2d(a, c2.weight.detach(), None, 2, 1), h1, F.relu(g))  # ReLU: relu(upstream)
+    want = vjp(lambda a: F.conv2d(a, c1.weight.detach(), None, padding=1), x, F.relu(g))
+    got = RM.captum_method("Deconvolution")(model, x, t)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert (h2 < 0).any() and not torch.allclose(got, logit_grad(model, x, t))  # not the gradient
+    net = mlp()  # (the forward input does not matter: the same map for any x)
+    W1, W2 = net[1].weight.detach(), net[3].weight.detach()
+    a = RM.get_method("Deconvolution")(net, torch.randn(3, 3, 2, 2), torch.tensor([0, 1, 2]))
+    for i, c in enumerate([0, 1, 2]):
+        assert torch.allclose(a[i], (F.relu(W2[c]) @ W1).reshape(3, 2, 2), atol=1e-6)
+
+
 def test_smoothgrad_seed_and_zero_noise() -> None:
     model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2])
     rng = torch.get_rng_state()
@@ -244,13 +272,17 @@ def test_vit_token_cam_matches_hand_computation(digits: tuple[Tensor, Tensor]) -
 def test_relprop_rule_sets() -> None:
     model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
     rules = relprop.rules
-    m, _ = RM.build_methods(model, ["absLRP", "cLRP", "LRP-eps", "lrp-alpha1beta0", "LRP-α2β1"])
-    assert list(m) == ["absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1"]
+    m, _ = RM.build_methods(model, ["absLRP", "cLRP", "LRP-eps", "lrp-alpha1beta0", "LRP-α2β1", "rap", "crap"])
+    assert list(m) == ["absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1", "RAP", "cRAP"]
     expected = {
         "absLRP": relprop.trace(model, rules=rules.AbsLRP()).explain(x, t),
         "LRP-ε": relprop.trace(model, rules=rules.Epsilon(1e-6)).explain(x, t),
         "LRP-α2β1": relprop.trace(model, rules=rules.AlphaBeta(2.0, 1.0)).explain(x, t),
+        "RAP": relprop.trace(model, rules=rules.RAP()).explain(x, t, contrastive=False),
     }
+    e = relprop.trace(model, rules=rules.RAP()).explanation(x, t, contrastive=True)
+    passes = next(iter(e.passes.values()))
+    expected["cRAP"] = passes[0] - passes[1]
     e = relprop.trace(model, rules=rules.AlphaBeta(1.0, 0.0)).explanation(x, t, contrastive=True)
     passes = next(iter(e.passes.values()))
     expected["cLRP"] = passes[0] - passes[1]
@@ -266,7 +298,7 @@ def test_relprop_methods_come_from_the_registry() -> None:
     assert RM.RELPROP_METHODS == tuple(registry.entry(n).display for n in RM.RELPROP_RULE_SETS)
     assert [RM.resolve_name(n) for n in RM.RELPROP_RULE_SETS] == list(RM.RELPROP_METHODS)
     model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
-    by_registry, _ = RM.build_methods(model, ["abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta"])
+    by_registry, _ = RM.build_methods(model, list(RM.RELPROP_RULE_SETS))
     by_display, _ = RM.build_methods(model, list(RM.RELPROP_METHODS))
     assert list(by_registry) == list(RM.RELPROP_METHODS)
     for name in RM.RELPROP_METHODS:
@@ -276,6 +308,46 @@ def test_relprop_methods_come_from_the_registry() -> None:
             RM.resolve_name(name)
     with pytest.raises(InputError, match="not a relprop rule set"):
         RM.lrp_method("Saliency")
+
+
+class PoolNet(nn.Module):
+    """conv-ReLU-max pool-conv-ReLU-max pool, linear head: where absLRP's two variants differ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def test_abslrp_variants() -> None:
+    torch.manual_seed(4)
+    model, x, t = PoolNet().eval(), torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
+    divide = relprop.trace(model, rules=relprop.rules.AbsLRP()).explain(x, t)
+    no_divide = relprop.trace(model, rules=relprop.rules.AbsLRP(maxpool_divide=False)).explain(x, t)
+    assert not torch.allclose(divide, no_divide, atol=1e-4)  # the variants differ on this model
+    for variant, want in (("vgg", no_divide), ("resnet", divide), (None, divide)):
+        m, _ = RM.build_methods(model, ["absLRP"], abslrp_variant=variant)
+        assert torch.allclose(m["absLRP"](model, x, t), want, atol=1e-6), variant
+    names = ["absLRP", "abslrp-vgg", "absLRP (maxpool division)"]
+    m, _ = RM.build_methods(model, names, abslrp_variant="vgg")
+    assert list(m) == ["absLRP", "absLRP (no maxpool division)", "absLRP (maxpool division)"]
+    assert torch.allclose(m["absLRP"](model, x, t), no_divide, atol=1e-6)
+    assert torch.allclose(m["absLRP (no maxpool division)"](model, x, t), no_divide, atol=1e-6)
+    assert torch.allclose(m["absLRP (maxpool division)"](model, x, t), divide, atol=1e-6)
+    assert RM.resolve_name("absLRP-ResNet") == "absLRP (maxpool division)"
+    everything, _ = RM.build_methods(model)  # the explicit variants run only when named
+    assert not set(everything) & set(RM.ABSLRP_VARIANT_METHODS)
+    for bad in ("alexnet", "VGG", ""):
+        with pytest.raises(InputError, match="unknown absLRP variant.*expected one of vgg, resnet"):
+            RM.build_methods(model, ["Saliency"], abslrp_variant=bad)
+    with pytest.raises(InputError, match="unknown absLRP variant"):
+        RM.relprop_method(variant="densenet")
 
 
 def test_float64_batch_of_100() -> None:

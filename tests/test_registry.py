@@ -42,6 +42,8 @@ EXPECTED = {
     "alpha1beta0": lambda: rules.AlphaBeta(1.0, 0.0),
     "clrp": lambda: rules.AlphaBeta(1.0, 0.0, contrastive=True),
     "epsilon-plus-flat": lambda: rules.EpsilonPlusFlat(),
+    "rap": lambda: rules.RAP(),
+    "crap": lambda: rules.RAP(contrastive=True),
 }
 
 #: the CLI's `--rules` before the registry (relprop/apps/cli.py `_rules()`): same objects, same repr
@@ -133,7 +135,7 @@ def test_relprop_method_names_resolve_to_the_same_rule_sets(method: str) -> None
 def test_methods_keys_agree_with_the_registry() -> None:
     from relprop import methods as RM
 
-    assert RM.RELPROP_METHODS == ("absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1")
+    assert RM.RELPROP_METHODS == ("absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1", "RAP", "cRAP")
     for spelling, method in {
         "LRP-eps": "LRP-ε",
         "lrp-epsilon": "LRP-ε",
@@ -144,6 +146,9 @@ def test_methods_keys_agree_with_the_registry() -> None:
         "LRP-αβ": "LRP-α2β1",
         "CLRP": "cLRP",
         "abslrp": "absLRP",
+        "rap": "RAP",
+        "crap": "cRAP",
+        "c-rap": "cRAP",
     }.items():
         assert RM.resolve_name(spelling) == method, spelling
         assert registry.entry(spelling).display == method, spelling

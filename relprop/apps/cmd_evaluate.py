@@ -40,6 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--mean", type=float, nargs="+", help="normalize the folder's images: mean per channel")
     ev.add_argument("--std", type=float, nargs="+", help="normalize the folder's images: std per channel")
     ev.add_argument("--methods", help="comma-separated method names (default: every method that can run)")
+    ev.add_argument(
+        "--abslrp-variant",
+        choices=("vgg", "resnet"),
+        help="absLRP's variant for every model: vgg = AbsLRP(maxpool_divide=False) (the authors' rule set for "
+        "VGGs), resnet = AbsLRP() (theirs for ResNets); default: the shipped models' own (vgg: vgg, resnet and "
+        "vit: resnet), resnet for your own models. The methods 'absLRP (no maxpool division)' and 'absLRP "
+        "(maxpool division)' run one variant each, whatever this says",
+    )
     ev.add_argument("--max-images", type=int, metavar="N", help="use only the first N images")
     ev.add_argument("--batch-size", type=int, default=16, help="images per batch, a multiple of 4 (default: 16)")
     ev.add_argument("--steps", type=int, default=10, help="perturbation steps T (default: 10)")
@@ -83,7 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``relprop evaluate``: GAE table of every method on every model; CSV, JSON and PNG in --out-dir."""
     from relprop.apps import models
     from relprop.errors import InputError
-    from relprop.evaluation.comparison import compare
+    from relprop.evaluation.comparison import ABSLRP_RULE_SETS, DIGITS_ABSLRP_VARIANTS, compare
 
     specs = args.model or list(models.DIGITS_MODELS)
     loaded = [load_model(s) for s in specs]
@@ -97,6 +105,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    variants = {
+        name: args.abslrp_variant or (DIGITS_ABSLRP_VARIANTS[s] if s in models.DIGITS_MODELS else "resnet")
+        for s, (name, _) in zip(specs, loaded)
+    }
+    for name, variant in variants.items():
+        print(f"absLRP on {name}: {ABSLRP_RULE_SETS[variant]} (variant {variant})")
     quantus: tuple[str, ...] = ()
     if args.quantus is not None:
         from relprop.evaluation.quantus_metrics import QUANTUS_METRICS
@@ -112,6 +126,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         quantus_metrics=quantus,
         progress=args.progress,
+        abslrp_variant=variants,
     )
     print(result)
     for model, res in result.gae.items():

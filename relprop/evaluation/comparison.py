@@ -35,26 +35,41 @@ from torch.utils.data import Dataset, Subset
 from ..errors import InputError
 from .metrics import GAE, GAEResult
 
-__all__ = ["Comparison", "compare", "image_folder", "REFERENCE", "SIGNIFICANCE"]
+__all__ = [
+    "ABSLRP_RULE_SETS",
+    "DIGITS_ABSLRP_VARIANTS",
+    "Comparison",
+    "compare",
+    "image_folder",
+    "REFERENCE",
+    "SIGNIFICANCE",
+]
 
 #: the method every other one is tested against (the paper's reference)
 REFERENCE = "absLRP"
 #: significance level of the Wilcoxon test marks
 SIGNIFICANCE = 0.05
 _SUMMARY = ("lc", "c", "gae")
+#: absLRP's variant of the shipped digits models, recorded (not guessed from module names): the VGG
+#: as the authors explain VGGs (no division by |y| at max pooling), the ResNet as they explain
+#: ResNets; the ViT has no max pooling, so it takes the default
+DIGITS_ABSLRP_VARIANTS = {"vgg": "vgg", "resnet": "resnet", "vit": "resnet"}
+#: each variant's rule set, as printed
+ABSLRP_RULE_SETS = {"vgg": "AbsLRP(maxpool_divide=False)", "resnet": "AbsLRP()"}
 
 
 @dataclass
 class Comparison:
     """GAE results per model (``gae[model]`` a :class:`~relprop.metrics.GAEResult`),
     optional Quantus results per model, methods skipped per model with the reason,
-    and the seconds each model's evaluation took."""
+    the seconds each model's evaluation took, and absLRP's variant per model."""
 
     gae: dict[str, GAEResult]
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
     quantus: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reference: str = REFERENCE
+    abslrp_variants: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (model, method): mean and 95% interval of LC, C and GAE, the
@@ -95,7 +110,9 @@ class Comparison:
         lines = []
         rows = self.rows()
         for model in self.gae:
-            lines.append(f"model {model} ({self.seconds.get(model, math.nan):.0f} s)")
+            variant = self.abslrp_variants.get(model)
+            shown = f"; absLRP: {ABSLRP_RULE_SETS[variant]} ({variant})" if variant in ABSLRP_RULE_SETS else ""
+            lines.append(f"model {model} ({self.seconds.get(model, math.nan):.0f} s{shown})")
             lines.append(f"  {'method':<20} {'LC':>15} {'C':>15} {'GAE':>15} {'n':>5}  p vs {self.reference}")
             for r in (r for r in rows if r["model"] == model):
                 cells = " ".join(f"{r[s]:>7.3f} ± {r[s + '_ci95']:<5.3f}" for s in _SUMMARY)
@@ -137,6 +154,7 @@ class Comparison:
             "skipped": self.skipped,
             "failures": failures,
             "seconds": self.seconds,
+            "abslrp_variants": self.abslrp_variants,
         }
         Path(path).write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
 
@@ -191,6 +209,7 @@ def compare(
     max_images: int | None = None,
     quantus_metrics: Sequence[str] = (),
     progress: bool = True,
+    abslrp_variant: str | Mapping[str, str | None] | None = None,
 ) -> Comparison:
     """Evaluate ``methods`` (names from :data:`relprop.methods.METHOD_NAMES`; None: every
     method that can run on each model) with GAE on every model.
@@ -198,9 +217,14 @@ def compare(
     ``data``: one image data set of (image, label) for all models, or one per model
     name. ``max_images``: use only the first images of each data set. The user's
     models are not modified (each method is checked for that in its tests).
+    ``abslrp_variant``: absLRP's variant (:func:`relprop.methods.relprop_method`), one for
+    every model or a mapping model name -> variant: ``"vgg"`` (``AbsLRP(maxpool_divide=False)``,
+    the authors' rule set for VGGs) or ``"resnet"`` (``AbsLRP()``, theirs for ResNets); a
+    model without one (None) gets ``"resnet"``. ``Comparison.abslrp_variants`` records them.
     """
     from .methods import build_methods
 
+    variants = _abslrp_variants(models, abslrp_variant)
     if not models:
         raise InputError("no models to evaluate")
     if max_images is not None and max_images < 4:
@@ -214,7 +238,7 @@ def compare(
         ds = data[name] if isinstance(data, Mapping) else data
         if max_images is not None and len(ds) > max_images:
             ds = Subset(ds, range(max_images))
-        built, skipped = build_methods(model, methods, seed=seed)
+        built, skipped = build_methods(model, methods, seed=seed, abslrp_variant=variants[name])
         if not built:
             raise InputError(f"no method can run on model {name!r}: {skipped}")
         start = time.perf_counter()
@@ -227,7 +251,26 @@ def compare(
             )
         out.seconds[name] = time.perf_counter() - start
         out.skipped[name] = skipped
+        out.abslrp_variants[name] = variants[name]
     return out
+
+
+def _abslrp_variants(models: Mapping[str, nn.Module], chosen: Any) -> dict[str, str]:
+    """absLRP's variant per model name ("resnet" where none is given); bad values -> InputError."""
+    from .methods import check_variant
+
+    if chosen is None or isinstance(chosen, str):
+        per = dict.fromkeys(models, chosen)
+    elif isinstance(chosen, Mapping):
+        unknown = [m for m in chosen if m not in models]
+        if unknown:
+            raise InputError(f"abslrp_variant names model(s) {', '.join(map(str, unknown))} not being evaluated")
+        per = {m: chosen.get(m) for m in models}
+    else:
+        raise InputError(f"abslrp_variant must be 'vgg', 'resnet', None or a mapping model -> variant, got {chosen!r}")
+    for variant in per.values():
+        check_variant(variant)
+    return {m: v or "resnet" for m, v in per.items()}
 
 
 def image_folder(

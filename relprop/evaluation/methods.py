@@ -24,12 +24,22 @@ Choices (documented, not prescribed by the paper):
   passes[1]``), not Gu et al.'s negated-weight dual; ``LRP-ε`` = :class:`~relprop.rules.Epsilon`
   with relprop's default ε = 1e-6; ``LRP-α1β0`` / ``LRP-α2β1`` =
   :class:`~relprop.rules.AlphaBeta` (1, 0) / (2, 1). The last three are not contrastive
-  and start from the target logit. Each traces the model once (cached per model).
+  and start from the target logit. ``RAP`` (Nam et al., AAAI 2020) = :class:`~relprop.rules.RAP`
+  (from the target logit); ``cRAP`` = RAP made contrastive as cLRP is
+  (``RAP(contrastive=True)``). Each traces the model once (cached per model).
+* **absLRP's variant** (``abslrp_variant``): the authors explain VGGs with
+  ``AbsLRP(maxpool_divide=False)`` (``"vgg"``) and ResNets with ``AbsLRP()`` (``"resnet"``,
+  the default); ``absLRP`` is the variant asked for. ``absLRP (no maxpool division)`` and
+  ``absLRP (maxpool division)`` are absLRP in one variant each, whatever ``abslrp_variant``
+  says, for both side by side; they run only when named (``"absLRP-VGG"`` and
+  ``"absLRP-ResNet"`` name them too).
 * **Captum**: ``Saliency`` |∂f_c/∂x| (``abs=True``); ``InputXGradient`` x·∂f_c/∂x;
   ``IntegratedGradients`` with a zero baseline (the data mean for standardized
   inputs) and ``n_steps=16`` (GAE calls each method on ~5·batch images per batch,
   so fewer steps than captum's 50; completeness error is small for ReLU nets) in
-  internal batches of N images; ``SmoothGrad`` = ``NoiseTunnel(Saliency)``, 16
+  internal batches of N images; ``Deconvolution`` (Zeiler & Fergus 2014: the gradient with
+  every ReLU passing the positive part of the gradient from above, whatever its input);
+  ``SmoothGrad`` = ``NoiseTunnel(Saliency)``, 16
   samples, σ = 0.15·(max(x) − min(x)) of the batch (Smilkov et al. 2017: 10–20 % of
   the input range), the noise drawn from torch's RNG re-seeded with ``seed`` at
   every call inside :func:`torch.random.fork_rng` (deterministic, the global RNG is
@@ -57,7 +67,7 @@ Choices (documented, not prescribed by the paper):
   with all modules in eval mode and, for captum and grad-cam, with parameters
   temporarily frozen (``requires_grad=False``; the gradient comes from the input).
   grad-cam itself calls ``model.eval()`` and ``model.zero_grad()`` and accumulates
-  parameter gradients; captum's DeepLIFT / GuidedBackprop hook the nonlinearities.
+  parameter gradients; captum's DeepLIFT / Deconvolution hook the nonlinearities.
   Afterwards each module's training flag, each parameter's ``requires_grad`` and
   ``.grad`` are restored, and as a safety net any hook or module attribute added
   during the call is removed (captum 0.9 and grad-cam 1.5.7 remove their own hooks;
@@ -96,7 +106,9 @@ __all__ = [
     "RELPROP_RULE_SETS",
     "TokenGrid",
     "build_methods",
+    "check_variant",
     "ABSLRP_VARIANTS",
+    "ABSLRP_VARIANT_METHODS",
     "cam_method",
     "captum_method",
     "constant_method",
@@ -109,8 +121,8 @@ __all__ = [
 ]
 
 #: the registry's rule sets compared as methods (:mod:`relprop.rules.registry`)
-RELPROP_RULE_SETS = ("abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta")
-#: their method names: the entries' display names (absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1)
+RELPROP_RULE_SETS = ("abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta", "rap", "crap")
+#: their method names: the entries' display names (absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1, RAP, cRAP)
 RELPROP_METHODS: tuple[str, ...] = tuple(registry.entry(n).display for n in RELPROP_RULE_SETS)
 CAPTUM_METHODS = (
     "Saliency",
@@ -118,6 +130,7 @@ CAPTUM_METHODS = (
     "IntegratedGradients",
     "SmoothGrad",
     "DeepLIFT",
+    "Deconvolution",
     "GuidedGradCAM",
     "LayerGradCam",
 )
@@ -150,7 +163,11 @@ def _key(name: str) -> str:
     return "".join(ch for ch in k if ch not in "-_ ")
 
 
-_BY_KEY = {_key(n): n for n in METHOD_NAMES}
+#: absLRP in one explicit variant each (:data:`ABSLRP_VARIANTS`), whatever ``abslrp_variant`` says:
+#: to show both side by side; built only when named
+ABSLRP_VARIANT_METHODS = {"absLRP (no maxpool division)": "vgg", "absLRP (maxpool division)": "resnet"}
+_BY_KEY = {_key(n): n for n in (*METHOD_NAMES, *ABSLRP_VARIANT_METHODS)}
+_BY_KEY.update({"abslrpvgg": "absLRP (no maxpool division)", "abslrpresnet": "absLRP (maxpool division)"})
 
 
 def _rule_set_method(name: str) -> str | None:
@@ -172,7 +189,8 @@ def resolve_name(name: str) -> str:
     """
     found = _BY_KEY.get(_key(str(name))) or _rule_set_method(name)
     if found is None:
-        raise InputError(f"unknown attribution method {name!r}; valid names: {', '.join(METHOD_NAMES)}")
+        valid = ", ".join((*METHOD_NAMES, *ABSLRP_VARIANT_METHODS))
+        raise InputError(f"unknown attribution method {name!r}; valid names: {valid}")
     return found
 
 
@@ -392,6 +410,15 @@ def _captum_layer(layer: CamLayer) -> Iterator[nn.Module]:
 ABSLRP_VARIANTS = {"vgg": {"maxpool_divide": False}, "resnet": {"maxpool_divide": True}}
 
 
+def check_variant(variant: str | None) -> None:
+    """An absLRP variant is None, ``"vgg"`` or ``"resnet"``; anything else -> InputError."""
+    if variant is not None and variant not in ABSLRP_VARIANTS:
+        raise InputError(
+            f"unknown absLRP variant {variant!r}; expected one of {', '.join(ABSLRP_VARIANTS)} "
+            "(vgg: AbsLRP(maxpool_divide=False), resnet: AbsLRP())"
+        )
+
+
 def relprop_method(rules: Any = None, *, variant: str | None = None, **explain_kwargs: Any) -> Method:
     """A method explaining with a relprop rule set; traces once per model.
 
@@ -402,8 +429,7 @@ def relprop_method(rules: Any = None, *, variant: str | None = None, **explain_k
     """
     import relprop
 
-    if variant is not None and variant not in ABSLRP_VARIANTS:
-        raise InputError(f"unknown absLRP variant {variant!r}; expected one of {', '.join(ABSLRP_VARIANTS)}")
+    check_variant(variant)
     if variant is not None and rules is not None:
         raise InputError("give either rules or an absLRP variant, not both")
     if rules is None:
@@ -438,13 +464,16 @@ def random_method(seed: int = 0) -> Method:
 
 
 def lrp_method(name: str, *, variant: str | None = None) -> Method:
-    """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1.
+    """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1, RAP, cRAP.
 
     The rule set is a fresh one from its :mod:`relprop.rules.registry` entry, explained
-    with the set's defaults (absLRP and cLRP contrastive, the others from the target logit);
-    ``variant`` picks absLRP's per-architecture variant (:func:`relprop_method`).
+    with the set's defaults (absLRP, cLRP and cRAP contrastive, the others from the target
+    logit); ``variant`` picks absLRP's per-architecture variant (:func:`relprop_method`), except
+    for the names of :data:`ABSLRP_VARIANT_METHODS`, which fix it.
     """
     name = resolve_name(name)
+    if name in ABSLRP_VARIANT_METHODS:
+        name, variant = "absLRP", ABSLRP_VARIANT_METHODS[name]
     if name not in RELPROP_METHODS:
         raise InputError(f"{name!r} is not a relprop rule set; those are: {', '.join(RELPROP_METHODS)}")
     if variant is not None and name == "absLRP":
@@ -503,6 +532,8 @@ def captum_method(name: str, *, layer: nn.Module | CamLayer | None = None, seed:
                 return attr.NoiseTunnel(attr.Saliency(model)).attribute(x, target=t, nt_type="smoothgrad", **opts)
         if name == "DeepLIFT":
             return attr.DeepLift(model).attribute(x, target=t, **{"baselines": 0.0, **kwargs})
+        if name == "Deconvolution":
+            return attr.Deconvolution(model).attribute(x, target=t, **kwargs)
         with _captum_layer(layers(model, x)) as module:
             if name == "GuidedGradCAM":
                 return attr.GuidedGradCam(model, module).attribute(x, target=t, **kwargs)
@@ -560,7 +591,7 @@ def get_method(name: str, *, seed: int = 0, abslrp_variant: str | None = None) -
 
     ``abslrp_variant``: absLRP's per-architecture variant (:func:`relprop_method`)."""
     name = resolve_name(name)
-    if name in RELPROP_METHODS:
+    if name in RELPROP_METHODS or name in ABSLRP_VARIANT_METHODS:
         return lrp_method(name, variant=abslrp_variant)
     if name in CAPTUM_METHODS:
         return captum_method(name, seed=seed)
@@ -600,14 +631,17 @@ def build_methods(
     given: an unknown name or a method that cannot run raises InputError naming the
     method, the reason and what to install / the valid names. Names are matched as
     in :func:`resolve_name`. ``seed`` seeds SmoothGrad's noise and the random baseline;
-    ``abslrp_variant`` (``"vgg"`` or ``"resnet"``) picks absLRP's variant (:func:`relprop_method`).
+    ``abslrp_variant`` (``"vgg"`` or ``"resnet"``) picks absLRP's variant (:func:`relprop_method`);
+    the explicit variants (:data:`ABSLRP_VARIANT_METHODS`) come right after the rule sets.
     """
+    check_variant(abslrp_variant)
     if isinstance(names, str):
         names = [names]
     wanted = set(METHOD_NAMES if names is None else (resolve_name(n) for n in names))
     methods: dict[str, Method] = {}
     skipped: dict[str, str] = {}
-    for name in METHOD_NAMES:
+    n = len(RELPROP_METHODS)
+    for name in (*METHOD_NAMES[:n], *ABSLRP_VARIANT_METHODS, *METHOD_NAMES[n:]):
         if name not in wanted:
             continue
         why = _unavailable(name, model)
