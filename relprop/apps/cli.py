@@ -1,12 +1,15 @@
 """The ``relprop`` command.
 
-    relprop                      # = relprop example: explain the shipped digits models
+    relprop                      # = relprop example: an ImageNet model on real photos
+    relprop --model digits       # the shipped digits models
     relprop example --model vit --out heat.png --rules zplus --target 3 --no-overlay
     relprop example --model shapes --target circle   # the small shapes CNN
     relprop explain-text "I hate this movie. However, I loved the leading actor!" --html words.html
     relprop explain-text "some sentence" --model path/to/hf-model-folder --target 1
     relprop evaluate                     # GAE of every method on the shipped digits models
     relprop evaluate --model mymodels:net --data images/ --size 64 --methods absLRP,Saliency
+    relprop explain photos/ --model imagenet --out heat/    # a heatmap PNG and .npy per image
+    torchrun --nproc-per-node 4 -m relprop explain photos/ --model imagenet --out heat/
 
 Subcommands are registered in :func:`build_parser`; ``relprop`` with no
 subcommand runs ``relprop example`` (its options work without the subcommand too).
@@ -18,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import cmd_evaluate, cmd_example, cmd_text
+from . import cmd_evaluate, cmd_example, cmd_explain, cmd_text
 from .options import RULES, TEXT_RULES
 from .options import parse_target as _target  # noqa: F401  (old private name, used by tests)
 from .options import rule_factories as _rules  # noqa: F401  (old private name, used by examples)
@@ -65,6 +68,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "example": cmd_example.add_parser,
     "explain-text": cmd_text.add_parser,
     "evaluate": cmd_evaluate.add_parser,
+    "explain": cmd_explain.add_parser,
 }
 
 if __name__ == "__main__":

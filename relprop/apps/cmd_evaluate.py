@@ -26,8 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME|MODULE:ATTR|FILE",
         help="a shipped model (vgg, resnet, vit), an importable 'module:attr' or 'file.py:attr' (an nn.Module "
-        "or a function returning one), or a file saved with torch.save(model); repeat for several "
+        "or a function returning one), imagenet, timm:NAME, or a file saved with torch.save(model) (needs "
+        "--allow-pickle); repeat for several "
         "(default: vgg, resnet, vit)",
+    )
+    ev.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow a --model FILE saved with torch.save(model): unpickling it runs code from the file",
     )
     ev.add_argument(
         "--data",
@@ -94,7 +100,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from relprop.evaluation.comparison import ABSLRP_RULE_SETS, DIGITS_ABSLRP_VARIANTS, compare
 
     specs = args.model or list(models.DIGITS_MODELS)
-    loaded = [load_model(s) for s in specs]
+    loaded = [load_model(s, allow_pickle=args.allow_pickle) for s in specs]
     nets = dict(loaded)
     if len(nets) < len(loaded):
         raise InputError(f"two --model values have the same name ({', '.join(n for n, _ in loaded)}); name them apart")
