@@ -106,9 +106,21 @@ def _png_size(path: Path) -> tuple[int, int]:
     return img.size
 
 
-def test_default_run_explains_the_shipped_digits_models(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.slow
+def test_default_run_explains_real_photos(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert "EfficientNet-Lite0" in out and "relprop-example.png" in out
+    assert "967 espresso" in out and "872 tripod" in out
+    assert "absLRP" in out and "EpsilonPlusFlat" in out
+    w, h = _png_size(tmp_path / "relprop-example.png")
+    assert w > 3 * 224 and h > 6 * 224  # photo + two maps per row, six photos
+
+
+def test_digits_run_explains_the_shipped_digits_models(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--model", "digits"]) == 0
     out = capsys.readouterr().out
     assert "AbsLRP" in out and "relprop-example.png" in out
     lines = {ln.split()[0]: ln.split() for ln in out.splitlines()[2:5]}
@@ -159,7 +171,7 @@ def test_rules_come_from_the_registry(tmp_path, capsys) -> None:
     for typed, name in {"LRP-ε": "epsilon", "LRP-α2β1": "alphabeta", "EpsilonPlusFlat": "epsilon-plus-flat"}.items():
         assert parser.parse_args(["example", "--rules", typed]).rules == name
         assert parser.parse_args(["explain-text", "x", "--rules", typed]).rules == name
-    assert parser.parse_args(["example"]).rules == "abslrp"
+    assert parser.parse_args(["example"]).rules is None  # abslrp (digits) or abslrp + epsilon-plus-flat (photos)
     assert parser.parse_args(["explain-text", "x"]).rules == cli.TEXT_RULES
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["example", "--rules", "nope"])
@@ -185,16 +197,19 @@ def test_bad_target_is_an_error_not_a_traceback(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "relprop: error" in err and "hexagon" in err and "circle" in err
     assert not (tmp_path / "t.png").exists()
-    assert cli.main(["--target", "10", "--out", str(tmp_path / "t.png")]) == 1
+    assert cli.main(["--model", "digits", "--target", "10", "--out", str(tmp_path / "t.png")]) == 1
     err = capsys.readouterr().err
     assert "not a class" in err and "9 (9)" in err
+    assert cli.main(["--target", "kitten", "--out", str(tmp_path / "t.png")]) == 1  # the photos' ImageNet classes
+    err = capsys.readouterr().err
+    assert "not a class" in err and "an index 0..999 or a class name" in err
     for bad in ("3", "-1"):
         with pytest.raises(relprop.TargetError, match="not a class"):
             cli._target(bad, CLASS_NAMES)
 
 
 def test_unwritable_path_is_an_error(tmp_path, capsys) -> None:
-    assert cli.main(["--out", str(tmp_path / "missing" / "dir" / "x.png")]) == 1
+    assert cli.main(["--model", "digits", "--out", str(tmp_path / "missing" / "dir" / "x.png")]) == 1
     err = capsys.readouterr().err
     assert "relprop: error" in err and "does not exist" in err
 

@@ -16,17 +16,19 @@ __all__ = ["add_parser", "run_example"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser(
         "example",
-        help="explain the shipped digits models (or the shapes example) and write a heatmap PNG (the default)",
-        description="Explain one test image of each digit with the three models that ship inside "
-        "the package (a VGG-style CNN, a ResNet and a ViT trained on handwritten digits) and write a "
-        "heatmap PNG: the inputs on top, one row of relevance per model (red positive, blue negative, "
-        "white zero). --model picks one model, or 'shapes' for the small shapes CNN.",
+        help="explain real photos with an ImageNet model (or the shipped digits models) and write a PNG (the default)",
+        description="Explain scikit-image's sample photos (a cat, a coffee cup, an astronaut, a rocket, ...) "
+        "with EfficientNet-Lite0 trained on ImageNet (shipped offline) for their predicted classes, with "
+        "absLRP and the classic EpsilonPlusFlat composite, print the predictions and write one PNG (red "
+        "positive, blue negative, white zero). --model digits explains one test image of each digit with "
+        "the three digits models that ship inside the package (a VGG-style CNN, a ResNet and a ViT); "
+        "vgg, resnet or vit one of them; shapes the small shapes CNN.",
     )
     ex.add_argument(
         "--model",
-        choices=("all", "vgg", "resnet", "vit", "shapes"),
-        default="all",
-        help="which shipped model to explain (default: %(default)s = vgg, resnet and vit)",
+        choices=("photos", "digits", "all", "vgg", "resnet", "vit", "shapes"),
+        default="photos",
+        help="what to explain (default: %(default)s: ImageNet photos; digits (or all): the three digits models)",
     )
     ex.add_argument(
         "--out",
@@ -38,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--rules",
         type=rules_name,
         choices=RULES,
-        default="abslrp",
-        help="rule set (default: %(default)s)",
+        default=None,
+        help="rule set (default: abslrp; for the photos abslrp and epsilon-plus-flat side by side)",
     )
     ex.add_argument(
         "--target",
@@ -69,7 +71,7 @@ def _run_digits(args: argparse.Namespace, out: Path) -> int:
     images, strokes = x[idx], raw[idx] > 0.5
     names = [str(c) for c in range(models.CLASSES)]
     target = parse_target(args.target, names)
-    chosen_by = list(models.DIGITS_MODELS) if args.model == "all" else [args.model]
+    chosen_by = list(models.DIGITS_MODELS) if args.model in ("all", "digits") else [args.model]
     rule_set = registry.rule_set(args.rules)
     print(f"relprop example: one test image per digit, rules {rule_set!r}")
     print(f"  {'model':<7} {'test acc':>8}  {'predicted':<11} {'on strokes':>10}  time")
@@ -105,6 +107,20 @@ def _run_digits(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _run_photos(args: argparse.Namespace, out: Path) -> int:
+    """``relprop example`` on real photos: the ImageNet model, absLRP and a classic composite."""
+    from .imagenet import imagenet_classes
+    from .photos import RULES as PHOTO_RULES
+    from .photos import run_photos
+
+    rules = PHOTO_RULES if args.rules is None else (args.rules,)
+    target = parse_target(args.target, imagenet_classes())
+    print("relprop example: EfficientNet-Lite0 (ImageNet) on scikit-image's sample photos")
+    run_photos(out, rules, layout="overlay" if args.overlay else "heatmap", target=target)
+    print("  (relprop --model digits: the shipped digits models)")
+    return 0
+
+
 def run_example(args: argparse.Namespace) -> int:
     """``relprop example``: explain the shipped digits models (or the shapes example) and write the PNG."""
     import torch
@@ -116,6 +132,10 @@ def run_example(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"cannot write {out}: directory {out.parent} does not exist")
+    if args.model == "photos":
+        return _run_photos(args, out)
+    if args.rules is None:
+        args.rules = "abslrp"
     if args.model != "shapes":
         return _run_digits(args, out)
     ex = load_example()

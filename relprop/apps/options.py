@@ -46,6 +46,9 @@ def parse_target(value: str | None, names: Sequence[str]) -> int | None:
     except ValueError:
         index = -1
     if not 0 <= index < len(names):
-        choices = ", ".join(f"{i} ({n})" for i, n in enumerate(names))
-        raise TargetError(f"--target {value!r} is not a class; expected one of {choices}")
+        if len(names) <= 20:
+            choices = "one of " + ", ".join(f"{i} ({n})" for i, n in enumerate(names))
+        else:
+            choices = f"an index 0..{len(names) - 1} or a class name such as {names[0]!r}"
+        raise TargetError(f"--target {value!r} is not a class; expected {choices}")
     return index

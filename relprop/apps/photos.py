@@ -98,6 +98,7 @@ def run_photos(
     *,
     clip: float | None = viz.DEFAULT_CLIP,
     layout: str = "overlay",
+    target: int | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> PhotosResult:
     """Explain the sample ``photos`` for their predicted classes with each rule set of ``rules``.
@@ -107,7 +108,8 @@ def run_photos(
     picture): one row per photo, the photo then one ``layout`` panel (``"overlay"``, the
     map over the dimmed photo, or ``"heatmap"``) per rule set, stored with 5 bits per
     colour channel (a third of the size, no visible difference).  Rule sets by registry
-    name (``relprop.rules.registry``).
+    name (``relprop.rules.registry``).  ``target``: explain this class for every photo
+    instead of each photo's predicted class.
     """
     from .imagenet import load_imagenet_model
 
@@ -122,16 +124,18 @@ def run_photos(
         predictions = _predict(model(x), photos, classes)
     for p in predictions:
         say(str(p))
-    target = torch.tensor([p.index for p in predictions])
+    chosen = torch.tensor([p.index if target is None else target for p in predictions])
     relevance: dict[str, Tensor] = {}
     for entry in entries:
         t = time.perf_counter()
-        relevance[entry.display] = trace(model, entry.build()).explain(x, target)
+        relevance[entry.display] = trace(model, entry.build()).explain(x, chosen)
         seconds[entry.name] = time.perf_counter() - t
         say(f"{entry.display}: {len(photos)} photos explained in {seconds[entry.name]:.1f} s")
     result = PhotosResult(predictions, relevance, seconds)
     if out is not None:
         titles = [f"{p.photo}: {p.index} {p.label} ({p.probability:.0%})" for p in predictions]
+        if target is not None:
+            titles = [f"{t}; explained: {target} {classes[target]}" for t in titles]
         pic = viz.table(transform.unnormalize(x), relevance, layout=layout, row_titles=titles, clip=clip, scale=1)
         result.path = Path(out)
         _posterized(pic).save(result.path, format="PNG", optimize=True)
