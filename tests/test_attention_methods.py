@@ -185,7 +185,7 @@ def test_tibav_gradient_and_relevance_both_matter() -> None:
     assert not torch.allclose(a, b)
 
 
-def test_samples_are_independent() -> None:
+def test_samples_are_independent(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_vit()
     x = torch.randn(4, 3, 4, 4, dtype=torch.float64)
     t = torch.tensor([0, 1, 2, 0])
@@ -193,6 +193,8 @@ def test_samples_are_independent() -> None:
         method = AM.attention_method(name)
         both = method(model, x, t)
         assert torch.allclose(both[1:2], method(model, x[1:2], t[1:2]), atol=1e-12), name
+    monkeypatch.setattr(AM, "TIBAV_BATCH", 3)  # TIBAV in chunks of 3 and 1
+    assert torch.allclose(AM.attention_method("TIBAV")(model, x, t), both, atol=1e-12)
 
 
 # ------------------------------------------------------------ real ViTs

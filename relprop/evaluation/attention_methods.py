@@ -36,7 +36,9 @@ softmax (AttnLRP's softmax rule instead of the identity: it changes only what fl
 into queries and keys), layer norm (α1β0 on its linear map with σ held, theirs the
 identity) and the residual sums (plain ε-rule; theirs rescales each operand's share to
 its |sum|).  From the relevance R_o the walk gives the product o = A·V, R_A is their
-rule there: R_A = ½ · A ⊙ ((R_o / stab(o)) Vᵀ), stab(o) = o + ε·sign(o).
+rule there: R_A = ½ · A ⊙ ((R_o / stab(o)) Vᵀ), stab(o) = o + ε·sign(o).  The walk records
+every node's relevance (``graph.explanation(..., record=True)``), so TIBAV explains
+:data:`TIBAV_BATCH` samples at a time.
 
 **Reading the graph** (no module names or classes): the model is exported as relprop's
 other methods export it (:func:`relprop.tracing.trace_program`).  An attention is a
@@ -79,6 +81,7 @@ from .metrics import Method
 __all__ = [
     "ATTENTION_METHODS",
     "EPSILON",
+    "TIBAV_BATCH",
     "AttentionGraph",
     "Site",
     "attention_graph",
@@ -95,6 +98,8 @@ __all__ = [
 ATTENTION_METHODS = ("Rollout", "LLAttention", "TIBAV")
 #: TIBAV's ε: of its rule set (:func:`tibav_rules`) and of the split at o = A·V
 EPSILON = 1e-6
+#: TIBAV explains at most this many samples at a time (its walk records every node's relevance)
+TIBAV_BATCH = 8
 #: names a module's forward refers to when it computes attention (the screen without an input)
 _ATTENTION_NAMES = ("softmax", "scaled_dot_product_attention", "attention_forward", "multi_head_attention")
 
@@ -464,7 +469,8 @@ def attention_method(name: str, *, rules: Any = None) -> Method:
         if name == "TIBAV":
             if model not in graphs:
                 graphs[model] = relprop.trace(model, rules=tibav_rules() if rules is None else rules)
-            joint = joint_attention(_tibav_matrices(model, ag, x, t, graphs[model]))
+            chunks = zip(x.split(TIBAV_BATCH), t.split(TIBAV_BATCH))
+            joint = torch.cat([joint_attention(_tibav_matrices(model, ag, xs, ts, graphs[model])) for xs, ts in chunks])
             return _class_row_map(joint, ag.grid, x)
         with torch.no_grad():
             _, caps = run_attention(model, ag, x, grad=False)
