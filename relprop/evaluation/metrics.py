@@ -1,30 +1,86 @@
 """Global Attribution Evaluation (GAE), Vukadin et al. 2024 (arXiv 2412.09311), section 3.2.
 
-GAE scores an attribution method on a positive image drawn from each group of
-four images: ``GAE = LC * C`` with local consistency ``LC`` (robustness and
-faithfulness under Most/Least-Relevant-First perturbation) and contrastiveness
-``C`` (how much of the explanation of a 2x2 mosaic lands on the positive image's
-quadrant rather than on quadrants of competing classes).
+GAE scores an attribution method on one positive image per group of four images:
+``GAE = LC * C`` with local consistency ``LC`` (robustness ``LC_R`` and faithfulness
+``LC_F`` under Most/Least-Relevant-First perturbation) and contrastiveness ``C`` (how
+much of the explanation of a 2x2 mosaic lands on the positive image's quadrant rather
+than on quadrants of competing classes).
 
-Every formula is a separate, batched, pure function (dimension 0 is the batch).
-Maps are reduced over the channel dimension (summed) to one value per pixel;
-perturbation zero-masks whole pixels (all channels).
+By default every step computes what the authors' implementation computes
+(``abslrp_gae/gae/gae.py`` of github.com/davor10105/relative-absolute-magnitude-propagation):
+``benchmarks/gae_authors.py`` runs both side by side (``benchmarks/results/gae-authors.md``)
+and ``tests/test_gae_oracle.py`` checks :meth:`GAE.evaluate` against an independent
+per-sample implementation.  Each step is a separate, batched, pure function (dimension
+0 is the batch); ``eps`` is 1e-9, added where the authors add it.
 
-Readings of points that section 3.2 leaves open (documented choices):
+Choices (where the code and the paper's text differ, the code is followed by default):
 
-* ``o_t`` is the target *logit* ``f_c`` of the perturbed input.
-* ``c_i`` (class of quadrant ``i``) is the model's *predicted* class of image
-  ``i``, as the paper says; the authors' script uses the dataset label instead.
-* ``I_c`` uses the |input x gradient| maps of the perturbed inputs of steps
-  ``1..T`` (the same maps that rank the features).
-* 0/0 ratios: ``sim`` of two all-zero maps is 1, ``LC_R`` with ``d^o = d^A = 0``
-  is 1, ``LC_F`` and ``C`` of an all-zero map are 0.
+* **Granularity** (``granularity``): ``"feature"`` (default, the code): ranking,
+  zero-masking, the |x ⊙ ∇| maps, the relevance maps and their comparisons are per
+  input feature (C x H x W).  ``"pixel"``: every map is summed over channels (the
+  relevance map before its normalisation) and whole pixels are masked; otherwise the
+  same steps.
+* **Outputs** ``o_t``: the signed logit ``f_c`` of the positive image's predicted class.
+* **Ranking map** (:func:`ranking_map`): ``|x ⊙ ∂L/∂x|`` with ``L = mean |f_c(x)|`` over
+  the batch of positives, divided by its sum + eps per sample.
+* **Steps** (:func:`perturb`): for ``p`` in ``torch.linspace(1/T, 1, T)`` (float32):
+  save the input, ``o`` and the map; then, if ``p < 1``, zero the ``int(p * n)`` features
+  (``n`` features per sample) that ``topk`` ranks highest (MoRF) or lowest (LeRF) in the
+  current map, already-masked (zero-map) features included.  T states are saved (state 0
+  unperturbed).  LeRF re-selects the masked features, so its state ``t`` has
+  ``int(p_t n)`` masked (``t/T`` up to float32: at T = 10, n = 10 it is 1, 1, 2, 3, ...).
+  MoRF ranks them last and masks ``int(p n)`` *more* each step: at T = 10 its states
+  have 0, 10, 30, 60 % and then 100 % masked (states 4..9 are the all-zero input).  The
+  paper describes t/T masked in both orders; this is what the code does.
+* **Relevance maps** (:func:`normalize_map`): the method's map divided by its max
+  |value| + eps, its positive part, divided by its max + eps (the authors'
+  ``RelevancyMethod`` then GAE's own normalisation: ``relu(R) / max relu(R)`` up to eps).
+* **LC_R**: ``d^o_t = o^LeRF_t/(o_0+eps) - o^MoRF_t/(o_0+eps)`` and ``d^A_t =
+  dice(A_0, A^MoRF_t) - dice(A_0, A^LeRF_t)`` for t = 1..T-1, ``dice(a, b) = Σ|a-b| /
+  (Σ|a| + Σ|b| + eps)`` (``sim = 1 - dice``); ``LC_R = 1 - 2 dice(d^A, d^o)``.
+* **LC_F**: ``I_c = sign(maxnorm(l1norm(Σ_t M^LeRF_t) - l1norm(Σ_t M^MoRF_t)))`` over the
+  T saved ranking maps (step 0 included); ``LC_F = Σ(I_c ⊙ A_0) / (Σ A_0 + eps)``;
+  ``LC = relu(LC_R + LC_F) / 2``.  No 0/0 special cases: all-zero maps give dice 0
+  (``LC_R = -1`` for a map that never changes) and overlap 0.
+* **Mosaic** (:func:`mosaic`): images downsampled with ``F.interpolate(x, (H/2, W/2))``
+  (mode nearest: the even rows and columns).
+* **Positive image** (:func:`sample_positive`): quadrant ``i`` drawn with probability
+  ``softmax_i(z[c_1..c_4])``, ``z`` the mosaic's logits and ``c_i`` the *predicted*
+  classes (= ``softmax(z)[c_i] / Σ_j softmax(z)[c_j]``), in the logits' dtype, from a
+  generator seeded from ``(seed, batch index)`` (:func:`batch_generator`; the authors
+  use the global RNG) so that each batch's draw does not depend on the others.
+* **Score map** (:func:`quadrant_scores`, :func:`score_map`): ``s`` = softmax of the
+  positive image's own logits; quadrant ``i`` gets ``2 s[c_i]/s[c_p] - 1`` with ``c`` the
+  *dataset labels* (``quadrant_classes="label"``, the code) or the predicted classes
+  (``"predicted"``, what the paper says); ``c_p`` is the positive's own label (resp.
+  prediction), so its quadrant gets 1.  With labels, a misclassified positive image has
+  ``s[c_p] < max s``: scores, and ``C``, can then exceed 1 without bound (inf or nan when
+  ``s[c_p]`` underflows to 0), as in the authors' code; with predictions ``S <= 1``.
+  Then the 2x2 centre square (rows H/2-1 and H/2, columns W/2-1 and W/2) is set to 1:
+  the code's comment speaks of the centre lines, its slice sets the intersection of
+  the two centre rows and columns.
+* **C** (:func:`contrastiveness`): ``relu(Σ(S ⊙ A_mos) / (Σ A_mos + eps))``, the mosaic
+  explained for the positive image's predicted class.
+* **Grouping** (``grouping``): ``"consecutive"`` (default): group ``g`` is images
+  ``4g..4g+3`` of the batch, its mosaic holds them (quadrant ``i``: image ``4g+i``; 0
+  top-left, 1 top-right, 2 bottom-left, 3 bottom-right).  ``"authors"``: the authors'
+  indexing, identical at batch size 4: mosaic ``m`` holds images ``m, m+k, m+2k, m+3k``
+  (``k`` = batch/4), while group ``g``'s positive is drawn with mosaic ``g``'s logits,
+  mosaic ``g`` is explained for it, and quadrant ``q`` of mosaic ``m`` gets the score of
+  image ``qk+m`` computed for the positive of that image's group.  For batches over 4
+  the positive image is then usually not in its mosaic (an indexing bug, not a reading
+  of the paper); the option reproduces their numbers (their README uses batch size 16).
+* **Data**: batches in the data's order (the authors' DataLoader shuffles and drops the
+  last partial batch); images beyond a multiple of 4 in a batch are left out.
+* **Shards**: ``GAE.evaluate(..., shard=(rank, world))`` scores only batches ``b`` with
+  ``b % world == rank``; :meth:`GAEResult.merge` joins the shards' results (ordered by
+  data index) into what one process gives.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,75 +91,134 @@ from torch import Tensor, nn
 from ..errors import InputError
 
 __all__ = [
+    "EPS",
     "GAE",
     "GAEResult",
     "Method",
     "Perturbation",
     "Table",
     "WilcoxonResult",
+    "attribution_differences",
+    "arrange_mosaic",
+    "batch_generator",
     "contrastiveness",
-    "local_consistency",
+    "dice",
+    "downsample",
+    "impact_map",
+    "l1_normalize",
     "lc_faithfulness",
     "lc_robustness",
+    "local_consistency",
+    "mask_features",
+    "max_normalize",
     "mosaic",
     "normalize_map",
     "output_differences",
-    "attribution_differences",
     "perturb",
+    "quadrant_scores",
+    "ranking_map",
     "sample_positive",
-    "saliency_difference",
     "score_map",
-    "sim",
 ]
 
 Method = Callable[[nn.Module, Tensor, Tensor], Tensor]
 SCORES = ("lc_r", "lc_f", "lc", "c", "gae")
+GRANULARITIES = ("feature", "pixel")
+GROUPINGS = ("consecutive", "authors")
+QUADRANT_CLASSES = ("label", "predicted")
+#: added to every denominator, as in the authors' code
+EPS = 1e-9
 
 
 def _flat(a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], -1)
 
 
-# ---------------------------------------------------------------- formulas
+def _per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) broadcasting against ``like``."""
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+# ---------------------------------------------------------------- normalisations
+
+
+def l1_normalize(a: Tensor) -> Tensor:
+    """Each map divided by its L1 norm + eps (section 3.2, the ranking maps and ``I_c``). (B, ...)."""
+    return a / (_per_sample(_flat(a).abs().sum(1), a) + EPS)
+
+
+def max_normalize(a: Tensor) -> Tensor:
+    """Each map divided by its max |value| + eps (section 3.2, ``I_c``). (B, ...)."""
+    return a / (_per_sample(_flat(a).abs().amax(1), a) + EPS)
 
 
 def normalize_map(a: Tensor) -> Tensor:
-    """Positive part of each map divided by its maximum (section 3.2: "all maps
-    are the positive part of the explanation, divided by its maximum").
+    """Relevance map as GAE compares it (section 3.2: "the positive part of the explanation,
+    divided by its maximum"): ``max_normalize(relu(max_normalize(a)))`` (the authors
+    max-normalise a method's map, then take its positive part and max-normalise again).
 
     ``a``: (B, ...). A map with no positive entry becomes all zeros.
     """
-    pos = a.clamp(min=0)
-    mx = _flat(pos).amax(dim=1).reshape((-1,) + (1,) * (a.dim() - 1))
-    return torch.where(mx > 0, pos / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(pos))
+    return max_normalize(max_normalize(a).clamp(min=0))
 
 
-def sim(a: Tensor, b: Tensor) -> Tensor:
-    """Similarity of maps, section 3.2: ``1 - ||a - b||_1 / (||a||_1 + ||b||_1)``.
+def dice(a: Tensor, b: Tensor) -> Tensor:
+    """``Σ|a - b| / (Σ|a| + Σ|b| + eps)`` per sample; section 3.2's ``sim(a, b) = 1 - dice(a, b)``.
 
-    ``a``, ``b``: (B, ...) -> (B,). Two all-zero maps have similarity 1.
+    ``a``, ``b``: (B, ...) -> (B,). Two all-zero maps give 0.
     """
-    num = _flat(a - b).abs().sum(1)
-    den = _flat(a).abs().sum(1) + _flat(b).abs().sum(1)
-    return torch.where(den > 0, 1 - num / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
+    a, b = _flat(a), _flat(b)
+    return (a - b).abs().sum(1) / (a.abs().sum(1) + b.abs().sum(1) + EPS)
 
 
-def _input_x_grad(model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Target logits ``f_c(x)`` (B,) and pixel maps ``sum_ch |x * d|f_c(x)|/dx|`` (B, H, W)."""
+# ---------------------------------------------------------------- perturbation (LC)
+
+
+def ranking_map(model: nn.Module, x: Tensor, target: Tensor, granularity: str = "feature") -> tuple[Tensor, Tensor]:
+    """Section 3.2, perturbation step: the outputs ``o = f_c(x)`` (B,) and the ranking maps.
+
+    The map is ``|x ⊙ ∂L/∂x|`` with ``L = mean_b |f_c(x_b)|``, per feature (B, C, H, W) or,
+    with ``granularity="pixel"``, summed over channels (B, H, W); each map is divided by
+    its sum + eps.
+    """
+    _check_choice("granularity", granularity, GRANULARITIES)
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        out = model(xg)
-        logit = out.gather(1, target.reshape(-1, 1)).squeeze(1)
-        (grad,) = torch.autograd.grad(logit.abs().sum(), xg)
-    return logit.detach(), (xg.detach() * grad).abs().sum(1)
+        o = model(xg).gather(1, target.reshape(-1, 1)).squeeze(1)
+        (grad,) = torch.autograd.grad(o.abs().mean(), xg)
+    m = (grad * xg.detach()).abs()
+    if granularity == "pixel":
+        m = m.sum(1)
+    return o.detach(), l1_normalize(m)
+
+
+def mask_features(x: Tensor, maps: Tensor, k: int, largest: bool) -> Tensor:
+    """Section 3.2, perturbation step: ``x`` with the ``k`` entries of each map that ``topk``
+    ranks highest (``largest=True``, MoRF) or lowest (LeRF) set to 0.
+
+    ``x``: (B, C, H, W); ``maps``: (B, C, H, W) (features) or (B, H, W) (whole pixels).
+    Already-masked entries are ranked like the others.
+    """
+    idx = _flat(maps).topk(k, dim=1, largest=largest).indices
+    if maps.shape == x.shape:
+        return _flat(x).scatter(1, idx, 0.0).reshape(x.shape)
+    if maps.shape != x.shape[:1] + x.shape[2:]:
+        raise InputError(f"maps shaped {tuple(maps.shape)} do not fit inputs shaped {tuple(x.shape)}")
+    hit = torch.zeros(_flat(maps).shape, dtype=torch.bool, device=x.device).scatter(1, idx, True)
+    return x.masked_fill(hit.reshape(x.shape[0], 1, *x.shape[2:]), 0.0)
 
 
 @dataclass
 class Perturbation:
-    """Result of :func:`perturb`; the step index ``t`` runs 0..T (t = 0: unperturbed).
+    """Result of :func:`perturb`: the T saved states t = 0..T-1 (t = 0 unperturbed; t/T masked).
 
-    ``inputs`` (T+1, B, C, H, W), ``outputs`` (T+1, B) target logits ``o_t``,
-    ``maps`` (T+1, B, H, W) |input x gradient| of each (perturbed) input.
+    ``inputs`` (T, B, C, H, W), ``outputs`` (T, B) logits ``o_t``, ``maps`` (T, B, ...) the
+    ranking maps (:func:`ranking_map`) of each state.
     """
 
     inputs: Tensor
@@ -111,146 +226,161 @@ class Perturbation:
     maps: Tensor
 
 
-def perturb(model: nn.Module, x: Tensor, target: Tensor, steps: int, order: str) -> Perturbation:
-    """MoRF/LeRF zero-masking perturbation of section 3.2.
-
-    At step ``t = 1..T`` the total number of masked pixels becomes
-    ``round(t/T * H*W)``: the pixels still unmasked are ranked by
-    ``|x_{t-1} * d|f_c(x_{t-1})|/dx|`` (summed over channels) computed on the
-    current perturbed input, and the highest (``order="morf"``) or lowest
-    (``order="lerf"``) are set to 0 in every channel.
+def perturb(
+    model: nn.Module, x: Tensor, target: Tensor, steps: int, order: str, granularity: str = "feature"
+) -> Perturbation:
+    """Section 3.2, MoRF/LeRF perturbation: for ``p`` in ``torch.linspace(1/T, 1, T)``
+    (float32), save the state (input, :func:`ranking_map`), then, if ``p < 1``, zero the
+    ``int(p * n)`` top- (``order="morf"``) or bottom-ranked (``"lerf"``) entries of the
+    current map (:func:`mask_features`), ``n`` entries per map.
     """
-    if order not in ("morf", "lerf"):
-        raise InputError(f"perturbation order must be 'morf' or 'lerf', got {order!r}")
-    b, _, h, w = x.shape
-    n = h * w
-    masked = torch.zeros(b, n, dtype=torch.bool, device=x.device)
+    _check_choice("perturbation order", order, ("morf", "lerf"))
     cur = x.detach().clone()
-    o, m = _input_x_grad(model, cur, target)
-    inputs, outputs, maps = [cur], [o], [m]
-    for t in range(1, steps + 1):
-        k = round(t / steps * n) - int(masked[0].sum())
-        score = _flat(m).clone()
-        fill = -math.inf if order == "morf" else math.inf
-        score[masked] = fill
-        if k > 0:
-            idx = score.topk(k, dim=1, largest=(order == "morf")).indices
-            masked = masked.scatter(1, idx, True)
-        cur = x.detach() * (~masked).reshape(b, 1, h, w).to(x.dtype)
-        o, m = _input_x_grad(model, cur, target)
+    inputs, outputs, maps = [], [], []
+    for p in torch.linspace(1 / steps, 1, steps, dtype=torch.float32):
+        o, m = ranking_map(model, cur, target, granularity)
         inputs.append(cur)
         outputs.append(o)
         maps.append(m)
+        if p < 1:
+            cur = mask_features(cur, m, int(p * _flat(m).shape[1]), largest=order == "morf")
     return Perturbation(torch.stack(inputs), torch.stack(outputs), torch.stack(maps))
 
 
 def output_differences(o_morf: Tensor, o_lerf: Tensor) -> Tensor:
-    """``d^o_t = (o^LeRF_t - o^MoRF_t) / o_0`` for t = 1..T (section 3.2).
+    """Section 3.2, ``d^o_t = o^LeRF_t / (o_0 + eps) - o^MoRF_t / (o_0 + eps)`` for t = 1..T-1.
 
-    ``o_morf``, ``o_lerf``: (T+1, B) with row 0 the unperturbed output -> (B, T).
+    ``o_morf``, ``o_lerf``: (T, B) with row 0 the unperturbed output -> (B, T-1).
     """
-    o0 = o_morf[0]
-    o0 = torch.where(o0 == 0, torch.full_like(o0, 1e-12), o0)
-    return ((o_lerf[1:] - o_morf[1:]) / o0).T
+    o0 = o_morf[0] + EPS
+    return (o_lerf[1:] / o0 - o_morf[1:] / o0).T
 
 
 def attribution_differences(a0: Tensor, a_morf: Tensor, a_lerf: Tensor) -> Tensor:
-    """``d^A_t = sim(A_0, A^LeRF_t) - sim(A_0, A^MoRF_t)`` (section 3.2).
+    """Section 3.2, ``d^A_t = dice(A_0, A^MoRF_t) - dice(A_0, A^LeRF_t)``
+    (= ``sim(A_0, A^LeRF_t) - sim(A_0, A^MoRF_t)``).
 
-    ``a0``: (B, ...) normalized map of the unperturbed input; ``a_morf``,
-    ``a_lerf``: (T, B, ...) normalized maps of the perturbed inputs -> (B, T).
+    ``a0``: (B, ...) normalised map of the unperturbed input; ``a_morf``, ``a_lerf``:
+    (T-1, B, ...) those of the perturbed inputs -> (B, T-1).
     """
-    out = [sim(a0, a_lerf[t]) - sim(a0, a_morf[t]) for t in range(a_morf.shape[0])]
-    return torch.stack(out, dim=1)
+    out = [dice(a0, a_morf[t]) - dice(a0, a_lerf[t]) for t in range(a_morf.shape[0])]
+    return torch.stack(out, dim=1) if out else a0.new_zeros(a0.shape[0], 0)
 
 
 def lc_robustness(d_o: Tensor, d_a: Tensor) -> Tensor:
-    """``LC_R = 1 - 2 ||d^o - d^A||_1 / (||d^o||_1 + ||d^A||_1)`` (section 3.2). (B, T) -> (B,)."""
-    num = (d_o - d_a).abs().sum(1)
-    den = d_o.abs().sum(1) + d_a.abs().sum(1)
-    return torch.where(den > 0, 1 - 2 * num / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
+    """Section 3.2, ``LC_R = 1 - 2 dice(d^A, d^o)``. (B, T-1) -> (B,)."""
+    return 1 - 2 * dice(d_a, d_o)
 
 
-def saliency_difference(maps_morf: Tensor, maps_lerf: Tensor) -> Tensor:
-    """``I_c``: L1-normalised sum of the LeRF maps minus that of the MoRF maps (section 3.2).
+def impact_map(maps_morf: Tensor, maps_lerf: Tensor) -> Tensor:
+    """Section 3.2, combined impact map
+    ``I_c = sign(maxnorm(l1norm(Σ_t M^LeRF_t) - l1norm(Σ_t M^MoRF_t)))``.
 
-    ``maps_*``: (T, B, ...) |input x gradient| maps of the perturbed inputs -> (B, ...).
+    ``maps_*``: (T, B, ...) the ranking maps of all T saved states (step 0 included) -> (B, ...).
     """
-
-    def l1(s: Tensor) -> Tensor:
-        n = _flat(s).abs().sum(1).reshape((-1,) + (1,) * (s.dim() - 1))
-        return torch.where(n > 0, s / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(s))
-
-    return l1(maps_lerf.sum(0)) - l1(maps_morf.sum(0))
+    return torch.sign(max_normalize(l1_normalize(maps_lerf.sum(0)) - l1_normalize(maps_morf.sum(0))))
 
 
 def lc_faithfulness(a0: Tensor, i_c: Tensor) -> Tensor:
-    """``LC_F = sum(A_0 * sign(I_c)) / ||A_0||_1`` (section 3.2). (B, ...) -> (B,); 0 for a zero map."""
-    num = _flat(a0 * torch.sign(i_c)).sum(1)
-    den = _flat(a0).abs().sum(1)
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    """Section 3.2, ``LC_F = Σ(I_c ⊙ A_0) / (Σ A_0 + eps)``. (B, ...) -> (B,)."""
+    return _flat(i_c * a0).sum(1) / (_flat(a0).sum(1) + EPS)
 
 
 def local_consistency(lc_r: Tensor, lc_f: Tensor) -> Tensor:
-    """``LC = max(0, (LC_R + LC_F) / 2)`` (section 3.2)."""
-    return ((lc_r + lc_f) / 2).clamp(min=0)
+    """Section 3.2, ``LC = relu(LC_R + LC_F) / 2``."""
+    return (lc_f + lc_r).clamp(min=0) / 2
+
+
+# ---------------------------------------------------------------- mosaics (C)
+
+
+def downsample(x: Tensor) -> Tensor:
+    """Section 3.2, mosaic: each image at half resolution, ``F.interpolate(x, (H/2, W/2))``
+    (nearest: the even rows and columns). (N, C, H, W) -> (N, C, H/2, W/2)."""
+    n, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise InputError(
+            f"the GAE mosaic needs images whose height and width are even (each image is halved "
+            f"into one quadrant); got images shaped {tuple(x.shape)}"
+        )
+    return F.interpolate(x, (h // 2, w // 2))
+
+
+def arrange_mosaic(small: Tensor, grouping: str = "consecutive") -> Tensor:
+    """Section 3.2, mosaic: 2x2 mosaics of half-resolution images (N = 4k, C, h, w) -> (k, C, 2h, 2w).
+
+    Quadrants 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right. ``"consecutive"``:
+    mosaic ``m`` quadrant ``q`` is image ``4m + q``; ``"authors"``: image ``qk + m``.
+    """
+    _check_choice("grouping", grouping, GROUPINGS)
+    n, c, h, w = small.shape
+    if n % 4 or n == 0:
+        raise InputError(f"a GAE mosaic needs groups of 4 images; got {n} images")
+    k = n // 4
+    if grouping == "consecutive":
+        parts = small.reshape(k, 2, 2, c, h, w)  # (m, row, col, ...)
+    else:
+        parts = small.reshape(2, 2, k, c, h, w).permute(2, 0, 1, 3, 4, 5)
+    # (m, row, col, C, h, w) -> (m, C, row, h, col, w)
+    return parts.permute(0, 3, 1, 4, 2, 5).reshape(k, c, 2 * h, 2 * w)
+
+
+def mosaic(x: Tensor, grouping: str = "consecutive") -> Tensor:
+    """Section 3.2, mosaic: :func:`downsample` then :func:`arrange_mosaic`. (4k, C, H, W) -> (k, C, H, W)."""
+    if x.shape[0] % 4:
+        raise InputError(f"the GAE mosaic needs groups of 4 images; got images shaped {tuple(x.shape)}")
+    return arrange_mosaic(downsample(x), grouping)
+
+
+def batch_generator(seed: int, batch: int) -> torch.Generator:
+    """The CPU generator of batch ``batch``'s positive-image draw (section 3.2), seeded from
+    ``(seed, batch)`` only: ``(seed * 0x9E3779B97F4A7C15 + batch) mod 2**64``."""
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + batch) % 2**64)
 
 
 def sample_positive(mosaic_logits: Tensor, classes: Tensor, generator: torch.Generator) -> Tensor:
-    """Quadrant of the positive image of each mosaic (section 3.2).
+    """Section 3.2, positive image: quadrant ``i`` of each group drawn with probability
+    ``softmax_i(z[c_1], ..., z[c_4])`` (= ``softmax(z)[c_i] / Σ_j softmax(z)[c_j]``).
 
-    Quadrant ``i`` is drawn with probability proportional to ``softmax(z)[c_i]``,
-    ``z`` the mosaic's logits (k, K) and ``c_i`` = ``classes[:, i]`` (k, 4) the
-    predicted class of image ``i``. Returns (k,) quadrant indices.
+    ``mosaic_logits``: (k, K) logits ``z``; ``classes``: (k, 4) predicted class of each
+    image of the group. Computed in the logits' dtype on the CPU, one ``torch.multinomial``
+    call. Returns (k,) quadrant indices.
     """
-    p = torch.softmax(mosaic_logits.detach().double(), 1).gather(1, classes)
-    return torch.multinomial(p / p.sum(1, keepdim=True), 1, generator=generator).squeeze(1)
+    p = mosaic_logits.detach().cpu().gather(1, classes.cpu()).softmax(-1)
+    return torch.multinomial(p, 1, generator=generator).flatten()
 
 
-def mosaic(x: Tensor) -> Tensor:
-    """2x2 mosaics of consecutive groups of four images at half resolution (section 3.2).
+def quadrant_scores(probs: Tensor, classes: Tensor, positive: Tensor) -> Tensor:
+    """Section 3.2, score of each quadrant: ``2 s[c_i] / s[c_p] - 1`` (1 for the positive).
 
-    ``x``: (4k, C, H, W), H and W even -> (k, C, H, W). Image ``4g + i`` of a group
-    goes to quadrant ``i``: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right;
-    each image is downsampled by 2x2 average pooling.
+    ``probs``: (k, K) softmax ``s`` of each positive image's own logits; ``classes``: (k, 4)
+    class of each image of the group (dataset label or prediction); ``positive``: (k,)
+    quadrant of the positive image -> (k, 4).
     """
-    n, c, h, w = x.shape
-    if n % 4 or h % 2 or w % 2:
-        raise InputError(
-            f"the GAE mosaic needs groups of 4 images whose height and width are even (each image is "
-            f"halved into one quadrant); got images shaped {tuple(x.shape)}"
-        )
-    small = F.avg_pool2d(x, 2).reshape(n // 4, 2, 2, c, h // 2, w // 2)
-    # (k, row, col, C, h, w) -> (k, C, row, h, col, w)
-    return small.permute(0, 3, 1, 4, 2, 5).reshape(n // 4, c, h, w)
-
-
-def score_map(probs: Tensor, classes: Tensor, positive: Tensor, size: tuple[int, int]) -> Tensor:
-    """Contrastiveness score map ``S`` (section 3.2).
-
-    ``probs``: (k, K) softmax of each positive image's own logits; ``classes``:
-    (k, 4) class of each quadrant (the predicted class here; the authors' code uses
-    the dataset label); ``positive``: (k,) quadrant of the positive image.
-    Quadrant ``i`` gets 1 if it is the positive one, else ``2 s[c_i] / s[c_p] - 1``.
-    Returns (k, H, W) with ``size = (H, W)``.
-    """
-    k = probs.shape[0]
     s_i = probs.gather(1, classes)
-    c_p = classes.gather(1, positive.reshape(-1, 1))
-    s_p = probs.gather(1, c_p)
-    vals = 2 * s_i / s_p - 1
-    vals = vals.scatter(1, positive.reshape(-1, 1), 1.0)
+    s_p = s_i.gather(1, positive.reshape(-1, 1))
+    return 2 * s_i / s_p - 1
+
+
+def score_map(values: Tensor, size: tuple[int, int], grouping: str = "consecutive") -> Tensor:
+    """Section 3.2, score map ``S``: image ``4g + i``'s quadrant filled with ``values[g, i]``
+    (:func:`arrange_mosaic` with ``grouping``), then the 2x2 centre square set to 1.
+
+    The authors' code sets ``S[..., H/2-1:H/2+1, W/2-1:W/2+1] = 1`` (its comment says "centre
+    lines"; the slice is the square where the two centre rows and columns cross).
+    ``values``: (k, 4); ``size = (H, W)`` of the mosaic -> (k, H, W).
+    """
     h, w = size
-    quads = vals.reshape(k, 2, 2, 1, 1).expand(k, 2, 2, h // 2, w // 2)
-    return quads.permute(0, 1, 3, 2, 4).reshape(k, h, w)
+    k = values.shape[0]
+    tiles = values.reshape(4 * k, 1, 1, 1).expand(4 * k, 1, h // 2, w // 2)
+    s = arrange_mosaic(tiles, grouping)[:, 0].clone()
+    s[:, h // 2 - 1 : h // 2 + 1, w // 2 - 1 : w // 2 + 1] = 1.0
+    return s
 
 
 def contrastiveness(a_mosaic: Tensor, s: Tensor) -> Tensor:
-    """``C = max(0, sum(A ⊙ S) / ||A||_1)`` (section 3.2); 0 for an all-zero map. (k, ...) -> (k,)."""
-    num = _flat(a_mosaic * s).sum(1)
-    den = _flat(a_mosaic).abs().sum(1)
-    c = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
-    return c.clamp(min=0)
+    """Section 3.2, ``C = relu(Σ(S ⊙ A) / (Σ A + eps))``. ``a_mosaic`` (k, ...), ``s`` broadcasting to it -> (k,)."""
+    return (_flat(s * a_mosaic).sum(1) / (_flat(a_mosaic).sum(1) + EPS)).clamp(min=0)
 
 
 # ---------------------------------------------------------------- methods
@@ -292,7 +422,7 @@ class GAEResult:
     """``result[method][score]``: one value per positive image (tensor), score in
     ``lc_r, lc_f, lc, c, gae``. ``images[method]``: the data index of each of those
     positive images (a batch a method failed on has none). ``failures``:
-    ``(method, batch index, message)``."""
+    ``(method, batch index, message)``. :meth:`merge` joins the results of shards."""
 
     scores: dict[str, dict[str, Tensor]]
     failures: list[tuple[str, int, str]] = field(default_factory=list)
@@ -300,6 +430,28 @@ class GAEResult:
 
     def __getitem__(self, method: str) -> dict[str, Tensor]:
         return self.scores[method]
+
+    @classmethod
+    def merge(cls, results: Sequence[GAEResult]) -> GAEResult:
+        """One result from the results of disjoint shards (``GAE.evaluate(..., shard=...)``):
+        each method's scores concatenated and ordered by data index, failures by batch."""
+        if not results:
+            raise InputError("GAEResult.merge needs at least one result")
+        names = list(dict.fromkeys(m for r in results for m in r.scores))
+        scores: dict[str, dict[str, Tensor]] = {}
+        images: dict[str, Tensor] = {}
+        for m in names:
+            parts = [r for r in results if m in r.scores]
+            if any(m not in r.images for r in parts):
+                raise InputError(f"method {m!r}: a result without data indices cannot be merged")
+            idx = torch.cat([r.images[m] for r in parts])
+            if len(torch.unique(idx)) != len(idx):
+                raise InputError(f"method {m!r}: the results overlap (an image is scored twice)")
+            order = torch.argsort(idx)
+            images[m] = idx[order]
+            scores[m] = {s: torch.cat([r.scores[m][s] for r in parts])[order] for s in SCORES}
+        failures = sorted((f for r in results for f in r.failures), key=lambda f: (f[1], names.index(f[0])))
+        return cls(scores, failures, images)
 
     def table(self) -> Table:
         """Mean ± half-width of the 95% t-interval of each score."""
@@ -375,15 +527,43 @@ def _check_map(a: Any, like: Tensor, name: str, what: str) -> Tensor:
     return a.detach()
 
 
-class GAE:
-    """The GAE metric (section 3.2) with ``steps`` perturbation steps and a seeded
-    generator for the positive-image sampling."""
+@dataclass
+class _Batch:
+    """What the scores of every method on one batch share (``k`` positive images)."""
 
-    def __init__(self, steps: int = 10, seed: int = 0) -> None:
-        if steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
-        self.steps = steps
-        self.seed = seed
+    index: Tensor  # (k,) data index of each positive image
+    mosaics: Tensor  # (k, C, H, W)
+    target: Tensor  # (k,) predicted class of each positive image
+    score: Tensor  # (k, H, W) score map S
+    inputs: Tensor  # (k + 2 (T-1) k, C, H, W): positives, MoRF states 1..T-1, LeRF states 1..T-1
+    d_o: Tensor  # (k, T-1) output differences
+    i_c: Tensor  # (k, ...) combined impact map
+
+
+class GAE:
+    """The GAE metric (section 3.2); the module docstring lists every choice.
+
+    ``steps``: T >= 2 saved perturbation states; ``seed``: positive-image draws
+    (:func:`batch_generator`); ``granularity``: ``"feature"`` (default) or ``"pixel"``;
+    ``quadrant_classes``: ``"label"`` (default) or ``"predicted"``; ``grouping``:
+    ``"consecutive"`` (default) or ``"authors"``.
+    """
+
+    def __init__(
+        self,
+        steps: int = 10,
+        seed: int = 0,
+        granularity: str = "feature",
+        quadrant_classes: str = "label",
+        grouping: str = "consecutive",
+    ) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise InputError(f"steps must be an integer >= 2 (state 0 is the unperturbed input), got {steps!r}")
+        _check_choice("granularity", granularity, GRANULARITIES)
+        _check_choice("quadrant_classes", quadrant_classes, QUADRANT_CLASSES)
+        _check_choice("grouping", grouping, GROUPINGS)
+        self.steps, self.seed = steps, seed
+        self.granularity, self.quadrant_classes, self.grouping = granularity, quadrant_classes, grouping
 
     def _batches(self, data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
         from torch.utils.data import DataLoader
@@ -398,6 +578,71 @@ class GAE:
             raise InputError(f"GAE needs at least 4 images, the dataset has {len(data)}")
         return DataLoader(data, batch_size=batch_size, shuffle=False)
 
+    def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, first: int, bi: int) -> _Batch | None:
+        """Positive images, mosaics, score map and perturbations of batch ``bi`` (data indices from ``first``)."""
+        with torch.no_grad():
+            logits = model(x)
+        y = y.to(logits.device)
+        bad = ((y < 0) | (y >= logits.shape[1])).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(f"label {int(y[i])} of sample {first + i} is outside 0..{logits.shape[1] - 1}")
+        n = x.shape[0] - x.shape[0] % 4
+        if n == 0:
+            return None
+        x, y, logits, k = x[:n], y[:n], logits[:n], n // 4
+        preds = logits.argmax(1)
+        mos = mosaic(x, self.grouping)
+        with torch.no_grad():
+            positive = sample_positive(model(mos), preds.reshape(k, 4), batch_generator(self.seed, bi))
+        positive = positive.to(preds.device)
+        pidx = torch.arange(k, device=preds.device) * 4 + positive
+        xp, cp = x[pidx], preds[pidx]
+        classes = (y if self.quadrant_classes == "label" else preds).reshape(k, 4)
+        vals = quadrant_scores(logits[pidx].softmax(-1), classes, positive)
+        s = score_map(vals, (x.shape[2], x.shape[3]), self.grouping)
+        morf = perturb(model, xp, cp, self.steps, "morf", self.granularity)
+        lerf = perturb(model, xp, cp, self.steps, "lerf", self.granularity)
+        inputs = torch.cat([xp, morf.inputs[1:].flatten(0, 1), lerf.inputs[1:].flatten(0, 1)])
+        d_o = output_differences(morf.outputs, lerf.outputs)
+        return _Batch(first + pidx.cpu(), mos, cp, s, inputs, d_o, impact_map(morf.maps, lerf.maps))
+
+    def _scores(self, b: _Batch, a_mos: Tensor, a_all: Tensor) -> dict[str, Tensor]:
+        """LC_R, LC_F, LC, C and GAE of one method from its maps of the mosaics and of ``b.inputs``."""
+        s = b.score
+        if self.granularity == "pixel":
+            a_mos, a_all = a_mos.sum(1), a_all.sum(1)
+        else:
+            s = s[:, None]
+        a_mos, a_all = normalize_map(a_mos), normalize_map(a_all)
+        k, t1 = len(b.target), self.steps - 1
+        a0 = a_all[:k]
+        a_m = a_all[k : k * (t1 + 1)].reshape(t1, *a0.shape)
+        a_l = a_all[k * (t1 + 1) :].reshape(t1, *a0.shape)
+        lc_r = lc_robustness(b.d_o.to(a0.device), attribution_differences(a0, a_m, a_l))
+        lc_f = lc_faithfulness(a0, b.i_c.to(a0.device))
+        lc = local_consistency(lc_r, lc_f)
+        c = contrastiveness(a_mos, s.to(a_mos.device))
+        return dict(zip(SCORES, (lc_r, lc_f, lc, c, lc * c)))
+
+    def _score_methods(
+        self, model: nn.Module, methods: Mapping[str, Method], b: _Batch, bi: int, out: _Accumulator
+    ) -> None:
+        """Every method's scores on batch ``bi``; a method that raises is recorded as a failure."""
+        targets = b.target.repeat(len(b.inputs) // len(b.target))
+        for name, method in methods.items():
+            try:
+                a_mos = method(model, b.mosaics, b.target)
+                a_all = method(model, b.inputs, targets)
+            except Exception as e:  # a method's own failure: recorded, not dropped
+                out.failures.append((name, bi, f"{type(e).__name__}: {e}"))
+                continue
+            a_mos = _check_map(a_mos, b.mosaics, name, f"the mosaics of batch {bi}")
+            a_all = _check_map(a_all, b.inputs, name, f"the perturbed inputs of batch {bi}")
+            for key, v in self._scores(b, a_mos, a_all).items():
+                out.scores[name][key].append(v.detach().cpu())
+            out.images[name].append(b.index)
+
     def evaluate(
         self,
         model: nn.Module,
@@ -405,74 +650,57 @@ class GAE:
         data: Any,
         batch_size: int = 16,
         progress: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> GAEResult:
         """Score every method on the positive image of each group of four images.
 
-        Images beyond a multiple of 4 in the last batch are left out.
+        ``data``: a dataset of (image, label) or a DataLoader, in a fixed order. Images
+        beyond a multiple of 4 in a batch are left out. ``shard=(rank, world)`` scores
+        only the batches ``b`` with ``b % world == rank`` (each batch's draw depends on
+        ``(seed, b)`` only), so ``GAEResult.merge`` of all ranks' results equals one
+        process's result when every rank reads the same batches.
         """
         from tqdm.auto import tqdm
 
-        gen = torch.Generator().manual_seed(self.seed)
+        rank, world = _check_shard(shard)
         model.eval()
-        acc: dict[str, dict[str, list[Tensor]]] = {m: {s: [] for s in SCORES} for m in methods}
-        index: dict[str, list[Tensor]] = {m: [] for m in methods}
-        failures: list[tuple[str, int, str]] = []
+        out = _Accumulator.of(methods)
         seen = 0
         for bi, (x, y) in enumerate(tqdm(self._batches(data, batch_size), desc="GAE", disable=not progress)):
-            x = torch.as_tensor(x)
-            y = torch.as_tensor(y)
+            x, y = torch.as_tensor(x), torch.as_tensor(y)
             if x.dim() != 4:
                 raise InputError(f"GAE needs image batches shaped (N, C, H, W); batch {bi} is {tuple(x.shape)}")
-            with torch.no_grad():
-                logits = model(x)
-            k_cls = logits.shape[1]
-            bad = ((y < 0) | (y >= k_cls)).nonzero().flatten()
-            if len(bad):
-                i = int(bad[0])
-                raise InputError(f"label {int(y[i])} of sample {seen + i} is outside 0..{k_cls - 1}")
-            n = x.shape[0] - x.shape[0] % 4
-            first = seen
-            seen += x.shape[0]
-            if n == 0:
+            first, seen = seen, seen + x.shape[0]
+            if bi % world != rank:
                 continue
-            x, logits = x[:n], logits[:n]
-            k = n // 4
-            preds = logits.argmax(1)
-            classes = preds.reshape(k, 4)
-            mos = mosaic(x)
-            with torch.no_grad():
-                positive = sample_positive(model(mos), classes, gen)
-            pidx = torch.arange(k) * 4 + positive
-            xp, cp = x[pidx], preds[pidx]
-            with torch.no_grad():
-                s = score_map(torch.softmax(logits[pidx], 1), classes, positive, (x.shape[2], x.shape[3]))
-            morf = perturb(model, xp, cp, self.steps, "morf")
-            lerf = perturb(model, xp, cp, self.steps, "lerf")
-            d_o = output_differences(morf.outputs, lerf.outputs)
-            i_c = saliency_difference(morf.maps[1:], lerf.maps[1:])
-            t = self.steps
-            for name, method in methods.items():
-                try:
-                    a_mos = method(model, mos, cp)
-                    allx = torch.cat([xp, morf.inputs[1:].flatten(0, 1), lerf.inputs[1:].flatten(0, 1)])
-                    a_all = method(model, allx, cp.repeat(2 * t + 1))
-                except Exception as e:  # a method's own failure: recorded, not dropped
-                    failures.append((name, bi, f"{type(e).__name__}: {e}"))
-                    continue
-                a_mos = normalize_map(_check_map(a_mos, mos, name, f"the mosaics of batch {bi}").sum(1))
-                a_all = normalize_map(_check_map(a_all, allx, name, f"the perturbed inputs of batch {bi}").sum(1))
-                a0 = a_all[:k]
-                a_m = a_all[k : k * (t + 1)].reshape(t, k, *a0.shape[1:])
-                a_l = a_all[k * (t + 1) :].reshape(t, k, *a0.shape[1:])
-                lc_r = lc_robustness(d_o, attribution_differences(a0, a_m, a_l))
-                lc_f = lc_faithfulness(a0, i_c)
-                lc = local_consistency(lc_r, lc_f)
-                c = contrastiveness(a_mos, s)
-                for key, v in zip(SCORES, (lc_r, lc_f, lc, c, lc * c)):
-                    acc[name][key].append(v.detach().float())
-                index[name].append(first + pidx)
+            b = self._prepare(model, x, y, first, bi)
+            if b is not None:
+                self._score_methods(model, methods, b, bi, out)
         if seen < 4:
             raise InputError(f"GAE needs at least 4 images, the data has {seen}")
-        scores = {m: {s: torch.cat(v) if v else torch.empty(0) for s, v in d.items()} for m, d in acc.items()}
-        images = {m: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for m, v in index.items()}
-        return GAEResult(scores, failures, images)
+        return out.result()
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(type(v) is int for v in shard)
+    if not ok or not 0 <= shard[0] < shard[1]:
+        raise InputError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    return shard[0], shard[1]
+
+
+@dataclass
+class _Accumulator:
+    scores: dict[str, dict[str, list[Tensor]]]
+    images: dict[str, list[Tensor]]
+    failures: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, methods: Iterable[str]) -> _Accumulator:
+        return cls({m: {s: [] for s in SCORES} for m in methods}, {m: [] for m in methods})
+
+    def result(self) -> GAEResult:
+        scores = {m: {s: torch.cat(v) if v else torch.empty(0) for s, v in d.items()} for m, d in self.scores.items()}
+        images = {m: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for m, v in self.images.items()}
+        return GAEResult(scores, self.failures, images)
