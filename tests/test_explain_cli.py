@@ -361,3 +361,23 @@ def test_torchrun_two_processes_match_one(tree: Path, tmp_path: Path) -> None:
     run = _torchrun(imgs, "--model", "vgg", "--out", tmp_path / "badout")
     assert run.returncode != 0 and f"{imgs / 'a/broken.png'}: cannot read the image" in run.stderr
     assert len(_lines(tmp_path / "badout")) == 8
+
+
+@pytest.mark.slow
+def test_torchrun_evaluate_matches_one_process(tmp_path: Path) -> None:
+    args = ["--model", "vgg", "--methods", "absLRP,constant", "--max-images", "24", "--batch-size", "8"]
+    args += ["--steps", "2", "--no-progress"]  # 3 GAE batches: rank 0 scores two, rank 1 one
+    assert cli.main(["evaluate", *args, "--out-dir", str(tmp_path / "one")]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command += ["-m", "relprop", "evaluate", *args, "--out-dir", str(tmp_path / "two")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("wrote ") == 1  # rank 0 writes and reports
+    one, two = (json.loads((tmp_path / d / "gae.json").read_text()) for d in ("one", "two"))
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {"gae.csv", "gae.json", "gae.png"}
+    assert len(one["gae"]) == len(two["gae"]) == 2
+    for a, b in zip(one["gae"], two["gae"], strict=True):
+        assert a.keys() == b.keys() and a["n"] == b["n"] == 6
+        for key, value in a.items():  # equal up to rounding (one thread per process under torchrun)
+            assert b[key] == (pytest.approx(value, rel=1e-5, abs=1e-7) if isinstance(value, float) else value), key

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .loading import load_model
+
+if TYPE_CHECKING:
+    from relprop.evaluation.comparison import Comparison
+
+    from .distributed import World
 
 __all__ = ["add_parser", "run_evaluate"]
 
@@ -19,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "LC, C and GAE per method and model with 95%% intervals, and a paired Wilcoxon test of each "
         "method's GAE against absLRP. Writes the table to the terminal and, in --out-dir, gae.csv, "
         "gae.json and gae.png. Defaults: the three shipped digits models, their test split, every "
-        "method that can run (Captum, grad-cam methods need the 'evaluate' extra).",
+        "method that can run (Captum, grad-cam methods need the 'evaluate' extra). On several processes: "
+        "torchrun --nproc-per-node N -m relprop evaluate ... (the GAE batches are shared out; the same files).",
     )
     ev.add_argument(
         "--model",
@@ -94,7 +101,38 @@ def _load_data(args: argparse.Namespace) -> object:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """``relprop evaluate``: GAE table of every method on every model; CSV, JSON and PNG in --out-dir."""
+    """``relprop evaluate``: GAE table of every method on every model; CSV, JSON and PNG in --out-dir.
+
+    Under torchrun (``torchrun --nproc-per-node N -m relprop evaluate ...``) every process scores
+    its share of the GAE batches (gloo, on the CPU; each batch's randomness depends only on the seed
+    and its index), rank 0 merges the per-image scores by data index (``GAEResult.merge``), runs the
+    Quantus metrics if asked, and writes the same files as one process.
+    """
+    from . import distributed
+
+    with distributed.session("cpu") as world:
+        return _evaluate(args, world)
+
+
+def _merged(result: Comparison, world: World) -> Comparison | None:
+    """One process's Comparison from every rank's shard (on rank 0; None on the others)."""
+    import dataclasses
+
+    from relprop.evaluation.metrics import GAEResult
+
+    from . import distributed
+
+    if not world.distributed:
+        return result
+    parts = distributed.gather(result, world)
+    if not world.main:
+        return None
+    gae = {name: GAEResult.merge([p.gae[name] for p in parts]) for name in result.gae}
+    seconds = {name: max(p.seconds[name] for p in parts) for name in result.seconds}
+    return dataclasses.replace(parts[0], gae=gae, seconds=seconds)
+
+
+def _evaluate(args: argparse.Namespace, world: World) -> int:
     from relprop.apps import models
     from relprop.errors import InputError
     from relprop.evaluation.comparison import ABSLRP_RULE_SETS, DIGITS_ABSLRP_VARIANTS, compare
@@ -115,7 +153,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         name: args.abslrp_variant or (DIGITS_ABSLRP_VARIANTS[s] if s in models.DIGITS_MODELS else "resnet")
         for s, (name, _) in zip(specs, loaded)
     }
-    for name, variant in variants.items():
+    for name, variant in variants.items() if world.main else ():
         print(f"absLRP on {name}: {ABSLRP_RULE_SETS[variant]} (variant {variant})")
     quantus: tuple[str, ...] = ()
     if args.quantus is not None:
@@ -130,10 +168,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         max_images=args.max_images,
-        quantus_metrics=quantus,
-        progress=args.progress,
+        quantus_metrics=quantus if world.main else (),
+        progress=args.progress and world.main,
         abslrp_variant=variants,
+        shard=(world.rank, world.size) if world.distributed else None,
     )
+    result = _merged(result, world)
+    if result is None:
+        return 0
     print(result)
     for model, res in result.gae.items():
         for method, batch, message in res.failures:

@@ -45,9 +45,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .options import RULES, parse_target, rules_name
+
+if TYPE_CHECKING:
+    from .distributed import World
 
 __all__ = ["Store", "add_parser", "run_explain"]
 
@@ -466,7 +469,7 @@ def make_plan(args: argparse.Namespace, ex: Explainer, store: Store) -> Plan:
     return Plan(run, todo, len(items) - len(todo))
 
 
-def _agree(world: Any, make: Callable[[], Any]) -> Any:
+def _agree(world: World, make: Callable[[], Any]) -> Any:
     """``make()`` on rank 0, its result on every rank; an error on rank 0 is raised on every rank."""
     from relprop.errors import RelpropError
 
@@ -484,7 +487,7 @@ def _agree(world: Any, make: Callable[[], Any]) -> Any:
     return result
 
 
-def _process(args: argparse.Namespace, ex: Explainer, store: Store, plan: Plan, world: Any) -> tuple[int, list]:
+def _process(args: argparse.Namespace, ex: Explainer, store: Store, plan: Plan, world: World) -> tuple[int, list]:
     """This rank's share of the plan, batch by batch: (images done, failures)."""
     from tqdm import tqdm
 
@@ -508,7 +511,7 @@ def _process(args: argparse.Namespace, ex: Explainer, store: Store, plan: Plan, 
     return done, failures
 
 
-def _report(args: argparse.Namespace, store: Store, plan: Plan, totals: list, seconds: float, world: Any) -> int:
+def _report(args: argparse.Namespace, store: Store, plan: Plan, totals: list, seconds: float, world: World) -> int:
     """Rank 0: merge the predictions, write failures.jsonl, print the summary; the exit status."""
     done = sum(n for n, _ in totals)
     failures = sorted(f for _, fs in totals for f in fs)

@@ -210,6 +210,7 @@ def compare(
     quantus_metrics: Sequence[str] = (),
     progress: bool = True,
     abslrp_variant: str | Mapping[str, str | None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Comparison:
     """Evaluate ``methods`` (names from :data:`relprop.methods.METHOD_NAMES`; None: every
     method that can run on each model) with GAE on every model.
@@ -221,6 +222,8 @@ def compare(
     every model or a mapping model name -> variant: ``"vgg"`` (``AbsLRP(maxpool_divide=False)``,
     the authors' rule set for VGGs) or ``"resnet"`` (``AbsLRP()``, theirs for ResNets); a
     model without one (None) gets ``"resnet"``. ``Comparison.abslrp_variants`` records them.
+    ``shard=(rank, world_size)``: score only this rank's GAE batches (``GAE.evaluate``'s ``shard``);
+    ``GAEResult.merge`` of every rank's ``gae[model]`` is one process's result.
     """
     from .methods import build_methods
 
@@ -242,7 +245,9 @@ def compare(
         if not built:
             raise InputError(f"no method can run on model {name!r}: {skipped}")
         start = time.perf_counter()
-        out.gae[name] = GAE(steps=steps, seed=seed).evaluate(model, built, ds, batch_size, progress=progress)
+        out.gae[name] = GAE(steps=steps, seed=seed).evaluate(
+            model, built, ds, batch_size, progress=progress, shard=shard
+        )
         if quantus_metrics:
             from .quantus_metrics import evaluate_quantus
 
