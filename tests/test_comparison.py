@@ -119,6 +119,8 @@ def test_abslrp_variant_per_model(digits: TensorDataset, monkeypatch: pytest.Mon
     assert not torch.equal(vgg["absLRP"]["lc"], vgg["absLRP (maxpool division)"]["lc"])
     assert "model vgg" in str(run) and "absLRP: AbsLRP(maxpool_divide=False) (vgg)" in str(run)
     assert "absLRP: AbsLRP() (resnet)" in str(run)
+    rows = [line for line in str(run).splitlines() if "±" in line]
+    assert len({line.index("±") for line in rows}) == 1  # columns aligned for the long method names
     seen.clear()
     comparison.compare(nets, digits, ["absLRP"], steps=2, max_images=8, progress=False, abslrp_variant="vgg")
     assert seen == [False, False]

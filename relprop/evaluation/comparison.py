@@ -109,19 +109,20 @@ class Comparison:
         key = "p_vs_" + self.reference
         lines = []
         rows = self.rows()
+        w = max([20, *(len(r["method"]) for r in rows), *(len(m) for sk in self.skipped.values() for m in sk)])
         for model in self.gae:
             variant = self.abslrp_variants.get(model)
             shown = f"; absLRP: {ABSLRP_RULE_SETS[variant]} ({variant})" if variant in ABSLRP_RULE_SETS else ""
             lines.append(f"model {model} ({self.seconds.get(model, math.nan):.0f} s{shown})")
-            lines.append(f"  {'method':<20} {'LC':>15} {'C':>15} {'GAE':>15} {'n':>5}  p vs {self.reference}")
+            lines.append(f"  {'method':<{w}} {'LC':>15} {'C':>15} {'GAE':>15} {'n':>5}  p vs {self.reference}")
             for r in (r for r in rows if r["model"] == model):
                 cells = " ".join(f"{r[s]:>7.3f} ± {r[s + '_ci95']:<5.3f}" for s in _SUMMARY)
                 p = r[key]
                 mark = "" if p is None else f"{p:.2g}{' *' if p < SIGNIFICANCE else ''}"
                 fail = f"  (failed on {r['failed_batches']} batches)" if r["failed_batches"] else ""
-                lines.append(f"  {r['method']:<20} {cells} {r['n']:>5}  {mark}{fail}")
+                lines.append(f"  {r['method']:<{w}} {cells} {r['n']:>5}  {mark}{fail}")
             for m, why in self.skipped.get(model, {}).items():
-                lines.append(f"  {m:<20} skipped: {why}")
+                lines.append(f"  {m:<{w}} skipped: {why}")
         lines.append(f"* GAE differs from {self.reference}'s at p < {SIGNIFICANCE} (paired Wilcoxon signed-rank test)")
         for model, res in self.quantus.items():
             lines.append(f"model {model}, Quantus metrics")

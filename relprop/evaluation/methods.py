@@ -632,7 +632,7 @@ def build_methods(
     method, the reason and what to install / the valid names. Names are matched as
     in :func:`resolve_name`. ``seed`` seeds SmoothGrad's noise and the random baseline;
     ``abslrp_variant`` (``"vgg"`` or ``"resnet"``) picks absLRP's variant (:func:`relprop_method`);
-    the explicit variants (:data:`ABSLRP_VARIANT_METHODS`) come right after the rule sets.
+    the explicit variants (:data:`ABSLRP_VARIANT_METHODS`) come right after ``absLRP``.
     """
     check_variant(abslrp_variant)
     if isinstance(names, str):
@@ -640,7 +640,7 @@ def build_methods(
     wanted = set(METHOD_NAMES if names is None else (resolve_name(n) for n in names))
     methods: dict[str, Method] = {}
     skipped: dict[str, str] = {}
-    n = len(RELPROP_METHODS)
+    n = METHOD_NAMES.index("absLRP") + 1
     for name in (*METHOD_NAMES[:n], *ABSLRP_VARIANT_METHODS, *METHOD_NAMES[n:]):
         if name not in wanted:
             continue
