@@ -68,8 +68,9 @@ Choices (where the code and the paper's text differ, the code is followed by def
   (``k`` = batch/4), while group ``g``'s positive is drawn with mosaic ``g``'s logits,
   mosaic ``g`` is explained for it, and quadrant ``q`` of mosaic ``m`` gets the score of
   image ``qk+m`` computed for the positive of that image's group.  For batches over 4
-  the positive image is then usually not in its mosaic (an indexing bug, not a reading
-  of the paper); the option reproduces their numbers (their README uses batch size 16).
+  the positive image is then often not in the mosaic explained for it (6 and 9 of 16 in
+  ``benchmarks/results/gae-authors.md``): an indexing bug, not a reading of the paper;
+  the option reproduces their numbers (their README uses batch size 16).
 * **Data**: batches in the data's order (the authors' DataLoader shuffles and drops the
   last partial batch); images beyond a multiple of 4 in a batch are left out.
 * **Shards**: ``GAE.evaluate(..., shard=(rank, world))`` scores only batches ``b`` with
