@@ -396,3 +396,17 @@ def test_missing_package(monkeypatch: pytest.MonkeyPatch, package: str, names: t
         RM.build_methods(tiny_cnn(), ["absLRP", names[-1]])
     with pytest.raises(InputError, match="not installed"):
         RM.get_method(names[0])
+
+
+def test_random_baseline_depends_on_the_input_and_seed_only() -> None:
+    from relprop.evaluation.methods import random_method
+
+    x = torch.arange(24.0).reshape(2, 3, 2, 2)
+    a, b = random_method(0), random_method(0)
+    first = a(None, x, torch.zeros(2, dtype=torch.long))
+    a(None, x + 1, torch.zeros(2, dtype=torch.long))  # another call in between changes nothing
+    assert torch.equal(first, a(None, x, torch.zeros(2, dtype=torch.long)))
+    assert torch.equal(first, b(None, x.clone(), torch.zeros(2, dtype=torch.long)))  # another process/instance
+    assert not torch.equal(first, random_method(1)(None, x, torch.zeros(2, dtype=torch.long)))
+    assert not torch.equal(first, a(None, x + 1, torch.zeros(2, dtype=torch.long)))
+    assert first.shape == x.shape and 0 <= first.min() and first.max() < 1

@@ -79,6 +79,7 @@ Choices (documented, not prescribed by the paper):
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import warnings
 import weakref
@@ -454,10 +455,14 @@ def constant_method(value: float = 1.0) -> Method:
 
 
 def random_method(seed: int = 0) -> Method:
-    """Baseline: uniform noise in [0, 1) from a generator seeded at creation."""
-    gen = torch.Generator().manual_seed(seed)
+    """Baseline: uniform noise in [0, 1), drawn from a generator seeded with ``seed`` and a
+    digest of the input, so the same input gets the same map in any process and order
+    (GAE sharded over torch.distributed ranks scores it as one process does)."""
 
     def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        data = x.detach().cpu().contiguous().numpy().tobytes()
+        digest = int.from_bytes(hashlib.blake2b(data, digest_size=7).digest(), "little")
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + digest)
         return torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
     return method
