@@ -272,13 +272,15 @@ def test_vit_token_cam_matches_hand_computation(digits: tuple[Tensor, Tensor]) -
 def test_relprop_rule_sets() -> None:
     model, x, t = tiny_cnn(), torch.randn(3, 3, 8, 8), torch.tensor([2, 0, 1])
     rules = relprop.rules
-    m, _ = RM.build_methods(model, ["absLRP", "cLRP", "LRP-eps", "lrp-alpha1beta0", "LRP-α2β1", "rap", "crap"])
-    assert list(m) == ["absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1", "RAP", "cRAP"]
+    names = ["absLRP", "cLRP", "LRP-eps", "lrp-alpha1beta0", "LRP-α2β1", "rap", "crap", "attnlrp"]
+    m, _ = RM.build_methods(model, names)
+    assert list(m) == ["absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1", "RAP", "cRAP", "AttnLRP"]
     expected = {
         "absLRP": relprop.trace(model, rules=rules.AbsLRP()).explain(x, t),
         "LRP-ε": relprop.trace(model, rules=rules.Epsilon(1e-6)).explain(x, t),
         "LRP-α2β1": relprop.trace(model, rules=rules.AlphaBeta(2.0, 1.0)).explain(x, t),
         "RAP": relprop.trace(model, rules=rules.RAP()).explain(x, t, contrastive=False),
+        "AttnLRP": relprop.trace(model, rules=rules.AttnLRP()).explain(x, t, contrastive=False),
     }
     e = relprop.trace(model, rules=rules.RAP()).explanation(x, t, contrastive=True)
     passes = next(iter(e.passes.values()))
@@ -303,7 +305,7 @@ def test_relprop_methods_come_from_the_registry() -> None:
     assert list(by_registry) == list(RM.RELPROP_METHODS)
     for name in RM.RELPROP_METHODS:
         assert torch.equal(by_registry[name](model, x, t), by_display[name](model, x, t)), name
-    for name in ("zplus", "attnlrp"):  # rule sets of the registry that are not compared methods
+    for name in ("zplus", "epsilon-plus-flat"):  # rule sets of the registry that are not compared methods
         with pytest.raises(InputError, match="valid names: absLRP, cLRP"):
             RM.resolve_name(name)
     with pytest.raises(InputError, match="not a relprop rule set"):

@@ -122,7 +122,7 @@ __all__ = [
 ]
 
 #: the registry's rule sets compared as methods (:mod:`relprop.rules.registry`)
-RELPROP_RULE_SETS = ("abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta", "rap", "crap")
+RELPROP_RULE_SETS = ("abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta", "rap", "crap", "attnlrp")
 #: their method names: the entries' display names (absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1, RAP, cRAP)
 RELPROP_METHODS: tuple[str, ...] = tuple(registry.entry(n).display for n in RELPROP_RULE_SETS)
 CAPTUM_METHODS = (
