@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import relprop
-from relprop.apps import cli, cmd_explain, distributed, images, loading
+from relprop.apps import cli, cmd_explain, distributed, images, loading, outputs
 from relprop.apps.models import load_digits_model, load_digits_test
 from relprop.rules import registry
 
@@ -123,7 +123,7 @@ def test_rerun_skips_force_recomputes(tree: Path, tmp_path: Path, capsys) -> Non
     assert {r["target"] for r in _lines(out)} == {1}
     assert _explain(tree, "--model", "vgg", "--target", "1", "--out", out, "--force") == 0
     assert "7 explained, 0 already done" in capsys.readouterr().out
-    assert len(_lines(out)) == 7 and not (out / cmd_explain.PARTS).exists()
+    assert len(_lines(out)) == 7 and not (out / outputs.PARTS).exists()
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tree: Path, tmp_path: Path, monkeypatch) -> None:
@@ -144,13 +144,13 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tree: Path, tmp_pat
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "temporary files removed"
     assert len(list(out.rglob("*.npy"))) == len(list(out.rglob("*.png"))) == 3
     assert not (out / "predictions.jsonl").exists()
-    part = [json.loads(line) for f in (out / cmd_explain.PARTS).glob("*.jsonl") for line in f.read_text().splitlines()]
+    part = [json.loads(line) for f in (out / outputs.PARTS).glob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(part) == 2  # the first batch's lines; the third image's outputs have no line yet
     monkeypatch.setattr(cmd_explain, "draw", real)
     assert _explain(tree, "--model", "vgg", "--out", out) == 0
     lines = _lines(out)
     assert len(lines) == 7 and len({r["npy"] for r in lines}) == 7
-    assert not (out / cmd_explain.PARTS).exists()
+    assert not (out / outputs.PARTS).exists()
 
 
 def test_write_failure_is_listed_and_leaves_nothing(tree: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -355,7 +355,7 @@ def test_torchrun_two_processes_match_one(tree: Path, tmp_path: Path) -> None:
     assert "3 explained, 4 already done" in run.stdout
     lines = _lines(two)
     assert len(lines) == 7 and len({r["path"] for r in lines}) == 7
-    assert not (two / cmd_explain.PARTS).exists()
+    assert not (two / outputs.PARTS).exists()
     # a failing image: the status of every rank, hence torchrun's, is non-zero
     imgs = _bad_tree(tree, tmp_path / "bad")
     run = _torchrun(imgs, "--model", "vgg", "--out", tmp_path / "badout")
