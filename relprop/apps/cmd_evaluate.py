@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="rank attribution methods with GAE on the shipped digits models (or your own)",
         description="Evaluate attribution methods with the GAE metric (Vukadin et al. 2024, section 3.2): "
-        "LC, C and GAE per method and model with 95%% intervals, and a paired Wilcoxon test of each "
+        "LC, C and GAE per method and model with 95 % intervals, and a paired Wilcoxon test of each "
         "method's GAE against absLRP. Writes the table to the terminal and, in --out-dir, gae.csv, "
         "gae.json and gae.png. Defaults: the three shipped digits models, their test split, every "
         "method that can run (Captum, grad-cam methods need the 'evaluate' extra). On several processes: "
