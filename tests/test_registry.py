@@ -135,7 +135,7 @@ def test_relprop_method_names_resolve_to_the_same_rule_sets(method: str) -> None
 def test_methods_keys_agree_with_the_registry() -> None:
     from relprop import methods as RM
 
-    assert RM.RELPROP_METHODS == ("absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1", "RAP", "cRAP")
+    assert RM.RELPROP_METHODS == ("absLRP", "cLRP", "LRP-ε", "LRP-α1β0", "LRP-α2β1", "RAP", "cRAP", "AttnLRP")
     for spelling, method in {
         "LRP-eps": "LRP-ε",
         "lrp-epsilon": "LRP-ε",
@@ -149,6 +149,7 @@ def test_methods_keys_agree_with_the_registry() -> None:
         "rap": "RAP",
         "crap": "cRAP",
         "c-rap": "cRAP",
+        "attnlrp": "AttnLRP",
     }.items():
         assert RM.resolve_name(spelling) == method, spelling
         assert registry.entry(spelling).display == method, spelling
