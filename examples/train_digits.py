@@ -79,6 +79,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from relprop import models as M
+from relprop.evaluation.metrics import arrange_mosaic
 
 OUT = Path(__file__).resolve().parent.parent / "relprop" / "data"
 SEED = 0
@@ -170,8 +171,7 @@ def quarter(x: Tensor, g: torch.Generator, p: float = 0.3) -> Tensor:
 
 def tile(small: Tensor) -> Tensor:
     """(k, 4, C, h, w) quadrants (top-left, top-right, bottom-left, bottom-right) -> (k, C, 2h, 2w)."""
-    k, _, c, h, w = small.shape
-    return small.reshape(k, 2, 2, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(k, c, 2 * h, 2 * w)
+    return arrange_mosaic(small.flatten(0, 1))
 
 
 def halve(x: Tensor, g: torch.Generator) -> Tensor:
@@ -219,34 +219,6 @@ def mosaic_batch(x: Tensor, y: Tensor, g: torch.Generator, p_half: float, p_mosa
     spread = (F.one_hot(y[members[pick]], M.CLASSES).float() * filled[pick][..., None]).sum(1)
     target[pick] = spread / spread.sum(1, keepdim=True)
     return out, target
-
-
-def mosaics(x: Tensor, y: Tensor, n: int = MOSAICS, avg_pool: bool = False) -> tuple[Tensor, Tensor]:
-    """``n`` 2×2 mosaics of four different digits at half resolution, as GAE builds them; (mosaics, (n, 4) labels).
-
-    Seeded (generator seed 0): each mosaic takes four different classes
-    (``randperm(10)[:4]``) for the quadrants top-left, top-right, bottom-left,
-    bottom-right, and a random image of each; each image is downsampled with
-    ``F.interpolate(x, (H // 2, W // 2))`` (nearest: the even rows and columns) or,
-    with ``avg_pool``, 2×2 average pooling.
-    """
-    g = torch.Generator().manual_seed(0)
-    by_class = [torch.nonzero(y == c).flatten() for c in range(M.CLASSES)]
-    idx = torch.empty(n, 4, dtype=torch.int64)
-    for i in range(n):
-        for q, c in enumerate(torch.randperm(M.CLASSES, generator=g)[:4].tolist()):
-            idx[i, q] = by_class[c][int(torch.randint(len(by_class[c]), (1,), generator=g))]
-    h, w = x.shape[-2:]
-    small = F.avg_pool2d(x[idx.flatten()], 2) if avg_pool else F.interpolate(x[idx.flatten()], (h // 2, w // 2))
-    return tile(small.reshape(n, 4, *small.shape[1:])), y[idx]
-
-
-@torch.no_grad()
-def mosaic_recognition(model: torch.nn.Module, x: Tensor, y: Tensor, avg_pool: bool = False) -> float:
-    """Share of :func:`mosaics` whose predicted class is one of their four quadrants' labels."""
-    model.eval()
-    m, labels = mosaics(x, y, avg_pool=avg_pool)
-    return (labels == model(m).argmax(1, keepdim=True)).any(1).float().mean().item()
 
 
 @torch.no_grad()
@@ -345,8 +317,9 @@ def validate(name: str, xtr8: Tensor, ytr: Tensor, recipe: Recipe) -> None:
     strokes = [stroke_share(model, xval, raw, rules) for rules in (relprop.rules.AbsLRP(), relprop.rules.AttnLRP())]
     print(
         f"{name} {recipe}: validation accuracy {accuracy(model, xval, yval):.4f} ({len(yval)} images), "
-        f"mosaics {mosaic_recognition(model, xval, yval):.3f} (avg pool "
-        f"{mosaic_recognition(model, xval, yval, avg_pool=True):.3f}); on strokes (share, median concentration, "
+        f"mosaics {M.mosaic_recognition(model, xval, yval, MOSAICS):.3f} (avg pool "
+        f"{M.mosaic_recognition(model, xval, yval, MOSAICS, avg_pool=True):.3f}); "
+        "on strokes (share, median concentration, "
         f"share > 1): absLRP {'/'.join(f'{v:.3f}' for v in strokes[0])}, AttnLRP "
         f"{'/'.join(f'{v:.3f}' for v in strokes[1])}; {seconds:.0f} s",
         flush=True,
@@ -379,7 +352,10 @@ def main(names: list[str]) -> None:
     torch.set_num_threads(2)
     for name in M.DIGITS_MODELS:  # every shipped model, retrained or not
         shipped = M.load_digits_model(name)
-        near, avg = mosaic_recognition(shipped, xte, yte), mosaic_recognition(shipped, xte, yte, avg_pool=True)
+        near, avg = (
+            M.mosaic_recognition(shipped, xte, yte, MOSAICS),
+            M.mosaic_recognition(shipped, xte, yte, MOSAICS, avg_pool=True),
+        )
         print(f"{name}: mosaics of four different test digits recognised {near:.3f} (avg pool {avg:.3f})")
         meta["models"][name].update(mosaic_recognition=round(near, 4), mosaic_recognition_avg_pool=round(avg, 4))
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")

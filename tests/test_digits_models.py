@@ -7,7 +7,6 @@ from importlib import resources
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import relprop
 from relprop import models as M
@@ -85,26 +84,6 @@ def test_abslrp_relevance_on_strokes(loaded, test_split):
     assert (concentration > 1).float().mean() >= 0.7, f"{name}: {concentration.tolist()}"
 
 
-def four_digit_mosaics(x: torch.Tensor, y: torch.Tensor, n: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` seeded 2×2 mosaics of four different digits at half resolution, as GAE builds them.
-
-    The same set as ``mosaics()`` in examples/train_digits.py: generator seed 0; per
-    mosaic ``randperm(10)[:4]`` gives the classes of the quadrants (top-left, top-right,
-    bottom-left, bottom-right) and ``randint`` a test image of each; each image is
-    downsampled with ``F.interpolate(x, (H // 2, W // 2))`` (nearest).
-    """
-    g = torch.Generator().manual_seed(0)
-    by_class = [torch.nonzero(y == c).flatten() for c in range(M.CLASSES)]
-    idx = torch.empty(n, 4, dtype=torch.int64)
-    for i in range(n):
-        for q, c in enumerate(torch.randperm(M.CLASSES, generator=g)[:4].tolist()):
-            idx[i, q] = by_class[c][int(torch.randint(len(by_class[c]), (1,), generator=g))]
-    _, c, h, w = x.shape
-    small = F.interpolate(x[idx.flatten()], (h // 2, w // 2))
-    mosaics = small.reshape(n, 2, 2, c, h // 2, w // 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
-    return mosaics, y[idx]
-
-
 def test_recognises_half_resolution_mosaics(loaded, test_split):
     """The GAE mosaics stay recognisable: the prediction is one of the four quadrants' digits.
 
@@ -113,7 +92,8 @@ def test_recognises_half_resolution_mosaics(loaded, test_split):
     """
     name, model = loaded
     x, y, _ = test_split
-    mosaics, labels = four_digit_mosaics(x, y)
+    mosaics, labels = M.digit_mosaics(x, y, 500)
+    assert mosaics.shape == (500, *x.shape[1:])
     assert (labels[:, :, None] != labels[:, None, :]).sum() == 500 * 12  # four different digits
     with torch.no_grad():
         rate = (labels == model(mosaics).argmax(1, keepdim=True)).any(1).float().mean().item()

@@ -35,10 +35,12 @@ __all__ = [
     "DigitsResNet",
     "DigitsVGG",
     "DigitsViT",
+    "digit_mosaics",
     "digits_accuracy",
     "load_digits_model",
     "load_digits_test",
     "load_imagenet_model",
+    "mosaic_recognition",
     "normalize_digits",
 ]
 
@@ -221,3 +223,33 @@ def digits_accuracy(name: str) -> float:
     if name not in DIGITS_MODELS:
         raise InputError(f"unknown digits model {name!r}; the shipped models are: {', '.join(DIGITS_MODELS)}")
     return float(_meta()["models"][name]["test_accuracy"])
+
+
+def digit_mosaics(x: Tensor, y: Tensor, n: int = 500, avg_pool: bool = False) -> tuple[Tensor, Tensor]:
+    """``n`` seeded 2×2 mosaics of four different digits at half resolution, as GAE builds them.
+
+    Generator seed 0: per mosaic, ``randperm(10)[:4]`` gives the classes of the quadrants
+    (top-left, top-right, bottom-left, bottom-right) and ``randint`` an image of each; each
+    image is downsampled as GAE does (:func:`relprop.metrics.downsample`, nearest: the even
+    rows and columns) or, with ``avg_pool``, by 2×2 average pooling. Returns (mosaics,
+    (n, 4) labels).
+    """
+    from ..evaluation.metrics import arrange_mosaic, downsample
+
+    g = torch.Generator().manual_seed(0)
+    by_class = [torch.nonzero(y == c).flatten() for c in range(CLASSES)]
+    idx = torch.empty(n, 4, dtype=torch.int64)
+    for i in range(n):
+        for q, c in enumerate(torch.randperm(CLASSES, generator=g)[:4].tolist()):
+            idx[i, q] = by_class[c][int(torch.randint(len(by_class[c]), (1,), generator=g))]
+    chosen = x[idx.flatten()]
+    small = F.avg_pool2d(chosen, 2) if avg_pool else downsample(chosen)
+    return arrange_mosaic(small), y[idx]
+
+
+@torch.no_grad()
+def mosaic_recognition(model: nn.Module, x: Tensor, y: Tensor, n: int = 500, avg_pool: bool = False) -> float:
+    """Share of ``n`` :func:`digit_mosaics` whose predicted class is one of their four quadrants' labels."""
+    model.eval()
+    m, labels = digit_mosaics(x, y, n, avg_pool)
+    return (labels == model(m).argmax(1, keepdim=True)).any(1).float().mean().item()
