@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from model_state import assert_unchanged, snapshot
 from torch import Tensor, nn
 
 import relprop
@@ -198,26 +199,6 @@ def test_samples_are_independent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ------------------------------------------------------------ real ViTs
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "hooks": [len(v) for m in model.modules() for k, v in vars(m).items() if "hooks" in k and isinstance(v, dict)],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    for key in ("training", "requires_grad", "hooks"):
-        assert after[key] == before[key], key
-    for k, v in before["state"].items():
-        assert torch.equal(after["state"][k], v), k
-    for g0, g1 in zip(before["grad"], after["grad"]):
-        assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1))
 
 
 def digits_vit() -> tuple[nn.Module, Tensor]:

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from model_state import assert_unchanged, hooks, snapshot
 from torch import Tensor, nn
 
 import relprop
@@ -44,32 +45,6 @@ def mlp() -> nn.Module:
     """No conv layer: (N, 3, 2, 2) -> 3 classes."""
     torch.manual_seed(2)
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-
-
-def hooks(model: nn.Module) -> list[int]:
-    return [len(v) for m in model.modules() for k, v in vars(m).items() if "hooks" in k and isinstance(v, dict)]
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "hooks": hooks(model),
-        "attrs": [sorted(vars(m)) for m in model.modules()],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict, name: str) -> None:
-    after = snapshot(model)
-    assert after["state"].keys() == before["state"].keys()
-    for k, v in before["state"].items():
-        assert torch.equal(after["state"][k], v), f"{name} changed {k}"
-    for key in ("training", "requires_grad", "hooks", "attrs"):
-        assert after[key] == before[key], f"{name} changed {key}"
-    for g0, g1 in zip(before["grad"], after["grad"]):
-        assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1)), f"{name} changed .grad"
 
 
 @pytest.fixture(scope="module")
