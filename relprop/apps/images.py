@@ -29,7 +29,16 @@ from torch import Tensor
 
 from relprop.errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "Item", "Preprocess", "discover", "preprocess_for", "read_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Item",
+    "Preprocess",
+    "discover",
+    "image_transform",
+    "per_channel",
+    "preprocess_for",
+    "read_image",
+]
 
 #: the suffixes a folder is searched for (case-insensitive)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -118,13 +127,15 @@ class Preprocess:
         return x.clamp(0, 1)
 
 
-def _values(name: str, values: Sequence[float] | None, channels: int) -> tuple[float, ...] | None:
+def per_channel(label: str, values: Sequence[float] | None, channels: int) -> tuple[float, ...] | None:
+    """``values`` (one, or one per channel; std positive) as one value per channel; ``label`` names
+    them in errors (``"--mean"``, ``"std"``)."""
     if values is None:
         return None
     if len(values) not in (1, channels):
-        raise InputError(f"--{name} needs 1 or {channels} values (one per channel), got {len(values)}")
-    if name == "std" and any(v <= 0 for v in values):
-        raise InputError(f"--std values must be positive, got {list(values)}")
+        raise InputError(f"{label} needs 1 or {channels} values (one per channel), got {len(values)}")
+    if label.lstrip("-") == "std" and any(v <= 0 for v in values):
+        raise InputError(f"{label} values must be positive, got {list(values)}")
     return tuple(values) * (channels // len(values))
 
 
@@ -136,7 +147,7 @@ def _repeat(times: int, x: Tensor) -> Tensor:
     return x.expand(times, -1, -1).contiguous()
 
 
-def _compose(mode: str, size: int | None, mean: Any, std: Any, repeat: int = 1) -> Callable[[Any], Tensor]:
+def image_transform(mode: str, size: int | None, mean: Any, std: Any, repeat: int = 1) -> Callable[[Any], Tensor]:
     """convert(mode), resize, to [0, 1], normalize, repeat the channel: picklable (for DataLoader workers)."""
     from torchvision import transforms
 
@@ -176,18 +187,18 @@ def preprocess_for(
         return Preprocess(tf, tuple(tf.mean), tuple(tf.std), repr(tf))
     if kind == "digits":
         m, s = tuple(data["mean"]) * 3, tuple(data["std"]) * 3
-        transform = _compose("L", data["size"], data["mean"], data["std"], repeat=3)
+        transform = image_transform("L", data["size"], data["mean"], data["std"], repeat=3)
         return Preprocess(transform, m, s, f"greyscale, {data['size']}x{data['size']}, mean {m[0]}, std {s[0]}")
     if kind == "timm":
         return _timm_preprocess(data, size, mean, std)
     if channels not in (1, 3):
         raise InputError(f"--channels must be 1 (greyscale) or 3 (RGB), got {channels}")
-    m, s = _values("mean", mean, channels), _values("std", std, channels)
+    m, s = per_channel("--mean", mean, channels), per_channel("--std", std, channels)
     if (m is None) != (s is None):
         m, s = m or (0.0,) * channels, s or (1.0,) * channels
     desc = f"{'greyscale' if channels == 1 else 'RGB'} in [0, 1], {f'{size}x{size}' if size else 'own size'}"
     desc += f", mean {list(m)}, std {list(s)}" if m is not None else ", not normalized"
-    return Preprocess(_compose("L" if channels == 1 else "RGB", size, m, s), m, s, desc)
+    return Preprocess(image_transform("L" if channels == 1 else "RGB", size, m, s), m, s, desc)
 
 
 def _timm_preprocess(
@@ -201,9 +212,9 @@ def _timm_preprocess(
     if size is not None:
         config["input_size"] = (channels, size, size)
     if mean is not None:
-        config["mean"] = _values("mean", mean, channels)
+        config["mean"] = per_channel("--mean", mean, channels)
     if std is not None:
-        config["std"] = _values("std", std, channels)
+        config["std"] = per_channel("--std", std, channels)
     transform = transforms.Compose(
         [
             transforms.Lambda(partial(_convert, "RGB" if channels == 3 else "L")),

@@ -291,7 +291,9 @@ def image_folder(
     ``size``, converted to ``channels`` (1: grayscale, 3: RGB) and normalized with
     ``mean``/``std`` (one value, or one per channel). Labels are the folders' indices
     in sorted order."""
-    from torchvision import datasets, transforms
+    from torchvision import datasets
+
+    from ..apps.images import image_transform, per_channel
 
     root = Path(root)
     if not root.is_dir():
@@ -300,21 +302,10 @@ def image_folder(
         raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if size is not None and (size < 2 or size % 2):
         raise InputError(f"size must be even (GAE halves each image into a mosaic quadrant), got {size}")
-    steps: list[Any] = [transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB"))]
-    if size is not None:
-        steps.append(transforms.Resize((size, size)))
-    steps.append(transforms.ToTensor())
-    if mean is not None or std is not None:
-        m = list(mean) if mean is not None else [0.0]
-        s = list(std) if std is not None else [1.0]
-        for what, v in (("mean", m), ("std", s)):
-            if len(v) not in (1, channels):
-                raise InputError(f"{what} needs 1 or {channels} values, got {len(v)}")
-        if any(x <= 0 for x in s):
-            raise InputError(f"std values must be positive, got {s}")
-        steps.append(transforms.Normalize(m * (channels // len(m)), s * (channels // len(s))))
+    m, s = per_channel("mean", mean, channels), per_channel("std", std, channels)
+    transform = image_transform("L" if channels == 1 else "RGB", size, m, s)
     try:
-        ds = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+        ds = datasets.ImageFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
         raise InputError(f"cannot read images from {root}: {e} (expected {root}/<class>/<image files>)") from e
     if size is None:  # all images must then share one even size: read the headers only
