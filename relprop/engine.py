@@ -12,6 +12,7 @@ both passes of a contrastive explanation share one forward and one walk.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,9 @@ from relprop.rules.categories import SEPARABLE
 
 from .binding import Bound
 from .errors import RuleError
+from .tracing import Program
 
-__all__ = ["Plan", "plan", "forward", "backward", "Walk"]
+__all__ = ["Plan", "plan", "forward", "run_graph", "backward", "Walk"]
 
 
 @dataclass
@@ -151,25 +153,38 @@ def forward(plan: Plan, model: nn.Module, flat_inputs: list[Any]) -> dict[fx.Nod
     Returns the values the walk reads (see :func:`_releases`); the others are freed
     as soon as the forward no longer needs them.
     """
-    program = plan.bound.program
+    with torch.no_grad():
+        return run_graph(plan.bound.program, model, flat_inputs, plan.releases)
+
+
+def run_graph(
+    program: Program,
+    model: nn.Module,
+    flat_inputs: list[Any],
+    releases: dict[fx.Node, list[fx.Node]],
+    call: Callable[[fx.Node, tuple, dict], Any] | None = None,
+) -> dict[fx.Node, Any]:
+    """Evaluate ``program``'s graph: parameters and buffers read live from ``model``
+    (detached), user inputs from ``flat_inputs``; after each node the values in
+    ``releases[node]`` are dropped.  ``call(node, args, kwargs)``, when given, computes each
+    op instead of ``node.target(*args, **kwargs)`` (to capture or replace values).  Runs in
+    the caller's grad mode."""
     env: dict[fx.Node, Any] = {}
     user = {name: i for i, name in enumerate(program.user_inputs)}
-    releases = plan.releases
-    with torch.no_grad():
-        for n in program.graph.nodes:
-            if n.op == "placeholder":
-                if n.name in program.state:
-                    kind, ref = program.state[n.name]
-                    env[n] = _state_value(model, kind, ref)
-                else:
-                    env[n] = flat_inputs[user[n.name]]
-            elif n.op == "call_function":
-                args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
-                env[n] = n.target(*args, **kwargs)
-            elif n.op == "output":
-                env[n] = fx.node.map_arg(n.args[0], env.__getitem__)
-            for dead in releases.get(n, ()):
-                env.pop(dead, None)
+    for n in program.graph.nodes:
+        if n.op == "placeholder":
+            if n.name in program.state:
+                kind, ref = program.state[n.name]
+                env[n] = _state_value(model, kind, ref)
+            else:
+                env[n] = flat_inputs[user[n.name]]
+        elif n.op == "call_function":
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
+            env[n] = n.target(*args, **kwargs) if call is None else call(n, args, kwargs)
+        elif n.op == "output":
+            env[n] = fx.node.map_arg(n.args[0], env.__getitem__)
+        for dead in releases.get(n, ()):
+            env.pop(dead, None)
     return env
 
 

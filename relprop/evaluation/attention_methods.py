@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from ..engine import run_graph
 from ..errors import InputError, RelpropError
 from ..rules.attention import attention_inputs, repeat_kv
 from ..rules.base import stabilize
@@ -285,14 +286,6 @@ class _Captured(NamedTuple):
     output: Tensor
 
 
-def _state(model: nn.Module, kind: str, ref: Any) -> Any:
-    if kind == "param":
-        return model.get_parameter(ref).detach()
-    if kind == "buffer":
-        return model.get_buffer(ref).detach()
-    return ref
-
-
 def _fused(op: Callable[..., Tensor], args: tuple, kwargs: dict) -> _Captured:
     """scaled_dot_product_attention decomposed: A = softmax(scores), o = A·V, with o laid out in
     memory as the op lays out its output (the graph's views after it rely on those strides)."""
@@ -332,31 +325,22 @@ def run_attention(model: nn.Module, ag: AttentionGraph, x: Tensor, grad: bool) -
     autograd graph of the output (parameters are read detached: the model is not touched)."""
     program = ag.program
     product_of = {s.product: s for s in ag.sites}
-    user = {name: i for i, name in enumerate(program.user_inputs)}
-    inputs = [x.detach().clone().requires_grad_(grad)]
-    env: dict[fx.Node, Any] = {}
     captured: dict[fx.Node, _Captured] = {}
-    drops = _last_uses(program.graph)
+
+    def call(n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        site = product_of.get(n)
+        if site is not None and site.fused:
+            captured[n] = _fused(n.target, args, kwargs)
+            return captured[n].output
+        out = n.target(*args, **kwargs)
+        if site is not None:
+            rest, target = args[1:], n.target
+            captured[n] = _Captured(args[0], lambda a, r=rest, k=kwargs, f=target: f(a, *r, **k), out)
+        return out
+
+    inputs = [x.detach().clone().requires_grad_(grad)]
     with torch.inference_mode(False), torch.set_grad_enabled(grad):
-        for n in program.graph.nodes:
-            if n.op == "placeholder":
-                env[n] = _state(model, *program.state[n.name]) if n.name in program.state else inputs[user[n.name]]
-            elif n.op == "call_function":
-                args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
-                site = product_of.get(n)
-                if site is not None and site.fused:
-                    captured[n] = _fused(n.target, args, kwargs)
-                    env[n] = captured[n].output
-                else:
-                    env[n] = n.target(*args, **kwargs)
-                    if site is not None:
-                        rest, target = args[1:], n.target
-                        captured[n] = _Captured(args[0], lambda a, r=rest, k=kwargs, f=target: f(a, *r, **k), env[n])
-            elif n.op == "output":
-                env[n] = fx.node.map_arg(n.args[0], env.__getitem__)
-            for dead in drops.get(n, ()):
-                if dead.op != "output":
-                    env.pop(dead, None)
+        env = run_graph(program, model, inputs, _last_uses(program.graph), call)
     flat = list(pytree.tree_leaves(env[next(n for n in program.graph.nodes if n.op == "output")]))
     main = flat[main_output_index(pytree.tree_unflatten(flat, program.out_spec), flat)]
     if not isinstance(main, Tensor) or main.dim() != 2 or main.shape[0] != x.shape[0]:
