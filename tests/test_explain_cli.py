@@ -334,7 +334,7 @@ def test_torchrun_two_processes_match_one(tree: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     assert _explain(tree, "--model", "vgg", "--out", one, "--batch-size", "2") == 0
     run = _torchrun(tree, "--model", "vgg", "--out", two, "--batch-size", "2")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
     assert "7 explained, 0 already done (skipped), 0 failed" in run.stdout and "on 2 processes" in run.stdout
     assert run.stdout.count("relprop explain:") == 1  # rank 0 reports
     for rel in LAYOUT.values():
@@ -351,7 +351,7 @@ def test_torchrun_two_processes_match_one(tree: Path, tmp_path: Path) -> None:
     for rel in ["a/0.npy", "b/c/3.png", "5.npy"]:
         (two / rel).unlink()
     run = _torchrun(tree, "--model", "vgg", "--out", two)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
     assert "3 explained, 4 already done" in run.stdout
     lines = _lines(two)
     assert len(lines) == 7 and len({r["path"] for r in lines}) == 7
@@ -372,7 +372,7 @@ def test_torchrun_evaluate_matches_one_process(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command += ["-m", "relprop", "evaluate", *args, "--out-dir", str(tmp_path / "two")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("wrote ") == 1  # rank 0 writes and reports
     one, two = (json.loads((tmp_path / d / "gae.json").read_text()) for d in ("one", "two"))
     assert {p.name for p in (tmp_path / "two").iterdir()} == {"gae.csv", "gae.json", "gae.png"}

@@ -463,5 +463,4 @@ def run_explain(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         status = _report(args, store, plan, totals, seconds, world) if world.main else 0
         status = max(status, int(any(fs for _, fs in totals)))
-        distributed.barrier(world)
     return status

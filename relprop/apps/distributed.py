@@ -10,7 +10,8 @@ when the command runs on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the
 destroys it afterwards; without them it is a world of one and every helper is a no-op, so a
 command is written once for both.  Work is split with :func:`shard` (strided: rank ``r`` of
 ``w`` takes items ``r, r + w, r + 2w, ...``; every item exactly once), results come back to
-rank 0 with :func:`gather` or to every rank with :func:`all_gather`.
+rank 0 with :func:`gather` or to every rank with :func:`all_gather`.  A session that ends
+normally waits for every rank (a barrier) before it destroys the group.
 """
 
 from __future__ import annotations
@@ -91,10 +92,19 @@ def session(device: str | None = None) -> Iterator[World]:
         torch.cuda.set_device(torch.device(where))
     backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT, device_id=torch.device(where) if cuda else None)
+    world = World(dist.get_rank(), dist.get_world_size(), local, backend, where)
     try:
-        yield World(dist.get_rank(), dist.get_world_size(), local, backend, where)
-    finally:
-        dist.destroy_process_group()
+        yield world
+    except BaseException:
+        # a rank that fails may leave the others inside a collective: tear gloo down so that they
+        # fail fast; NCCL's teardown waits for its peers and could hang, so torchrun ends those
+        if backend == "gloo":
+            dist.destroy_process_group()
+        raise
+    # every rank leaves together: a rank that tears its group down while another still works
+    # (rank 0 writing the shared files) can abort in gloo's teardown
+    barrier(world)
+    dist.destroy_process_group()
 
 
 def shard(items: Sequence[T], world: World) -> list[T]:
