@@ -1,7 +1,8 @@
 """Search for a transformer rule set that beats both absLRP and AttnLRP (issue 10, point 6).
 
     .venv/bin/python benchmarks/transformer_rules.py [--split train|test|both] [--candidates a,b,...]
-                                                     [--limit N] [--json PATH] [--quick]
+                                                     [--tasks reviews,digits] [--limit N] [--json PATH]
+                                                     [--quick]
 
 Every candidate is scored on two transformers that ship with relprop:
 
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="at most N sentences / images per split")
     parser.add_argument("--json", default=str(HERE / "results" / "transformer-rules.json"))
     parser.add_argument("--quick", action="store_true", help="absLRP and AttnLRP on 24 sentences / images")
+    parser.add_argument("--tasks", default="reviews,digits", help="comma-separated: reviews, digits (default: both)")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from relprop import models
@@ -305,13 +307,17 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in names if n not in cands]
     if unknown:
         parser.error(f"unknown candidates {unknown}; known: {', '.join(cands)}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks or set(tasks) - {"reviews", "digits"}:
+        parser.error(f"--tasks takes reviews and/or digits, not {args.tasks!r}")
     limit = 24 if args.quick else args.limit
     splits = ["train", "test"] if args.split == "both" else [args.split]
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for split in splits:
         results[split] = dict(
-            reviews=reviews(split, names, cands, limit), digits=digits_vit(split, names, cands, limit)
+            reviews=reviews(split, names, cands, limit) if "reviews" in tasks else {},
+            digits=digits_vit(split, names, cands, limit) if "digits" in tasks else {},
         )
     out = dict(
         command=" ".join([".venv/bin/python", "benchmarks/transformer_rules.py", *(argv or sys.argv[1:])]),
