@@ -381,3 +381,30 @@ def test_torchrun_evaluate_matches_one_process(tmp_path: Path) -> None:
         assert a.keys() == b.keys() and a["n"] == b["n"] == 6
         for key, value in a.items():  # equal up to rounding (one thread per process under torchrun)
             assert b[key] == (pytest.approx(value, rel=1e-5, abs=1e-7) if isinstance(value, float) else value), key
+
+
+SESSION_SCRIPT = """
+import sys, time
+from relprop.apps import distributed
+with distributed.session("cpu") as world:
+    if sys.argv[1] == "fail" and world.rank == 1:
+        raise RuntimeError("rank 1 fails")
+    parts = distributed.gather(world.rank, world)
+    if world.main:
+        time.sleep(1)  # rank 0 still works while rank 1 is done
+        print("gathered", parts)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_torchrun_session_ends_together_or_fails_fast(tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "session.py"
+    script.write_text(SESSION_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), mode]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    if mode == "ok":
+        assert run.returncode == 0 and "gathered [0, 1]" in run.stdout, run.stdout + run.stderr
+    else:  # rank 0 waits in the gather; rank 1's teardown ends it well before the 2 h timeout
+        assert run.returncode != 0 and "rank 1 fails" in run.stderr, run.stdout + run.stderr
