@@ -216,11 +216,12 @@ def backward(
     env: dict[fx.Node, Any],
     start: list[Tensor | None],
     batch: int,
-    record: bool = False,
+    record: bool | frozenset[str] = False,
 ) -> Walk:
     """Walk the graph backwards from ``start`` (one entry per flat output).
 
-    Consumes ``env``: values are released as soon as no rule needs them.
+    Consumes ``env``: values are released as soon as no rule needs them.  ``record``: True
+    keeps every node's relevance in the :class:`Walk`, a set of node names only those nodes'.
     """
     bound = plan.bound
     program = bound.program
@@ -232,8 +233,10 @@ def backward(
             _add(rel, node, R)
     walk = Walk(inputs={})
     placeholders = {p: i for i, p in bound.float_sources.items()}
+    every = record is True
+    names = frozenset() if isinstance(record, bool) else record
     # a recorded walk shows every relevance normalized, as the rules define it
-    free_scale = {} if record else plan.free_scale
+    free_scale = {} if every or names else plan.free_scale
     for n in reversed(nodes):
         # every consumer of n comes later in the graph and has been visited: only n's own
         # rule still reads its value, so it is dropped as soon as that rule has run
@@ -241,7 +244,8 @@ def backward(
         if n not in rel:
             continue
         R = rel.pop(n)
-        if record:
+        keep = every or n.name in names
+        if keep:
             walk.outputs[n.name] = R
         if n in placeholders:
             walk.inputs[placeholders[n]] = R
@@ -267,16 +271,16 @@ def backward(
         leaves, spec = pytree.tree_flatten(((*region.leaves,), {}) if region is not None else (n.args, n.kwargs))
         slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
         values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
-        hints = Hints(tuple(free_scale.get(n, ())), not record and owned(R), plan.cache)
+        hints = Hints(tuple(free_scale.get(n, ())), not every and not keep and owned(R), plan.cache)
         ctx = Context(binding.info, leaves, values, spec, slots, value, batch, op=region, hints=hints)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)
-        if record:
+        if keep:
             walk.records[n.name] = list(result)
-        else:  # a tensor handed to two inputs is owned by neither
+        if not every:  # a kept tensor, or one handed to two inputs, is owned by none of them
             handed = [r for r in result if r is not None]
             for r in handed:
-                if owned(r) and sum(x is r for x in handed) > 1:
+                if owned(r) and (keep or sum(x is r for x in handed) > 1):
                     r._relprop_owned = False
         for node, r, live in zip(ctx.input_nodes, result, binding.info.live):
             if r is not None and live:

@@ -52,9 +52,9 @@ class Explanation:
     output: Any
     classes: Tensor | None
     contrastive: bool
-    #: node name -> relevances its rule gave each input (``record=True`` only)
+    #: node name -> relevances its rule gave each input (recorded nodes only: ``record=``)
     records: dict[str, list[Tensor | None]] = field(default_factory=dict)
-    #: node name -> relevance of the node's output (``record=True`` only)
+    #: node name -> relevance of the node's output (recorded nodes only: ``record=``)
     node_relevance: dict[str, Any] = field(default_factory=dict)
     #: embedding module path -> relevance of that lookup, summed over the hidden dimension
     #: and shaped like its indices (see below)

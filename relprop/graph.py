@@ -12,7 +12,7 @@ shaped like the input.  The Graph is a facade: inputs are checked in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -26,7 +26,16 @@ from . import chunking, engine, targets
 from .binding import Binding, OverrideKey, bind
 from .errors import InputError, RuleError
 from .explanation import Explanation, assemble
-from .inputs import batch_of, check_inputs, check_token_ids, flatten_like, normal_tensors, normalize_inputs
+from .inputs import (
+    batch_of,
+    check_inputs,
+    check_recorded,
+    check_token_ids,
+    flatten_like,
+    normal_tensors,
+    normalize_inputs,
+    record_names,
+)
 from .summary import format_summary
 from .tracing import eval_mode, keyed_by_batch, signature_of, trace_program
 
@@ -124,7 +133,7 @@ class Graph:
         target: Any = None,
         *,
         contrastive: bool | None = None,
-        record: bool = False,
+        record: bool | Iterable[str] = False,
         batch_size: int | None = None,
     ) -> Explanation:
         """Like :meth:`explain`, returning an :class:`Explanation` with the details.
@@ -134,8 +143,12 @@ class Graph:
         ``embeddings`` shared by the whole batch ((1, tokens), position ids) is the sum
         over the chunks; absLRP normalizes such a lookup over all the samples that share
         it, so there it depends on the chunking (conservative rule sets give the same
-        sum).  ``record=True`` cannot be combined with chunking.
+        sum).  ``record=True`` keeps every node's relevance in ``records`` and
+        ``node_relevance``; ``record={"name", ...}`` only those graph nodes' (names as
+        :meth:`summary` prints them), which keeps the memory of one explain.  Recording
+        cannot be combined with chunking.
         """
+        record = record_names(record)
         args, kwargs = normalize_inputs(inputs)
         labels = check_inputs(self.model, args, kwargs)
         if batch_size is not None:
@@ -144,9 +157,9 @@ class Graph:
             if total > size:
                 if record:
                     raise InputError(
-                        "record=True cannot be combined with batch_size: the recorded per-node "
+                        "record cannot be combined with batch_size: the recorded per-node "
                         "relevances are kept per walk and are not all batch-first; explain a batch "
-                        f"of at most {size} samples with record=True instead"
+                        f"of at most {size} samples with record instead"
                     )
                 parts, shared = [], set()
                 for rows, c_args, c_kwargs, c_target in chunking.chunks(args, kwargs, target, size, total):
@@ -156,7 +169,7 @@ class Graph:
         return assemble(inputs, labels, *self._run(args, kwargs, target, contrastive, record))
 
     def _run(
-        self, args: tuple, kwargs: dict, target: Any, contrastive: bool | None, record: bool
+        self, args: tuple, kwargs: dict, target: Any, contrastive: bool | None, record: bool | frozenset[str]
     ) -> tuple[engine.Walk, targets.Start, Any]:
         """Trace if needed, run the forward and the walk on validated inputs."""
         use_contrastive = self.rules.contrastive if contrastive is None else bool(contrastive)
@@ -165,6 +178,8 @@ class Graph:
             args, kwargs = normal_tensors((args, kwargs))
             plan = self._plan(args, kwargs)
             program = plan.bound.program
+            if not isinstance(record, bool):
+                check_recorded(record, program)
             flat = flatten_like(args, kwargs, program.in_spec)
             batch = batch_of(flat)
             check_token_ids(plan.bound, self.model, flat)

@@ -6,7 +6,8 @@ what was expected; nothing here modifies the inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ __all__ = [
     "batch_of",
     "normal_tensors",
     "input_name",
+    "record_names",
+    "check_recorded",
 ]
 
 
@@ -134,3 +137,31 @@ def batch_of(flat: list[Any]) -> int:
 def normal_tensors(tree: Any) -> Any:
     """``tree`` with inference tensors copied (rules differentiate locally)."""
     return pytree.tree_map(lambda x: x.clone() if isinstance(x, Tensor) and x.is_inference() else x, tree)
+
+
+def record_names(record: Any) -> bool | frozenset[str]:
+    """``explanation(record=...)`` as the walk takes it: a bool, or the set of node names."""
+    if isinstance(record, bool):
+        return record
+    if isinstance(record, str) or not isinstance(record, Iterable):
+        raise InputError(
+            f"record must be True, False or a collection of node names, not {type(record).__name__} "
+            f"{record!r} (one node: record={{{record!r}}})"
+        )
+    names = frozenset(record)
+    odd = [n for n in names if not isinstance(n, str)]
+    if odd:
+        raise InputError(f"record takes node names (str), got {odd[0]!r}; Graph.summary() lists the names")
+    return names
+
+
+def check_recorded(names: frozenset[str], program: Any) -> None:
+    """Every name in ``names`` is a node of the traced graph."""
+    known = {n.name for n in program.graph.nodes}
+    missing = sorted(names - known)
+    if missing:
+        close = difflib.get_close_matches(missing[0], known, n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise InputError(
+            f"record: the traced graph has no node {missing[0]!r}{hint}; Graph.summary() lists the node names"
+        )

@@ -264,8 +264,9 @@ def test_bad_batch_size_and_unsplittable_targets() -> None:
         graph.explain(x, lambda out: out[:, 0], batch_size=2)
     with pytest.raises(relprop.TargetError, match="3 class indices but the batch has 4"):
         graph.explain(x, [0, 1, 2], batch_size=2)
-    with pytest.raises(relprop.InputError, match="record=True cannot be combined with batch_size"):
-        graph.explanation(x, 0, record=True, batch_size=2)
+    for record in (True, {"relu"}):
+        with pytest.raises(relprop.InputError, match="record cannot be combined with batch_size"):
+            graph.explanation(x, 0, record=record, batch_size=2)
     # a callable target is fine where no split happens
     R = graph.explain(x, lambda out: out[:, 0], batch_size=4)
     assert R.shape == x.shape

@@ -340,6 +340,45 @@ def test_recorded_walk_is_unchanged_by_in_place_reuse() -> None:
     assert checked >= 10
 
 
+@pytest.mark.parametrize("rules", [relprop.rules.AbsLRP, relprop.rules.EpsilonPlusFlat])
+def test_recording_some_nodes_keeps_exactly_what_recording_all_keeps(rules: type) -> None:
+    """``record={names}`` keeps those nodes' relevances and no others, equal to ``record=True``'s.
+
+    Oracle: the full recording (every node, nothing reused in place) of the same explain;
+    the final relevance equals the unrecorded one.  Every third node is kept, so kept
+    nodes sit next to unkept ones whose rules may reuse their tensors in place.
+    """
+    model = _tiny_resnet()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    graph = relprop.trace(model, rules())
+    full = graph.explanation(x, [0, 1, 2], record=True)
+    names = set(list(full.node_relevance)[::3])
+    some = graph.explanation(x, [0, 1, 2], record=names)
+    assert set(some.node_relevance) == names and set(some.records) <= names
+
+    def same(a: object, b: object) -> bool:  # a tensor, None, or one entry per output
+        if isinstance(a, (list, tuple)):
+            return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+        return (a is None and b is None) or (isinstance(a, torch.Tensor) and torch.equal(a, b))
+
+    for name in names:
+        assert same(some.node_relevance[name], full.node_relevance[name]), name
+        assert same(some.records.get(name, []), full.records.get(name, [])), name
+    assert torch.allclose(some.relevance, graph.explain(x, [0, 1, 2]), rtol=1e-12, atol=1e-15)
+    assert not graph.explanation(x, [0, 1, 2], record=set()).node_relevance
+
+
+def test_recording_unknown_nodes_or_other_values_is_refused() -> None:
+    graph = relprop.trace(_tiny_resnet())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(relprop.InputError, match=r"no node 'conv2d_9'.*close: conv2d.*summary\(\) lists"):
+        graph.explanation(x, [0, 1], record={"conv2d_9"})
+    with pytest.raises(relprop.InputError, match=r"collection of node names, not str 'relu'.*record=\{'relu'\}"):
+        graph.explanation(x, [0, 1], record="relu")
+    with pytest.raises(relprop.InputError, match="takes node names"):
+        graph.explanation(x, [0, 1], record=[3])
+
+
 def test_a_rule_handing_one_tensor_to_two_inputs_is_not_overwritten() -> None:
     """A custom rule may return the same tensor for two inputs: neither consumer may overwrite it.
 

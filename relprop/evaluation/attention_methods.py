@@ -37,8 +37,8 @@ into queries and keys), layer norm (α1β0 on its linear map with σ held, their
 identity) and the residual sums (plain ε-rule; theirs rescales each operand's share to
 its |sum|).  From the relevance R_o the walk gives the product o = A·V, R_A is their
 rule there: R_A = ½ · A ⊙ ((R_o / stab(o)) Vᵀ), stab(o) = o + ε·sign(o).  The walk records
-every node's relevance (``graph.explanation(..., record=True)``), so TIBAV explains
-:data:`TIBAV_BATCH` samples at a time.
+the relevance of those products only (``graph.explanation(..., record={names})``); TIBAV
+explains :data:`TIBAV_BATCH` samples at a time.
 
 **Reading the graph** (no module names or classes): the model is exported as relprop's
 other methods export it (:func:`relprop.tracing.trace_program`).  An attention is a
@@ -99,7 +99,7 @@ __all__ = [
 ATTENTION_METHODS = ("Rollout", "LLAttention", "TIBAV")
 #: TIBAV's ε: of its rule set (:func:`tibav_rules`) and of the split at o = A·V
 EPSILON = 1e-6
-#: TIBAV explains at most this many samples at a time (its walk records every node's relevance)
+#: TIBAV explains at most this many samples at a time (one walk and its gradients per chunk)
 TIBAV_BATCH = 8
 #: names a module's forward refers to when it computes attention (the screen without an input)
 _ATTENTION_NAMES = ("softmax", "scaled_dot_product_attention", "attention_forward", "multi_head_attention")
@@ -405,7 +405,7 @@ def _tibav_matrices(model: nn.Module, ag: AttentionGraph, x: Tensor, target: Ten
     grads = torch.autograd.grad(score, [c.probs for c in caps], allow_unused=True)
     onehot = F.one_hot(target, out.shape[1]).to(out.dtype)
     with torch.inference_mode(False):
-        walk = graph.explanation(x.detach(), onehot, record=True).node_relevance
+        walk = graph.explanation(x.detach(), onehot, record={s.product.name for s in ag.sites}).node_relevance
     batch, n = x.shape[0], ag.sites[0].tokens
     eye = torch.eye(n, dtype=out.dtype, device=out.device)
     matrices = []
