@@ -93,6 +93,44 @@ def test_bad_arguments(digits: TensorDataset) -> None:
         comparison.compare(nets, bad, ["absLRP"], progress=False)
 
 
+def test_gae_options_reach_gae_and_are_recorded(digits: TensorDataset, small_run: comparison.Comparison) -> None:
+    """Oracle: GAE run directly with the same options on the same images and methods."""
+    from relprop import methods, metrics
+
+    net = models.load_digits_model("vgg")
+    options = dict(granularity="pixel", quadrant_classes="predicted", grouping="authors")
+    names = ["absLRP", "constant"]
+    run = comparison.compare({"vgg": net}, digits, names, steps=3, max_images=32, progress=False, **options)
+    assert run.settings == dict(steps=3, seed=0, batch_size=16, max_images=32, **options)
+    assert small_run.settings["granularity"] == "feature" and small_run.settings["quadrant_classes"] == "label"
+    direct = metrics.GAE(steps=3, seed=0, **options).evaluate(
+        net, {"absLRP": methods.relprop_method(variant="resnet"), "constant": methods.constant_method()},
+        Subset(digits, range(32)), 16, progress=False,
+    )  # fmt: skip
+    for m in ("absLRP", "constant"):
+        for key in metrics.SCORES:
+            assert torch.equal(run.gae["vgg"][m][key], direct[m][key]), (m, key)
+    assert not torch.equal(run.gae["vgg"]["absLRP"]["lc"], small_run.gae["vgg"]["absLRP"]["lc"])
+    assert "GAE: steps 3, seed 0, batch size 16, granularity pixel, quadrant classes predicted" in str(run)
+    with pytest.raises(relprop.InputError, match="granularity"):
+        comparison.compare({"vgg": net}, digits, ["constant"], max_images=8, granularity="voxel")
+
+
+def test_misclassified_positives_make_label_based_c_unbounded(digits: TensorDataset) -> None:
+    """A group whose labels are all wrong: its positive is misclassified, so its label-based
+    score map exceeds 1 (s[label] is small); with predicted classes C stays <= 1."""
+    x, y = digits.tensors[0][:8], digits.tensors[1][:8].clone()
+    y[:4] = (y[:4] + 1) % 10
+    wrong = TensorDataset(x, y)
+    nets = {"vgg": models.load_digits_model("vgg")}
+    label = comparison.compare(nets, wrong, ["constant", "absLRP"], steps=2, progress=False)
+    count, largest = label.unbounded_c()["vgg"]
+    c = label.gae["vgg"]["constant"]["c"]
+    assert count == 1 and c[0] > 1 and c[1] <= 1 and largest >= float(c[0])
+    predicted = comparison.compare(nets, wrong, ["constant"], steps=2, progress=False, quadrant_classes="predicted")
+    assert predicted.unbounded_c() == {} and (predicted.gae["vgg"]["constant"]["c"] <= 1).all()
+
+
 def _record_abslrp(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """maxpool_divide of every absLRP rule set traced from now on."""
     seen: list[bool] = []
@@ -211,6 +249,9 @@ def test_evaluate_command_on_a_shipped_model(tmp_path: Path, capsys) -> None:
     assert [r["method"] for r in doc["gae"]] == ["absLRP", "constant"] and doc["gae"][0]["n"] == 4
     assert "absLRP on vgg: AbsLRP(maxpool_divide=False) (variant vgg)" in text  # the shipped VGG's own
     assert doc["abslrp_variants"] == {"vgg": "vgg"}
+    assert doc["settings"]["quadrant_classes"] == "label" and doc["settings"]["max_images"] == 16
+    assert cli.main([*args, "--out-dir", str(out), "--no-progress", "--quadrant-classes", "predicted"]) == 0
+    assert json.loads((out / "gae.json").read_text())["settings"]["quadrant_classes"] == "predicted"
 
 
 def test_evaluate_command_abslrp_variant(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,6 +66,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--steps", type=int, default=10, help="perturbation steps T (default: 10)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the positive-image sampling (default: 0)")
     ev.add_argument(
+        "--quadrant-classes",
+        choices=("label", "predicted"),
+        default="label",
+        help="classes behind the mosaic score map: the dataset labels (the authors' code; C is unbounded for "
+        "a misclassified positive image) or the predicted classes (the paper's text; C <= 1) (default: label)",
+    )
+    ev.add_argument(
+        "--granularity",
+        choices=("feature", "pixel"),
+        default="feature",
+        help="rank, mask and compare per input feature C x H x W (the authors' code) or per pixel, channels "
+        "summed (default: feature)",
+    )
+    ev.add_argument(
+        "--grouping",
+        choices=("consecutive", "authors"),
+        default="consecutive",
+        help="each mosaic holds its own four images, or the authors' indexing at batch sizes over 4 "
+        "(default: consecutive; the same at batch size 4)",
+    )
+    ev.add_argument(
         "--quantus",
         nargs="*",
         metavar="METRIC",
@@ -172,6 +193,9 @@ def _evaluate(args: argparse.Namespace, world: World) -> int:
         progress=args.progress and world.main,
         abslrp_variant=variants,
         shard=(world.rank, world.size) if world.distributed else None,
+        granularity=args.granularity,
+        quadrant_classes=args.quadrant_classes,
+        grouping=args.grouping,
     )
     result = _merged(result, world)
     if result is None:
@@ -180,6 +204,13 @@ def _evaluate(args: argparse.Namespace, world: World) -> int:
     for model, res in result.gae.items():
         for method, batch, message in res.failures:
             print(f"relprop: warning: {method} failed on batch {batch} of {model}: {message}", file=sys.stderr)
+    for model, (count, largest) in result.unbounded_c().items():
+        print(
+            f"relprop: note: on {model}, C > 1 for up to {count} positive image(s) per method (largest {largest:.3g}): "
+            "with the label-based score map (the authors' code) a positive image the model misclassifies has an "
+            "unbounded C and can dominate the means; --quadrant-classes predicted bounds C by 1",
+            file=sys.stderr,
+        )
     for model, res in result.quantus.items():
         for method, metric, message in res.failures:
             print(f"relprop: warning: {method} failed in Quantus {metric} on {model}: {message}", file=sys.stderr)

@@ -62,7 +62,9 @@ ABSLRP_RULE_SETS = {"vgg": "AbsLRP(maxpool_divide=False)", "resnet": "AbsLRP()"}
 class Comparison:
     """GAE results per model (``gae[model]`` a :class:`~relprop.metrics.GAEResult`),
     optional Quantus results per model, methods skipped per model with the reason,
-    the seconds each model's evaluation took, and absLRP's variant per model."""
+    the seconds each model's evaluation took, absLRP's variant per model, and the GAE
+    settings (``settings``: steps, seed, batch size, granularity, quadrant classes, grouping,
+    image limit)."""
 
     gae: dict[str, GAEResult]
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -70,6 +72,21 @@ class Comparison:
     seconds: dict[str, float] = field(default_factory=dict)
     reference: str = REFERENCE
     abslrp_variants: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def unbounded_c(self) -> dict[str, tuple[int, float]]:
+        """Per model with label-based score maps: (most positive images with C > 1 for one
+        method, largest C). A positive image whose dataset label is not the class the model
+        predicts has an unbounded score map there (the authors' code); empty when none."""
+        if self.settings.get("quadrant_classes", "label") != "label":
+            return {}
+        out = {}
+        for model, res in self.gae.items():
+            cs = [v["c"] for v in res.scores.values() if len(v["c"])]
+            counts = [int((c > 1).sum()) for c in cs]
+            if counts and max(counts):
+                out[model] = (max(counts), max(float(c.max()) for c in cs))
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (model, method): mean and 95% interval of LC, C and GAE, the
@@ -110,6 +127,9 @@ class Comparison:
         lines = []
         rows = self.rows()
         w = max([20, *(len(r["method"]) for r in rows), *(len(m) for sk in self.skipped.values() for m in sk)])
+        if self.settings:
+            shown = {k.replace('_', ' '): 'all' if v is None else v for k, v in self.settings.items()}
+            lines.append("GAE: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
         for model in self.gae:
             variant = self.abslrp_variants.get(model)
             shown = f"; absLRP: {ABSLRP_RULE_SETS[variant]} ({variant})" if variant in ABSLRP_RULE_SETS else ""
@@ -156,6 +176,7 @@ class Comparison:
             "failures": failures,
             "seconds": self.seconds,
             "abslrp_variants": self.abslrp_variants,
+            "settings": self.settings,
         }
         Path(path).write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
 
@@ -212,6 +233,9 @@ def compare(
     progress: bool = True,
     abslrp_variant: str | Mapping[str, str | None] | None = None,
     shard: tuple[int, int] | None = None,
+    granularity: str = "feature",
+    quadrant_classes: str = "label",
+    grouping: str = "consecutive",
 ) -> Comparison:
     """Evaluate ``methods`` (names from :data:`relprop.methods.METHOD_NAMES`; None: every
     method that can run on each model) with GAE on every model.
@@ -225,6 +249,8 @@ def compare(
     model without one (None) gets ``"resnet"``. ``Comparison.abslrp_variants`` records them.
     ``shard=(rank, world_size)``: score only this rank's GAE batches (``GAE.evaluate``'s ``shard``);
     ``GAEResult.merge`` of every rank's ``gae[model]`` is one process's result.
+    ``granularity``, ``quadrant_classes``, ``grouping``: :class:`~relprop.metrics.GAE`'s
+    options (defaults: as the authors' code computes GAE); ``Comparison.settings`` records them.
     """
     from .methods import build_methods
 
@@ -237,7 +263,10 @@ def compare(
         missing = [m for m in models if m not in data]
         if missing:
             raise InputError(f"no data set for model(s) {', '.join(missing)}; data has {', '.join(data)}")
-    out = Comparison(gae={})
+    gae = GAE(steps=steps, seed=seed, granularity=granularity, quadrant_classes=quadrant_classes, grouping=grouping)
+    settings = dict(steps=steps, seed=seed, batch_size=batch_size, granularity=granularity)
+    settings |= dict(quadrant_classes=quadrant_classes, grouping=grouping, max_images=max_images)
+    out = Comparison(gae={}, settings=settings)
     for name, model in models.items():
         ds = data[name] if isinstance(data, Mapping) else data
         if max_images is not None and len(ds) > max_images:
@@ -246,9 +275,7 @@ def compare(
         if not built:
             raise InputError(f"no method can run on model {name!r}: {skipped}")
         start = time.perf_counter()
-        out.gae[name] = GAE(steps=steps, seed=seed).evaluate(
-            model, built, ds, batch_size, progress=progress, shard=shard
-        )
+        out.gae[name] = gae.evaluate(model, built, ds, batch_size, progress=progress, shard=shard)
         if quantus_metrics:
             from .quantus_metrics import evaluate_quantus
 
