@@ -16,7 +16,12 @@ photos explained for their predicted class:
 * ``float64``: cosine of the float32 contrastive map with the float64 one (rounding?).
 
 For comparison, the pixel contrast and cos(pos, neg) of the shipped digits models on the
-first 64 test images (each with its absLRP variant: VGG without the max-pooling division).
+first 64 test images (each with its absLRP variant: VGG without the max-pooling division),
+and on the digits ViT the contrast (median over those images) along the residual stream:
+at every ``add`` whose relevance is shaped like the token sequence (B, 65, 64), in walk
+order (from the output to the input), then at the pixels.  At a fork absLRP adds the
+unit-normalised relevances of the consumers, so the shortcut and the block's branch weigh
+the same (docs/semantics.md §Per-sample normalisation).
 
     .venv/bin/python benchmarks/abslrp_contrast.py
 """
@@ -88,6 +93,14 @@ def digits() -> None:
         c = contrast(pixels)
         cos = F.cosine_similarity(pixels[0].flatten(1), pixels[1].flatten(1))
         print(f"| {name} | {c.median():.3f} ({c.min():.3f} – {c.max():.3f}) | {cos.median():.4f} |")
+    model = load_digits_model("vit")
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    ex = relprop.trace(model, relprop.rules.AbsLRP()).explanation(x, target, record=True)
+    stream = [(k, v) for k, v in ex.node_relevance.items() if k.startswith("add") and v.shape[2:] == (65, 64)]
+    pixels = next(iter(ex.passes.values()))
+    cells = [f"{k} {float(contrast(v).median()):.4f}" for k, v in [*stream, ("pixels", pixels)]]
+    print("\ndigits ViT, contrast along the residual stream (output to input): " + ", ".join(cells))
 
 
 if __name__ == "__main__":
