@@ -128,7 +128,7 @@ class Comparison:
         rows = self.rows()
         w = max([20, *(len(r["method"]) for r in rows), *(len(m) for sk in self.skipped.values() for m in sk)])
         if self.settings:
-            shown = {k.replace('_', ' '): 'all' if v is None else v for k, v in self.settings.items()}
+            shown = {k.replace("_", " "): "all" if v is None else v for k, v in self.settings.items()}
             lines.append("GAE: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
         for model in self.gae:
             variant = self.abslrp_variants.get(model)
