@@ -80,6 +80,8 @@ def main() -> None:
 
 def digits() -> None:
     from relprop.apps.models import load_digits_model, load_digits_test
+    from relprop.evaluation.comparison import DIGITS_ABSLRP_VARIANTS
+    from relprop.evaluation.methods import ABSLRP_VARIANTS
 
     x, _ = load_digits_test()[:64]
     print("\n| digits model | pixel contrast: median (min – max) | cos(pos, neg): median |")
@@ -88,17 +90,14 @@ def digits() -> None:
         model = load_digits_model(name)
         with torch.no_grad():
             target = model(x).argmax(1)
-        rules = relprop.rules.AbsLRP(maxpool_divide=name != "vgg")
-        pixels = next(iter(relprop.trace(model, rules).explanation(x, target).passes.values()))
+        rules = relprop.rules.AbsLRP(**ABSLRP_VARIANTS[DIGITS_ABSLRP_VARIANTS[name]])
+        ex = relprop.trace(model, rules).explanation(x, target, record=name == "vit")
+        pixels = next(iter(ex.passes.values()))
         c = contrast(pixels)
         cos = F.cosine_similarity(pixels[0].flatten(1), pixels[1].flatten(1))
         print(f"| {name} | {c.median():.3f} ({c.min():.3f} – {c.max():.3f}) | {cos.median():.4f} |")
-    model = load_digits_model("vit")
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    ex = relprop.trace(model, relprop.rules.AbsLRP()).explanation(x, target, record=True)
+    # ex: the ViT's, every node recorded
     stream = [(k, v) for k, v in ex.node_relevance.items() if k.startswith("add") and v.shape[2:] == (65, 64)]
-    pixels = next(iter(ex.passes.values()))
     cells = [f"{k} {float(contrast(v).median()):.4f}" for k, v in [*stream, ("pixels", pixels)]]
     print("\ndigits ViT, contrast along the residual stream (output to input): " + ", ".join(cells))
 
