@@ -322,11 +322,15 @@ def test_distributed_helpers_in_one_process() -> None:
         assert w == distributed.World(device="cpu")
 
 
-def _torchrun(*args: object, n: int = 2) -> subprocess.CompletedProcess:
+def _launch(*args: object, n: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node n ARGS`` in a fresh environment (no torchrun variables)."""
     env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
-    command += ["-m", "relprop", "explain", *map(str, args), "--no-progress", "--device", "cpu"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def _torchrun(*args: object, n: int = 2) -> subprocess.CompletedProcess:
+    return _launch("-m", "relprop", "explain", *args, "--no-progress", "--device", "cpu", n=n)
 
 
 @pytest.mark.slow
@@ -368,10 +372,7 @@ def test_torchrun_evaluate_matches_one_process(tmp_path: Path) -> None:
     args = ["--model", "vgg", "--methods", "absLRP,constant", "--max-images", "24", "--batch-size", "8"]
     args += ["--steps", "2", "--no-progress"]  # 3 GAE batches: rank 0 scores two, rank 1 one
     assert cli.main(["evaluate", *args, "--out-dir", str(tmp_path / "one")]) == 0
-    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    command += ["-m", "relprop", "evaluate", *args, "--out-dir", str(tmp_path / "two")]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    run = _launch("-m", "relprop", "evaluate", *args, "--out-dir", tmp_path / "two")
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("wrote ") == 1  # rank 0 writes and reports
     one, two = (json.loads((tmp_path / d / "gae.json").read_text()) for d in ("one", "two"))
@@ -401,9 +402,7 @@ with distributed.session("cpu") as world:
 def test_torchrun_session_ends_together_or_fails_fast(tmp_path: Path, mode: str) -> None:
     script = tmp_path / "session.py"
     script.write_text(SESSION_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), mode]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    run = _launch(script, mode, timeout=120)
     if mode == "ok":
         assert run.returncode == 0 and "gathered [0, 1]" in run.stdout, run.stdout + run.stderr
     else:  # rank 0 waits in the gather; rank 1's teardown ends it well before the 2 h timeout
