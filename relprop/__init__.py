@@ -23,6 +23,7 @@ from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
     MissingRuleError,
+    NonFiniteRelevanceError,
     RelpropError,
     RuleError,
     TargetError,
@@ -38,6 +39,7 @@ __all__ = [
     "Graph",
     "InputError",
     "MissingRuleError",
+    "NonFiniteRelevanceError",
     "RelpropError",
     "RuleError",
     "TargetError",

@@ -45,6 +45,7 @@ from .analysis import (
     splits,
     stack_entries,
 )
+from .canonize import Fold, find_folds
 from .errors import MissingRuleError, RuleError
 from .layouts import batch_layouts
 from .regions import Region, find_regions
@@ -110,13 +111,23 @@ class Binding:
     #: an elementwise activation written out as several ops, ruled as one op at its output
     #: (:mod:`relprop.regions`); the rule then sees the region's inputs, not the node's
     region: Region | None = None
+    #: a weighted layer with the per-channel affine steps after it folded in, ruled at the
+    #: steps' output (:mod:`relprop.canonize`); ``info`` is then the layer's
+    fold: Fold | None = None
 
     @property
     def inputs(self) -> list[fx.Node]:
         """The graph nodes whose values the rule sees as ``ctx.inputs``, in that order."""
         if self.region is not None:
             return list(self.region.leaves)
+        if self.fold is not None:
+            return self.fold.inputs
         return input_leaves(self.info.node)
+
+    @property
+    def reads(self) -> list[fx.Node]:
+        """Every graph node whose value the rule's context is built from."""
+        return self.fold.reads if self.fold is not None else self.inputs
 
 
 @dataclass
@@ -180,6 +191,8 @@ def bind(
             unbound.append(full_op_name(n.target))
         rule.check(info)
         bindings[n] = Binding(info, rule, source, region)
+    if getattr(rule_set, "canonize", False):
+        _fold(bindings, nodes, sources.live & relevant)
     return Bound(
         program,
         bindings,
@@ -239,6 +252,22 @@ def _node_infos(
         )
         infos[n] = (info, stack, region)
     return infos
+
+
+def _fold(bindings: dict[fx.Node, Binding], nodes: list[fx.Node], live: set[fx.Node]) -> None:
+    """Canonization (:mod:`relprop.canonize`): each weighted layer followed by per-channel
+    affine steps that bound by default is replaced by one binding at the steps' output, with
+    the layer's rule, seeing the folded layer.  A step a user override matched stays unfolded."""
+    weighted = {n for n, b in bindings.items() if b.info.category in WEIGHTED_CATEGORIES and b.region is None}
+    for output, fold in find_folds(nodes, live, weighted).items():
+        steps = [bindings.get(m) for m in fold.nodes[1:]]
+        if any(b is None or b.region is not None or b.source not in ("default", "structural") for b in steps):
+            continue
+        layer = bindings[fold.layer]
+        for m in fold.nodes:
+            del bindings[m]
+        what = ", ".join(dict.fromkeys(b.info.module_path or op_name(b.info.node.target) for b in steps if b))
+        bindings[output] = Binding(layer.info, layer.rule, f"{layer.source}; {what} folded in", fold=fold)
 
 
 def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:

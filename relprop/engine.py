@@ -24,7 +24,7 @@ from relprop.rules.base import Context, Hints, Layout, RuleCache, mark_owned, ow
 from relprop.rules.categories import SEPARABLE
 
 from .binding import Bound
-from .errors import RuleError
+from .errors import NonFiniteRelevanceError, RuleError
 from .tracing import Program
 
 __all__ = ["Plan", "plan", "forward", "run_graph", "backward", "Walk"]
@@ -68,7 +68,7 @@ def _releases(bound: Bound) -> dict[fx.Node, list[fx.Node]]:
     keep: set[fx.Node] = set(bound.bindings)
     for n, binding in bound.bindings.items():
         keep.update(n.all_input_nodes)
-        keep.update(binding.inputs)
+        keep.update(binding.reads)
     keep.add(nodes[-1])
     keep.update(nodes[-1].all_input_nodes)
     last: dict[fx.Node, fx.Node] = {}
@@ -108,7 +108,7 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
     sources = set(bound.float_sources.values()) | set(bound.embeddings) | set(bound.token_sources)
 
     def producer(a: fx.Node) -> fx.Node | None:
-        if a.target is operator.getitem:  # one output of a multi-output op
+        if _structural(bound, a):  # one output of a multi-output op
             a = a.args[0]
             if not isinstance(a, fx.Node) or readers.get(a, 0) != 1:
                 return None
@@ -132,7 +132,7 @@ def _free_scale(bound: Bound) -> dict[fx.Node, list[bool]]:
     flags: dict[fx.Node, list[bool]] = {}
     for n in reversed(nodes):
         binding = bound.bindings.get(n)
-        if binding is None or n.target is operator.getitem:
+        if binding is None or _structural(bound, n):
             continue
         d = depth.get(n, 0)
         row = []
@@ -237,6 +237,7 @@ def backward(
     names = frozenset() if isinstance(record, bool) else record
     # a recorded walk shows every relevance normalized, as the rules define it
     free_scale = {} if every or names else plan.free_scale
+    totals: list[tuple[fx.Node, Tensor]] = []  # per rule run, the sum of what it handed on
     for n in reversed(nodes):
         # every consumer of n comes later in the graph and has been visited: only n's own
         # rule still reads its value, so it is dropped as soon as that rule has run
@@ -264,17 +265,16 @@ def backward(
         binding = bound.bindings.get(n)
         if binding is None:
             continue
-        if n.target is operator.getitem:
+        if _structural(bound, n):
             _add(rel, n.args[0], R, n.args[1])
             continue
-        region = binding.region
-        leaves, spec = pytree.tree_flatten(((*region.leaves,), {}) if region is not None else (n.args, n.kwargs))
-        slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
-        values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
         hints = Hints(tuple(free_scale.get(n, ())), not every and not keep and owned(R), plan.cache)
-        ctx = Context(binding.info, leaves, values, spec, slots, value, batch, op=region, hints=hints)
+        ctx = _context(binding, env, value, batch, hints)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)
+        handed = [_total(r) for r in result if r is not None]
+        if handed:
+            totals.append((n, torch.stack(handed).sum() if len(handed) > 1 else handed[0]))
         if keep:
             walk.records[n.name] = list(result)
         if not every:  # a kept tensor, or one handed to two inputs, is owned by none of them
@@ -286,8 +286,61 @@ def backward(
             if r is not None and live:
                 _add(rel, node, r)
         # release this node's values and relevances before the next rule runs
-        del value, values, ctx, result, R
+        del value, ctx, result, R
+    _finite(bound, totals)
     return walk
+
+
+def _context(binding: Any, env: dict[fx.Node, Any], value: Any, batch: int, hints: Hints) -> Context:
+    """The node as its rule sees it: the op's arguments (a region's inputs; a fold's layer
+    with the folded weight and bias) and their values from ``env``."""
+    n, region = binding.info.node, binding.region
+    if binding.fold is not None:
+        leaves, spec, values = binding.fold.arguments(env)
+    else:
+        leaves, spec = pytree.tree_flatten(((*region.leaves,), {}) if region is not None else (n.args, n.kwargs))
+        values = [env[x] if isinstance(x, fx.Node) else x for x in leaves]
+    slots = [i for i, x in enumerate(leaves) if isinstance(x, fx.Node)]
+    return Context(binding.info, leaves, values, spec, slots, value, batch, op=region, hints=hints)
+
+
+def _total(r: Tensor) -> Tensor:
+    """Σ r as a 0-d tensor (accumulated in float32 for half types): NaN or ±inf where ``r``
+    holds one (or where finite values overflow float32's range, itself a failure)."""
+    return r.sum(dtype=torch.float32) if r.dtype in (torch.float16, torch.bfloat16) else r.sum()
+
+
+def _finite(bound: Bound, totals: list[tuple[fx.Node, Tensor]]) -> None:
+    """Raise :class:`NonFiniteRelevanceError` at the first rule (in walk order) whose relevance
+    is not finite: the one where it became so, since every rule before it handed on finite
+    relevance.  One synchronisation for the whole walk."""
+    if not totals:
+        return
+    finite = torch.isfinite(torch.stack([t.float() if t.device.type == "mps" else t.double() for _, t in totals]))
+    if bool(finite.all()):
+        return
+    n = totals[int((~finite).nonzero()[0])][0]
+    binding = bound.bindings[n]
+    info = binding.info
+    where = f"module '{info.module_path}' ({info.module_class})" if info.module_path else "the model's own forward"
+    dtype = n.meta.get("val").dtype if isinstance(n.meta.get("val"), Tensor) else None
+    raise NonFiniteRelevanceError(
+        f"relevance became NaN or infinite at node '{n.name}' ({info.node.target}, traced in {where}), "
+        f"rule {binding.rule!r} (matched by {binding.source}); every rule before it in the walk handed on "
+        f"finite relevance. What helps: a larger stabiliser (e.g. rules.Epsilon(0.01) or the set's "
+        f"epsilon=), a rule that cannot divide by near-zero outputs there (z+, gamma: rules.EpsilonPlusFlat(), "
+        f"rules.EpsilonGammaBox(...)), or float64 (model.double() and a float64 input"
+        f"{'' if dtype is None else f'; this node computes in {dtype}'}). graph.summary() lists every node's rule."
+    )
+
+
+def _structural(bound: Bound, node: fx.Node) -> bool:
+    """A ``getitem`` that moves relevance to one output of its multi-output op (not the
+    output of a fold, which stands for the whole folded layer)."""
+    if node.target is not operator.getitem:
+        return False
+    binding = bound.bindings.get(node)
+    return binding is None or binding.fold is None
 
 
 def _is_source(bound: Bound, node: fx.Node) -> bool:

@@ -30,3 +30,8 @@ class InputError(RelpropError, ValueError):
 
 class TargetError(RelpropError, ValueError):
     """The ``target`` given to ``explain`` does not fit the model's output."""
+
+
+class NonFiniteRelevanceError(RelpropError, ArithmeticError):
+    """Relevance became NaN or infinite at a node of the walk (the rule's arithmetic overflowed
+    or divided by zero); the message names the node, its module and its rule."""

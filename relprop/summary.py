@@ -27,7 +27,8 @@ def format_summary(bound: Bound, rules: RuleSet) -> str:
             continue
         info = b.info
         module = f"{info.module_path} ({info.module_class})" if info.module_path else info.module_class
-        op = full_op_name(n.target) if b.region is None else b.region.describe()
+        op = b.region.describe() if b.region is not None else b.fold.describe() if b.fold is not None else None
+        op = op or full_op_name(n.target)
         rows.append(
             (n.name, op, module, str(info.category) if info.category is not None else "none", repr(b.rule), b.source)
         )

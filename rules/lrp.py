@@ -166,7 +166,11 @@ class _Layer:
 
 
 class ZPlusRule(_Weighted):
-    """LRP-z⁺: only positive contributions x_i w_ij > 0 (α1β0; Montavon 2019, Eq. 5)."""
+    """LRP-z⁺: only positive contributions x_i w_ij > 0 (α1β0; Montavon 2019, Eq. 5).
+
+    R_i = Σ_j (x_i w_ij)⁺ / (Σ_i (x_i w_ij)⁺ + b_j⁺) R_j: a positive bias is a positive
+    contribution of a constant input and absorbs its share (Bach et al. 2015, Eq. 60; as Zennit).
+    """
 
     def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         return _alpha_beta(layer, R, 1.0, 0.0, self.epsilon)
@@ -175,9 +179,11 @@ class ZPlusRule(_Weighted):
 class AlphaBetaRule(_Weighted):
     """LRP-αβ (Bach et al. 2015): α·positive − β·negative contributions, α − β = 1.
 
-    R_i = Σ_j (α (x_i w_ij)⁺ / z⁺_j − β (x_i w_ij)⁻ / z⁻_j) R_j, bias excluded.  Conserves
-    relevance only at units with contributions of both signs: a unit with no negative
-    (positive) contribution passes on α·R_j (−β·R_j).
+    R_i = Σ_j (α (x_i w_ij)⁺ / z⁺_j − β (x_i w_ij)⁻ / z⁻_j) R_j with z⁺_j = Σ_i (x_i w_ij)⁺ + b_j⁺
+    and z⁻_j = Σ_i (x_i w_ij)⁻ + b_j⁻: the bias counts as the contribution of a constant input
+    of its sign and absorbs its share (Bach et al. 2015, Eq. 60; Zennit computes the same).
+    Without biases it conserves relevance only at units with contributions of both signs: a
+    unit with no negative (positive) contribution passes on α·R_j (−β·R_j).
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9) -> None:
@@ -193,12 +199,12 @@ class AlphaBetaRule(_Weighted):
 
 
 def _alpha_beta(layer: _Layer | NormMap, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
-    x, w = layer.x, layer.w
+    x, w, b = layer.x, layer.w, layer.b
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
-    with torch.no_grad():
-        zp = layer.f(xp, wp) + layer.f(xn, wn)
-        zn = layer.f(xp, wn) + layer.f(xn, wp)
+    with torch.no_grad():  # the bias's positive part joins z⁺, its negative part z⁻
+        zp = layer.f(xp, wp, None if b is None else b.clamp(min=0)) + layer.f(xn, wn)
+        zn = layer.f(xp, wn, None if b is None else b.clamp(max=0)) + layer.f(xn, wp)
     gp = R / (zp + eps)
     rel = alpha * (xp * layer.jt(wp, gp) + xn * layer.jt(wn, gp))
     if beta:

@@ -35,10 +35,29 @@ from torch import Tensor
 from .base import Context
 from .ops import op_name
 
-__all__ = ["CENTERING_NORMS", "NormMap", "norm_map"]
+__all__ = ["BATCH_NORMS", "CENTERING_NORMS", "NormMap", "eval_batch_norm", "norm_map"]
 
 #: normalisations whose held-constant form is a (non-diagonal) linear map
 CENTERING_NORMS = frozenset({"aten.layer_norm", "aten.native_layer_norm", "aten.group_norm", "aten.native_group_norm"})
+
+#: batch norms on running statistics: op name -> positions of (weight, bias, running mean,
+#: running var, eps); ``aten.batch_norm`` only with ``training=False`` (argument 5)
+BATCH_NORMS = {
+    "aten._native_batch_norm_legit_no_training": (1, 2, 3, 4, 6),
+    "aten.batch_norm": (1, 2, 3, 4, 7),
+}
+
+
+def eval_batch_norm(node: Any) -> bool:
+    """Whether a graph node is a batch norm on running statistics: a per-channel affine map."""
+    name = op_name(node.target)
+    if name not in BATCH_NORMS:
+        return False
+    args = node.args
+    _, _, im, iv, ie = BATCH_NORMS[name]
+    if len(args) <= ie or node.kwargs or args[im] is None or args[iv] is None:
+        return False
+    return name != "aten.batch_norm" or not args[5]
 
 
 def _get(args: tuple, i: int, default: Any = None) -> Any:

@@ -32,6 +32,7 @@ from .lrp import (
     ZPlusRule,
     weighted_layer,
 )
+from .norms import eval_batch_norm
 from .rap import RAPInputRule, RAPOutputRule, RAPRule, feeds_output
 from .taylor import TaylorRule
 
@@ -67,6 +68,9 @@ class RuleSet:
 
     contrastive: bool = False
     start: str = "value"
+    #: fold per-channel affine maps (eval batch norm, ...) into the weighted layer before
+    #: them at binding (:mod:`relprop.canonize`, docs/semantics.md §Canonization)
+    canonize: bool = False
 
     def rule_for(self, info: NodeInfo) -> Rule | None:
         raise NotImplementedError
@@ -201,7 +205,12 @@ class LRP(RuleSet):
     - sums and average pooling: ε-rule (proportional); products of two
       relevance-carrying tensors: :class:`BilinearRule`; attention:
       :class:`AttentionValueRule`;
-    - activations, batch norm, RMSNorm, softmax and scaling by a constant: the identity
+    - canonization (``canonize=True``, the default): an eval batch norm or another
+      per-channel affine map right after a weighted layer is folded into that layer, whose
+      rule then sees the folded weights (:mod:`relprop.canonize`); a batch norm that cannot be
+      folded gets the ε-rule on its affine map (its shift absorbs relevance as a bias does);
+      ``canonize=False``: batch norm passes relevance by the identity rule;
+    - activations, RMSNorm, softmax and scaling by a constant: the identity
       rule, R_x = R (:class:`Pass`; conservative, unlike their gradients);
     - max pooling, selects, selections (amin, median, topk, ...) and data movement:
       relevance passes by the gradient (winner-takes-all, or moved unchanged);
@@ -220,8 +229,16 @@ class LRP(RuleSet):
         first: Any = None,
         epsilon: float = 1e-9,
         contrastive: bool = False,
+        canonize: bool = True,
     ) -> None:
+        if not isinstance(canonize, bool):
+            from relprop.errors import RuleError
+
+            raise RuleError(
+                f"canonize= must be True or False (fold batch norms into their layer or not); got {canonize!r}"
+            )
         self._layer = as_rule(layer)
+        self.canonize = canonize
         self.dense = None if dense is None else as_rule(dense)
         self.conv = None if conv is None else as_rule(conv)
         self.first = None if first is None else as_rule(first)
@@ -247,6 +264,8 @@ class LRP(RuleSet):
             return slot if slot is not None else self._layer
         if c == Category.NORM and weighted_layer(info):
             return self.dense if self.dense is not None else self._layer
+        if c == Category.NORM and self.canonize and eval_batch_norm(info.node):
+            return self._sum  # not folded: the ε-rule on its affine map
         if c in (Category.ADD, Category.AVGPOOL, Category.LINEAR):
             return self._sum
         if c in (Category.POINTWISE, Category.GENERIC):
@@ -269,6 +288,8 @@ class LRP(RuleSet):
         for name in ("dense", "conv", "first"):
             if getattr(self, name) is not None:
                 parts.append(f"{name}={getattr(self, name)!r}")
+        if not self.canonize:
+            parts.append("canonize=False")
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
@@ -315,6 +336,8 @@ class AttnLRP(LRP):
         for name in ("dense", "conv", "first"):
             if getattr(self, name) is not None:
                 parts.append(f"{name}={getattr(self, name)!r}")
+        if not self.canonize:
+            parts.append("canonize=False")
         return f"AttnLRP({', '.join(parts)})"
 
 
@@ -389,7 +412,9 @@ class RAP(LRP):
     """
 
     def __init__(self, contrastive: bool = False) -> None:
-        super().__init__(RAPRule(), dense=RAPRule(separate=False), first=RAPInputRule(), contrastive=contrastive)
+        super().__init__(
+            RAPRule(), dense=RAPRule(separate=False), first=RAPInputRule(), contrastive=contrastive, canonize=False
+        )
         self._output = RAPOutputRule()
         self._zero = EpsilonRule(0.0)
 
@@ -408,28 +433,28 @@ class RAP(LRP):
         return f"RAP(contrastive={self.contrastive!r})"
 
 
-def EpsilonPlus(epsilon: float = 1e-6) -> LRP:  # noqa: N802 - preset named like a rule set
+def EpsilonPlus(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802 - preset named like a rule set
     """ε for dense layers, z⁺ for convolutions."""
-    return Epsilon(epsilon, conv=ZPlusRule())
+    return Epsilon(epsilon, conv=ZPlusRule(), canonize=canonize)
 
 
-def EpsilonPlusFlat(epsilon: float = 1e-6) -> LRP:  # noqa: N802
+def EpsilonPlusFlat(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802
     """ε for dense layers, z⁺ for convolutions, flat for the first layer."""
-    return Epsilon(epsilon, conv=ZPlusRule(), first=FlatRule())
+    return Epsilon(epsilon, conv=ZPlusRule(), first=FlatRule(), canonize=canonize)
 
 
-def EpsilonAlpha2Beta1(epsilon: float = 1e-6) -> LRP:  # noqa: N802
+def EpsilonAlpha2Beta1(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802
     """ε for dense layers, α2β1 for convolutions."""
-    return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0))
+    return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0), canonize=canonize)
 
 
-def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6) -> LRP:  # noqa: N802
+def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802
     """ε for dense layers, α2β1 for convolutions, flat for the first layer."""
-    return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0), first=FlatRule())
+    return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0), first=FlatRule(), canonize=canonize)
 
 
 def EpsilonGammaBox(  # noqa: N802
-    low: float | Tensor, high: float | Tensor, gamma: float = 0.25, epsilon: float = 1e-6
+    low: float | Tensor, high: float | Tensor, gamma: float = 0.25, epsilon: float = 1e-6, canonize: bool = True
 ) -> LRP:
     """ε for dense layers, γ for convolutions, z^B for the first layer."""
-    return Epsilon(epsilon, conv=GammaRule(gamma), first=ZBoxRule(low, high))
+    return Epsilon(epsilon, conv=GammaRule(gamma), first=ZBoxRule(low, high), canonize=canonize)

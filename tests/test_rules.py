@@ -98,11 +98,12 @@ def oracle_epsilon(x: Tensor, M: Tensor, b: Tensor, R: Tensor, eps: float) -> Te
     return spread(Z, R, stab(Z.sum(-1) + b, eps))
 
 
-def oracle_alpha_beta(x: Tensor, M: Tensor, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
+def oracle_alpha_beta(x: Tensor, M: Tensor, b: Tensor, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
+    # Bach et al. 2015, Eq. 60: the bias is a contribution of its sign (b⁺ in z⁺, b⁻ in z⁻)
     Z = contributions(x, M)
     Zp, Zn = Z.clamp(min=0), Z.clamp(max=0)
-    pos = spread(Zp, R, Zp.sum(-1) + eps)
-    neg = spread(Zn, R, Zn.sum(-1) - eps)
+    pos = spread(Zp, R, Zp.sum(-1) + b.clamp(min=0) + eps)
+    neg = spread(Zn, R, Zn.sum(-1) + b.clamp(max=0) - eps)
     return alpha * pos - beta * neg
 
 
@@ -167,11 +168,11 @@ RULES: dict[str, tuple[Callable[[], rules.Rule], Callable[..., Tensor]]] = {
     ),
     "zplus": (
         lambda: rules.ZPlusRule(epsilon=1e-9),
-        lambda x, M, b, R, lo, hi, con: oracle_alpha_beta(x, M, R, 1.0, 0.0, 1e-9),
+        lambda x, M, b, R, lo, hi, con: oracle_alpha_beta(x, M, b, R, 1.0, 0.0, 1e-9),
     ),
     "alpha2beta1": (
         lambda: rules.AlphaBetaRule(2.0, 1.0, epsilon=1e-9),
-        lambda x, M, b, R, lo, hi, con: oracle_alpha_beta(x, M, R, 2.0, 1.0, 1e-9),
+        lambda x, M, b, R, lo, hi, con: oracle_alpha_beta(x, M, b, R, 2.0, 1.0, 1e-9),
     ),
     "gamma": (
         lambda: rules.GammaRule(0.25, epsilon=1e-6),
