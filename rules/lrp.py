@@ -170,10 +170,15 @@ class ZPlusRule(_Weighted):
 
     R_i = Σ_j (x_i w_ij)⁺ / (Σ_i (x_i w_ij)⁺ + b_j⁺) R_j: a positive bias is a positive
     contribution of a constant input and absorbs its share (Bach et al. 2015, Eq. 60; as Zennit).
+    ``bias=False`` leaves the bias out (as Chefer et al.'s and the absLRP authors' code do).
     """
 
+    def __init__(self, epsilon: float = 1e-9, bias: bool = True) -> None:
+        super().__init__(epsilon)
+        self.bias = bias
+
     def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
-        return _alpha_beta(layer, R, 1.0, 0.0, self.epsilon)
+        return _alpha_beta(layer, R, 1.0, 0.0, self.epsilon, self.bias)
 
 
 class AlphaBetaRule(_Weighted):
@@ -183,23 +188,25 @@ class AlphaBetaRule(_Weighted):
     and z⁻_j = Σ_i (x_i w_ij)⁻ + b_j⁻: the bias counts as the contribution of a constant input
     of its sign and absorbs its share (Bach et al. 2015, Eq. 60; Zennit computes the same).
     Without biases it conserves relevance only at units with contributions of both signs: a
-    unit with no negative (positive) contribution passes on α·R_j (−β·R_j).
+    unit with no negative (positive) contribution passes on α·R_j (−β·R_j).  ``bias=False``
+    leaves the bias out of z⁺ and z⁻ (as Chefer et al.'s and the absLRP authors' code do).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9, bias: bool = True) -> None:
         from relprop.errors import RuleError
 
         if abs(alpha - beta - 1.0) > 1e-12:
             raise RuleError(f"AlphaBeta needs alpha - beta = 1 to conserve relevance; got alpha={alpha}, beta={beta}")
         super().__init__(epsilon)
         self.alpha, self.beta = alpha, beta
+        self.bias = bias
 
     def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
-        return _alpha_beta(layer, R, self.alpha, self.beta, self.epsilon)
+        return _alpha_beta(layer, R, self.alpha, self.beta, self.epsilon, self.bias)
 
 
-def _alpha_beta(layer: _Layer | NormMap, R: Tensor, alpha: float, beta: float, eps: float) -> Tensor:
-    x, w, b = layer.x, layer.w, layer.b
+def _alpha_beta(layer: _Layer | NormMap, R: Tensor, alpha: float, beta: float, eps: float, bias: bool) -> Tensor:
+    x, w, b = layer.x, layer.w, (layer.b if bias else None)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     with torch.no_grad():  # the bias's positive part joins z⁺, its negative part z⁻

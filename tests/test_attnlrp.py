@@ -96,8 +96,9 @@ def norm_oracle(name: str, x: Tensor, A: Tensor, b: Tensor, R: Tensor) -> Tensor
         return spread(Z, R, stab(Z.sum(-1) + b, 0.1))
     if name in ("zplus", "alpha2beta1"):
         alpha, beta = (1.0, 0.0) if name == "zplus" else (2.0, 1.0)
-        Zp, Zn = Z.clamp(min=0), Z.clamp(max=0)
-        return alpha * spread(Zp, R, Zp.sum(-1) + 1e-9) - beta * spread(Zn, R, Zn.sum(-1) - 1e-9)
+        Zp, Zn = Z.clamp(min=0), Z.clamp(max=0)  # the bias by its sign (Bach et al. 2015, Eq. 60)
+        pos = spread(Zp, R, Zp.sum(-1) + b.clamp(min=0) + 1e-9)
+        return alpha * pos - beta * spread(Zn, R, Zn.sum(-1) + b.clamp(max=0) - 1e-9)
     if name == "gamma":
         # Montavon et al. 2019, Eq. 7, generalized to signed inputs (Andéol et al. 2021): at a
         # unit with z_j > 0 every contribution is reinforced by γ z_ij⁺ (bias b + γb⁺), at a unit

@@ -391,11 +391,12 @@ def _class_row_map(joint: Tensor, grid: tuple[int, int], x: Tensor) -> Tensor:
 
 
 def tibav_rules() -> Any:
-    """The rule set of TIBAV's R_A: ``AttnLRP(ε = 1e-6)`` with LRP-α1β0 on dense layers."""
+    """The rule set of TIBAV's R_A: ``AttnLRP(ε = 1e-6)`` with LRP-α1β0 on dense layers, the
+    bias left out of z⁺ as in Chefer et al.'s code."""
     from relprop.rules import AttnLRP
     from relprop.rules.lrp import AlphaBetaRule
 
-    return AttnLRP(EPSILON, dense=AlphaBetaRule(1.0, 0.0))
+    return AttnLRP(EPSILON, dense=AlphaBetaRule(1.0, 0.0, bias=False))
 
 
 def _tibav_matrices(model: nn.Module, ag: AttentionGraph, x: Tensor, target: Tensor, graph: Any) -> list[Tensor]:
