@@ -272,9 +272,9 @@ def backward(
         ctx = _context(binding, env, value, batch, hints)
         result = binding.rule(ctx, R)
         _check(binding, ctx, result)
-        handed = [_total(r) for r in result if r is not None]
-        if handed:
-            totals.append((n, torch.stack(handed).sum() if len(handed) > 1 else handed[0]))
+        sums = [_total(r) for r in result if r is not None]
+        if sums:
+            totals.append((n, sum(sums[1:], sums[0])))
         if keep:
             walk.records[n.name] = list(result)
         if not every:  # a kept tensor, or one handed to two inputs, is owned by none of them

@@ -141,13 +141,20 @@ def test_parameters_of_an_activation_are_inputs_without_relevance() -> None:
 
 
 def test_affine_modules_are_not_activations() -> None:
-    """A module computing 2x + b is ruled op by op: under LRP-ε the bias absorbs its share."""
+    """A module computing 2x + b is ruled op by op: under LRP-ε the bias absorbs its share.
+    Canonization folds it into the linear layer before it instead (a per-channel scale and
+    shift, docs/semantics.md §Canonization): no region either way."""
     model = Net(Affine(6)).to(DT).eval()
     x = torch.randn(3, 5, dtype=DT)
-    graph = relprop.trace(model, rules.Epsilon(1e-9))
+    graph = relprop.trace(model, rules.Epsilon(1e-9, canonize=False))
     graph.explain(x, [0, 1, 2])
     assert not any(bd.region is not None for bd in graph.bindings)
     assert "add" in {bd.info.category for bd in graph.bindings}
+    folded = relprop.trace(model, rules.Epsilon(1e-9))
+    folded.explain(x, [0, 1, 2])
+    assert not any(bd.region is not None for bd in folded.bindings)
+    (fold,) = [bd.fold for bd in folded.bindings if bd.fold is not None]
+    assert fold.describe() == "linear with mul + add folded"
 
 
 def test_the_model_itself_is_never_a_region() -> None:
