@@ -313,6 +313,8 @@ def test_non_finite_relevance_raises_naming_node_module_and_rule(strict: bool) -
 # -- torchvision models against Zennit with its canonizers ---------------------------------------
 
 zennit_cases = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2"]
+#: input sizes other than 64 (the VGG is the slowest; at 32 its features end at 1×1)
+SIZES = {"vgg16_bn": 32}
 
 
 def _zennit_composite(name: str, arch: str) -> object:
@@ -366,9 +368,9 @@ def test_batch_norm_networks_equal_zennit_with_its_canonizers(arch: str) -> None
 
     torch.manual_seed(5)
     model = randomize_norms(getattr(torchvision.models, arch)(weights=None), seed=6).to(DT)
-    calibrate(model, (3, 64, 64))
+    calibrate(model, (3, SIZES.get(arch, 64), SIZES.get(arch, 64)))
     before = snapshot(model)
-    x = torch.randn(2, 3, 64, 64, dtype=DT)
+    x = torch.randn(2, 3, SIZES.get(arch, 64), SIZES.get(arch, 64), dtype=DT)
     with torch.no_grad():
         assert (model(x)[0] - model(x)[1]).abs().max() > 1e-3  # a live network: outputs depend on the input
     targets = [3, 7]
@@ -435,6 +437,8 @@ def test_efficientnet_maps_are_finite_and_equal_the_folded_copy(photos) -> None:
     folded = fold_by_hand(model, sequential_pairs(model))
     half = (copy.deepcopy(model).to(torch.bfloat16), copy.deepcopy(folded).to(torch.bfloat16), x.to(torch.bfloat16))
     for name, make in CANONIZING:
+        if name == "Gamma":  # EpsilonGammaBox has γ on every convolution already
+            continue
         got = relprop.trace(model, make()).explain(x, targets)
         want = relprop.trace(folded, make()).explain(x, targets)
         assert torch.isfinite(got).all(), name
