@@ -179,7 +179,7 @@ class Graph:
             plan = self._plan(args, kwargs)
             program = plan.bound.program
             if not isinstance(record, bool):
-                check_recorded(record, program)
+                check_recorded(record, plan.bound)
             flat = flatten_like(args, kwargs, program.in_spec)
             batch = batch_of(flat)
             check_token_ids(plan.bound, self.model, flat)

@@ -155,9 +155,20 @@ def record_names(record: Any) -> bool | frozenset[str]:
     return names
 
 
-def check_recorded(names: frozenset[str], program: Any) -> None:
-    """Every name in ``names`` is a node of the traced graph."""
+def check_recorded(names: frozenset[str], bound: Any) -> None:
+    """Every name in ``names`` is a node of the traced graph that a fold did not absorb."""
+    program = bound.program
     known = {n.name for n in program.graph.nodes}
+    for output, binding in bound.bindings.items():
+        if binding.fold is None:
+            continue
+        inside = sorted(names & {m.name for m in binding.fold.nodes if m is not output})
+        if inside:
+            raise InputError(
+                f"record: node {inside[0]!r} is folded with the per-channel affine ops after it into node "
+                f"{output.name!r} (canonization, docs/semantics.md §Canonization), which carries the folded "
+                f"layer's relevance; record {output.name!r}, or trace with a rule set made with canonize=False"
+            )
     missing = sorted(names - known)
     if missing:
         close = difflib.get_close_matches(missing[0], known, n=3)

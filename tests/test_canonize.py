@@ -159,6 +159,15 @@ def test_summary_shows_one_row_per_fold(net: nn.Module) -> None:
     assert "conv2d with _native_batch_norm_legit_no_training folded" in text and "b2 folded in" in text
 
 
+def test_recording_a_folded_node_names_the_fold(net: nn.Module) -> None:
+    graph = relprop.trace(net, rules.Epsilon())
+    x = torch.randn(1, 3, 8, 8, dtype=DT)
+    e = graph.explanation(x, 0, record={"getitem"})
+    assert set(e.node_relevance) == {"getitem"}
+    with pytest.raises(relprop.InputError, match="'conv2d' is folded .* into node 'getitem'"):
+        graph.explanation(x, 0, record={"conv2d"})
+
+
 def test_folding_is_not_the_identity_rule(net: nn.Module) -> None:
     """Without canonization (canonize=False, or batch norm overridden) batch norm passes by the
     identity, and the maps differ: the fold changes what the rules see."""
