@@ -266,7 +266,7 @@ def _fold(bindings: dict[fx.Node, Binding], nodes: list[fx.Node], live: set[fx.N
         layer = bindings[fold.layer]
         for m in fold.nodes:
             del bindings[m]
-        what = ", ".join(dict.fromkeys(b.info.module_path or op_name(b.info.node.target) for b in steps if b))
+        what = ", ".join(dict.fromkeys(b.info.module_path or op_name(b.info.node.target) for b in steps))
         bindings[output] = Binding(layer.info, layer.rule, f"{layer.source}; {what} folded in", fold=fold)
 
 

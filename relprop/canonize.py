@@ -148,12 +148,8 @@ def _layer_positions(n: fx.Node) -> tuple[tuple[int, int, int], int] | None:
     out = _val(n)
     if not isinstance(out, Tensor) or out.dim() == 0 or n.kwargs:
         return None
-    if name == "aten.addmm":
-        if len(args) > 3:  # beta, alpha other than 1
-            return None
-        return (iw, ib, out_dim), out.dim() - 1
-    if name == "aten.linear":
-        return (iw, ib, out_dim), out.dim() - 1
+    if name in ("aten.addmm", "aten.linear"):  # channels last; addmm only without beta, alpha
+        return None if name == "aten.addmm" and len(args) > 3 else ((iw, ib, out_dim), out.dim() - 1)
     if name in ("aten.convolution", "aten._convolution"):
         transposed, groups = args[6], args[8]
         if transposed and groups != 1:
@@ -211,7 +207,7 @@ def _step(u: fx.Node, cur: fx.Node, live: set[fx.Node], channel: int) -> tuple[f
     if name == "aten.mul":
         return u, lambda v: (_flat(v(other)), 0.0), constants
     if name == "aten.div":
-        if a is not cur or u.kwargs:
+        if a is not cur:
             return None
         return u, lambda v: (1.0 / _flat(v(other)), 0.0), constants
     if name == "aten.add":
@@ -238,7 +234,7 @@ def _batch_norm_step(u: fx.Node, cur: fx.Node, live: set[fx.Node], channel: int)
     if any(p in live for p in params):
         return None
     output = u
-    if name in ("aten._native_batch_norm_legit_no_training",):
+    if name == "aten._native_batch_norm_legit_no_training":
         users = list(u.users)
         if len(users) != 1 or users[0].target is not operator.getitem or users[0].args[1] != 0:
             return None
