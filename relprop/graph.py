@@ -23,7 +23,7 @@ from relprop.rules.base import RuleCache
 from relprop.rules.sets import AbsLRP, RuleSet
 
 from . import chunking, engine, targets
-from .binding import Binding, OverrideKey, bind
+from .binding import Binding, Bound, OverrideKey, bind
 from .errors import InputError, RuleError
 from .explanation import Explanation, assemble
 from .inputs import (
@@ -37,7 +37,7 @@ from .inputs import (
     record_names,
 )
 from .summary import format_summary
-from .tracing import eval_mode, keyed_by_batch, signature_of, trace_program
+from .tracing import Program, eval_mode, find_trace, signature_of, trace_program
 
 __all__ = ["Graph", "Explanation", "trace"]
 
@@ -51,6 +51,7 @@ class Graph:
         rules: RuleSet | None = None,
         overrides: Mapping[OverrideKey, Any] | None = None,
         strict: bool = True,
+        cache: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"relprop.trace expects a torch.nn.Module, got {type(model).__name__}")
@@ -65,8 +66,12 @@ class Graph:
         self.rules = rules
         self.overrides = dict(overrides or {})
         self.strict = strict
-        #: input signature -> the engine's plan of that trace
-        self._plans: dict[tuple, engine.Plan] = {}
+        #: read and write traced programs in the disk cache (:mod:`relprop.diskcache`)
+        self.cache = bool(cache)
+        #: how many of this Graph's traces were read from the disk cache instead of exported
+        self.cache_reads = 0
+        #: input signature -> the engine's plans of its traces (:func:`~relprop.tracing.find_trace`)
+        self._plans: dict[tuple, list[engine.Plan]] = {}
         self._last: engine.Plan | None = None
         #: what rules keep between explains (absLRP's derived weights), shared by all traces
         self.rule_cache = RuleCache()
@@ -78,16 +83,29 @@ class Graph:
 
     def _plan(self, args: tuple, kwargs: dict) -> engine.Plan:
         """The plan of this input signature: traced, bound and planned on first sight."""
-        batch = batch_of(pytree.tree_leaves((args, kwargs)))
-        key, plan = keyed_by_batch(self._plans, signature_of(self.model, args, kwargs), batch)
+        key = signature_of(self.model, args, kwargs)
+        plan = find_trace(self._plans, key, args, kwargs)
         if plan is None:
-            program = trace_program(self.model, args, kwargs)
+            program = trace_program(self.model, args, kwargs, disk=self.cache)
             self.trace_count += 1
-            bound = bind(program, self.model, self.rules, self.overrides, self.strict)
+            self.cache_reads += program.read
+            bound = self._bind(program, args, kwargs)
             self.rule_cache.parameter_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            plan = self._plans[key] = engine.plan(bound, self.rule_cache)
+            plan = engine.plan(bound, self.rule_cache)
+            self._plans.setdefault(key, []).append(plan)
         self._last = plan
         return plan
+
+    def _bind(self, program: Program, args: tuple, kwargs: dict) -> Bound:
+        """Bind the rules.  On export's own graph an op without a rule sends the binding to the
+        decomposed graph (the decomposition may write it out in ops that have rules)."""
+        bound = bind(program, self.model, self.rules, self.overrides, strict=False)
+        if bound.unbound and not program.decomposed:
+            program = trace_program(self.model, args, kwargs, decompose=True, disk=self.cache)
+            bound = bind(program, self.model, self.rules, self.overrides, strict=False)
+        if bound.unbound and self.strict:
+            bind(program, self.model, self.rules, self.overrides, strict=True)  # raises MissingRuleError
+        return bound
 
     # -- explaining ------------------------------------------------------------------------
 
@@ -224,7 +242,8 @@ class Graph:
         return list(self._last.bound.bindings.values())
 
     def __repr__(self) -> str:
-        return f"relprop.Graph({type(self.model).__name__}, rules={self.rules!r}, strict={self.strict})"
+        cache = "" if self.cache else ", cache=False"
+        return f"relprop.Graph({type(self.model).__name__}, rules={self.rules!r}, strict={self.strict}{cache})"
 
 
 def trace(
@@ -233,6 +252,7 @@ def trace(
     *,
     overrides: Mapping[OverrideKey, Any] | None = None,
     strict: bool = True,
+    cache: bool = True,
 ) -> Graph:
     """Prepare ``model`` for relevance propagation.
 
@@ -242,6 +262,13 @@ def trace(
     ``strict``: raise on ops no rule covers (default) or pass relevance through them
     by their gradient and list them in :meth:`Graph.summary`.
 
-    Tracing itself happens on the first :meth:`Graph.explain` (per input signature).
+    ``cache``: keep traced programs in the disk cache, ``$RELPROP_CACHE_DIR`` (default
+    ``~/.cache/relprop``), so that another process explaining the same model reads the
+    program instead of exporting it again (:mod:`relprop.diskcache`: keyed by the model's
+    code, structure and configuration, the input signature and the library versions;
+    parameter values are never written).  ``cache=False`` neither reads nor writes it.
+
+    Tracing itself happens on the first :meth:`Graph.explain`; prompts of any length and
+    batches of any size share one trace where the model allows (:func:`relprop.tracing.dynamic_dims`).
     """
-    return Graph(model, rules, overrides, strict)
+    return Graph(model, rules, overrides, strict, cache)

@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
+import math
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import sympy
 import torch
 from torch import nn
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 
+from . import diskcache
 from .errors import InputError, TraceError
+from .inputs import flatten_like
+from .lowering import lower
+
+_log = logging.getLogger("relprop")
 
 __all__ = [
     "Program",
-    "keyed_by_batch",
+    "dynamic_dims",
+    "find_trace",
     "signature_of",
     "structure_of",
     "trace_program",
@@ -35,9 +44,25 @@ __all__ = [
 ]
 
 
+def dynamic_dims(x: Any) -> tuple[int, ...]:
+    """The dimensions of an input that relprop traces as dynamic.
+
+    The batch (dim 0) of every tensor, and the sequence (dim 1) of two-dimensional integer
+    and boolean tensors (token ids, attention masks, position ids): one trace then serves
+    every batch size and every prompt length.  Image sizes stay fixed.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return ()
+    if x.dim() == 2 and not (x.is_floating_point() or x.is_complex()):
+        return (0, 1)
+    return (0,)
+
+
 def _describe(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return ("tensor", tuple(x.shape[1:]), x.dtype, x.device)
+        dynamic = dynamic_dims(x)
+        shape = tuple(None if d in dynamic else size for d, size in enumerate(x.shape))
+        return ("tensor", shape, x.dtype, x.device)
     if isinstance(x, (int, float, bool, str, type(None))):
         return (type(x).__name__, x)
     raise InputError(
@@ -47,7 +72,8 @@ def _describe(x: Any) -> Any:
 
 
 def signature_of(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """The cache key of a trace: input structure, shapes except the batch, dtypes, devices.
+    """The cache key of a trace: input structure, shapes except their dynamic dimensions
+    (:func:`dynamic_dims`), dtypes, devices.
 
     The dtypes and devices of the model's parameters are part of it, so moving or
     casting the model gives a fresh trace.
@@ -110,6 +136,69 @@ class Program:
     batch_symbols: set = field(default_factory=set)
     #: batch size the graph was specialized to, where it could not be made dynamic
     static_batch: int | None = None
+    #: (input position, dim, size) of every dimension relprop asked to be dynamic
+    #: (:func:`dynamic_dims`) that the trace fixed to a size; positions in ``in_spec`` order
+    fixed: tuple[tuple[int, int, int], ...] = ()
+    #: the graph is ``run_decompositions({})``'s (else export's own, :mod:`relprop.lowering`)
+    decomposed: bool = False
+    #: symbol -> (lowest, highest) size export allows it (``ExportedProgram.range_constraints``)
+    ranges: dict = field(default_factory=dict)
+    #: the export's guards on input sizes, as Python (``L['x'].size()[0] != 2``)
+    guards: tuple[str, ...] = ()
+    #: the forward's positional argument names (the guards name inputs by them)
+    arg_names: tuple[str, ...] = ()
+    #: arguments relprop added to the export call (``use_cache=False``)
+    added: dict = field(default_factory=dict)
+    #: the dimensions the trace was asked to make dynamic (:func:`dynamic_dims` or fewer)
+    dims: Callable[[Any], tuple[int, ...]] = field(default=lambda x: ())
+    #: read from the disk cache (:mod:`relprop.diskcache`), not exported in this process
+    read: bool = False
+
+    def accepts(self, args: tuple, kwargs: dict) -> bool:
+        """Whether this trace holds for the inputs ``(args, kwargs)``.
+
+        Every traced input size must match: a fixed size exactly; a symbol, with the input
+        sized as the trace saw it (a size of 1 counts as 2, :func:`_grow`), within its range
+        and the same wherever it occurs; a size derived from symbols (``2*s0``) equal to its
+        value; and the export's guards on sizes (``L['x'].size()[0] != 2``) must hold.
+        """
+        grown = pytree.tree_map(lambda x: _grown_shape(x, self.dims(x)), (args, kwargs))
+        placeholders = {n.name: n for n in self.graph.nodes if n.op == "placeholder"}
+        sizes: dict[Any, int] = {}
+        derived: list[tuple[Any, int]] = []
+        real, flat = flatten_like(args, kwargs, self.in_spec), flatten_like(*grown, self.in_spec)
+        for name, x, y in zip(self.user_inputs, real, flat):
+            val = placeholders[name].meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                continue
+            if not isinstance(x, torch.Tensor) or x.dim() != val.dim():
+                return False
+            for want, size, got in zip(val.shape, x.shape, y.shape):
+                expr = want.node.expr if isinstance(want, torch.SymInt) else sympy.Integer(int(want))
+                if expr.is_number:  # a fixed size: the input's own, never grown
+                    if int(expr) != size:
+                        return False
+                elif expr.is_Symbol:
+                    low, high = self.ranges.get(expr, (0, None))
+                    if sizes.setdefault(expr, got) != got or got < low or (high is not None and got > high):
+                        return False
+                else:
+                    derived.append((expr, got))
+        if any(expr.free_symbols <= sizes.keys() and int(expr.subs(sizes)) != got for expr, got in derived):
+            return False
+        return self._guards_hold(*grown)
+
+    def _guards_hold(self, args: tuple, kwargs: dict) -> bool:
+        """Whether the export's guards hold for inputs of these sizes (True where one cannot be read)."""
+        if not self.guards:
+            return True
+        inputs = {**dict(zip(self.arg_names, args)), **self.added, **kwargs}
+        scope = {"__builtins__": {}, "L": inputs, "math": math, "abs": abs, "min": min, "max": max, "int": int}
+        try:
+            return all(eval(guard, scope) for guard in self.guards)  # noqa: S307 - size expressions of torch.export
+        except Exception as err:  # noqa: BLE001 - a guard on something else than sizes: sizes decide
+            _log.debug("relprop: cannot evaluate an export guard (%s); the input sizes decide", err)
+            return True
 
 
 def _input_labels(args: tuple, kwargs: dict) -> list[str]:
@@ -123,31 +212,98 @@ def _input_labels(args: tuple, kwargs: dict) -> list[str]:
     return labels
 
 
-def _dynamic_batch(args: tuple, kwargs: dict) -> tuple:
+def _dynamic_shapes(args: tuple, kwargs: dict, dims: Any) -> Any:
+    """``torch.export``'s ``dynamic_shapes`` marking ``dims(x)`` of every tensor input."""
+
     def spec(x: Any) -> Any:
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
-            return {0: Dim.AUTO}
-        return None
+        marked = dims(x) if isinstance(x, torch.Tensor) else ()
+        return {d: Dim.AUTO for d in marked} or None
 
-    return (
-        tuple(pytree.tree_map(spec, a) for a in args),
-        {k: pytree.tree_map(spec, v) for k, v in kwargs.items()},
-    )
+    dargs = tuple(pytree.tree_map(spec, a) for a in args)
+    dkwargs = {k: pytree.tree_map(spec, v) for k, v in kwargs.items()}
+    # keyword-only inputs are keyed by name; otherwise positional then keyword, in order
+    return dkwargs if not args else dargs + tuple(dkwargs.values())
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool) -> Any:
-    shapes: Any = None
-    if dynamic:
-        dargs, dkwargs = _dynamic_batch(args, kwargs)
-        # keyword-only inputs are keyed by name; otherwise positional then keyword, in order
-        shapes = dkwargs if not args else dargs + tuple(dkwargs.values())
+def _export(model: nn.Module, args: tuple, kwargs: dict, shapes: Any) -> Any:
+    """``torch.export.export``'s own program (before any decomposition)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
-        return ep.run_decompositions({})
+        return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
 
 
-#: model -> {(input signature, structure[, batch]): Program}; weak in the model, so the
+@dataclass
+class _Capture:
+    """An export brought to the form relprop binds, and where it came from."""
+
+    ep: Any
+    graph: torch.fx.Graph
+    decomposed: bool
+    #: read from the disk cache (:mod:`relprop.diskcache`) instead of exported
+    read: bool
+
+
+def _capture(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    shapes: Any,
+    variant: str,
+    decompose: bool,
+    disk: bool,
+    reread: bool = True,
+) -> _Capture:
+    """Export's own graph rewritten by :func:`relprop.lowering.lower` where it can be (about
+    one export's cost), else ``run_decompositions({})``'s (a second trace of the model).
+
+    With ``disk``, each program is read from the disk cache where it is there (unless not
+    ``reread``) and stored there after an export; ``variant`` names the dynamic dimensions
+    asked for.
+    """
+    ep, read = None, False
+    if not decompose:
+        ep, read = _cached(
+            model, args, kwargs, shapes, f"{variant}/export", disk, reread, lambda: _export(model, args, kwargs, shapes)
+        )
+        graph, why = lower(ep)
+        if graph is not None:
+            return _Capture(ep, graph, False, read)
+        _log.debug("relprop: full decomposition (%s)", why)
+
+    def decomposition() -> Any:
+        fresh = ep if ep is not None and not read else _export(model, args, kwargs, shapes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fresh.run_decompositions({})
+
+    full, read = _cached(model, args, kwargs, shapes, f"{variant}/decomposed", disk, reread, decomposition)
+    return _Capture(full, full.graph_module.graph, True, read)
+
+
+def _cached(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    shapes: Any,
+    variant: str,
+    disk: bool,
+    reread: bool,
+    make: Callable[[], Any],
+) -> tuple[Any, bool]:
+    """``(program, read)``: the disk cache's entry for this export where there is one (and
+    ``reread``), else ``make()``, stored in the cache where it can be."""
+    key = diskcache.key_of(model, args, kwargs, shapes, variant) if disk else None
+    if key is not None and reread:
+        ep = diskcache.load(key)
+        if ep is not None:
+            return ep, True
+    ep = make()
+    if key is not None:  # export's own program is never changed (lowering copies it): store it meanwhile
+        diskcache.store(key, ep, wait=not variant.endswith("/export"))
+    return ep, False
+
+
+#: model -> {(input signature, structure, decompose): [Program, ...]}; weak in the model, so the
 #: cache never keeps a model alive.  A Program holds no reference to the model: parameters
 #: and buffers are read live from the model at every forward (engine._state_value).
 _PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Program]] = weakref.WeakKeyDictionary()
@@ -213,73 +369,140 @@ def structure_of(model: nn.Module) -> tuple:
 _T = TypeVar("_T")
 
 
-def keyed_by_batch(cache: Mapping[tuple, _T], key: tuple, batch: int | None) -> tuple[tuple, _T | None]:
-    """The key and entry of a signature in a cache of traces (programs, or plans of them).
+def find_trace(cache: Mapping[tuple, list[_T]], key: tuple, args: tuple, kwargs: dict) -> _T | None:
+    """The first trace under ``key`` (a :func:`signature_of`) that accepts ``(args, kwargs)``.
 
-    Traces are keyed by :func:`signature_of`; a model that fixed its batch size when it
-    was traced (``static_batch``) has one trace per batch size, under ``(*key, batch)``.
-    An entry is a :class:`Program` or has one as ``.bound.program``.
+    An entry is a :class:`Program` or has one as ``.bound.program`` (:meth:`Program.accepts`).
     """
-    entry = cache.get(key)
-    if entry is not None and _program(entry).static_batch not in (None, batch):
-        key = (*key, batch)
-        entry = cache.get(key)
-    return key, entry
+    for entry in cache.get(key, ()):
+        if _program(entry).accepts(args, kwargs):
+            return entry
+    return None
 
 
 def _program(entry: Any) -> Program:
     return entry if isinstance(entry, Program) else entry.bound.program
 
 
-def trace_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
+def trace_program(
+    model: nn.Module, args: tuple, kwargs: dict, *, decompose: bool = False, disk: bool = True
+) -> Program:
     """The :class:`Program` of ``model(*args, **kwargs)``, exported once per model and signature.
 
     Exports are shared by every :class:`~relprop.Graph` of the same model (rule sets,
     overrides and binding are per Graph; the capture is not): a cache weak in the
     model, keyed by :func:`signature_of` and :func:`structure_of`, so that a model
-    changed structurally between traces is exported again.  Models that fix their
-    batch size are cached per batch size.
+    changed structurally between traces is exported again.  Inputs the trace does not
+    accept (a size it fixed, or outside the range of a dynamic one) get a trace of
+    their own under the same key (:func:`find_trace`).
+    ``decompose``: the full decomposition; ``disk``: use the disk cache (:func:`export_program`).
     """
-    key = (signature_of(model, args, kwargs), structure_of(model))
+    key = (signature_of(model, args, kwargs), structure_of(model), decompose)
     try:
         hash(key)
     except TypeError:  # an attribute that defeats the fingerprint: do not share
-        return export_program(model, args, kwargs)
-    batch = _batch_size(args, kwargs)
+        return export_program(model, args, kwargs, decompose=decompose, disk=disk)
+
     with _PROGRAMS_LOCK:
-        key, program = keyed_by_batch(_PROGRAMS.get(model) or {}, key, batch)
+        program = find_trace(_PROGRAMS.get(model) or {}, key, args, kwargs)
     if program is not None:
         return program
-    program = export_program(model, args, kwargs)
+    program = export_program(model, args, kwargs, decompose=decompose, disk=disk)
     with _PROGRAMS_LOCK:
-        _PROGRAMS.setdefault(model, {})[key] = program
+        _PROGRAMS.setdefault(model, {}).setdefault(key, []).append(program)
     return program
 
 
-def export_program(model: nn.Module, args: tuple, kwargs: dict) -> Program:
-    """Export ``model(*args, **kwargs)`` to a :class:`Program` (no caching).
+def export_program(
+    model: nn.Module, args: tuple, kwargs: dict, *, decompose: bool = False, disk: bool = True
+) -> Program:
+    """Export ``model(*args, **kwargs)`` to a :class:`Program` (no in-memory caching).
 
-    The batch dimension (dim 0 of every tensor input) is exported as dynamic where
-    the model allows; a model that specializes it gets a graph for that batch
-    size only.  A batch of one is traced as a batch of two (by repetition) so that
-    the graph stays dynamic.  A model whose forward takes ``use_cache`` (Hugging Face
-    causal LMs) is traced with ``use_cache=False`` (see :func:`_without_cache`).
+    The dimensions of :func:`dynamic_dims` (the batch, and the sequence of token ids and
+    masks) are exported as dynamic where the model allows; a size of 1 there is traced
+    as 2 (by repetition) so that the dimension stays dynamic.  A model that fixes one of
+    them gets a graph for that size (:attr:`Program.fixed`); one that cannot be exported
+    with a dynamic sequence is traced with the batch dynamic only, with a warning.  A
+    model whose forward takes ``use_cache`` (Hugging Face causal LMs) is traced with
+    ``use_cache=False`` (see :func:`_without_cache`).  The graph is export's own, brought
+    to ATen form by :mod:`relprop.lowering`, or with ``decompose`` (or where lowering
+    cannot) ``run_decompositions({})``'s.  With ``disk``, programs are read from and
+    written to the disk cache (:mod:`relprop.diskcache`); an entry that does not hold for
+    these inputs (a size it fixed) is exported again and replaced.
     """
     traced_args, traced_kwargs, added = _without_cache(model, args, kwargs)
-    ex_args, ex_kwargs = traced_args, traced_kwargs
-    batch = _batch_size(args, kwargs)
-    if batch == 1:
-        ex_args, ex_kwargs = pytree.tree_map(_repeat2, (traced_args, traced_kwargs))
-    try:
-        program = _program_from(_export(model, ex_args, ex_kwargs, dynamic=True), args, kwargs, added)
-        if program.static_batch is not None and batch == 1:
-            raise TraceError("the model fixed the batch size of the repeated input")
-    except Exception:  # noqa: BLE001 - fall back to a static trace of the real batch
+    leaves = [x for x in pytree.tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+    sequence = any(1 in dynamic_dims(x) for x in leaves)
+    attempts: list[Callable[[Any], tuple[int, ...]]] = [dynamic_dims] if sequence else []
+    attempts += [_batch_only, _no_dims]
+    failure: Exception | None = None
+    last = TraceError("no export was tried")
+    for dims in attempts:
+        grown = pytree.tree_map(lambda x, dims=dims: _grow(x, dims(x)), (traced_args, traced_kwargs))
+        shapes = _dynamic_shapes(*grown, dims) if dims is not _no_dims else None
+        variant = dims.__name__.strip("_")
         try:
-            program = _program_from(_export(model, traced_args, traced_kwargs, dynamic=False), args, kwargs, added)
-        except Exception as err:  # noqa: BLE001
-            _raise_trace_error(model, traced_args, traced_kwargs, err)
-    return program
+            got = _capture(model, *grown, shapes, variant, decompose, disk)
+            program = _program_from(got.ep, got.graph, args, kwargs, added, got.decomposed, dims)
+            if got.read and not program.accepts(args, kwargs):  # stored for other sizes: replace it
+                got = _capture(model, *grown, shapes, variant, decompose, disk, reread=False)
+                program = _program_from(got.ep, got.graph, args, kwargs, added, got.decomposed, dims)
+            program.read = got.read
+        except Exception as err:  # noqa: BLE001 - try fewer dynamic dimensions
+            failure, last = failure or err, err
+            continue
+        if dims is not dynamic_dims and sequence and failure is not None:
+            _warn_once(
+                model,
+                "it cannot be exported with a dynamic sequence length, so every new length is traced "
+                f"again ({type(failure).__name__}: {_first_line(failure, 200)})",
+            )
+        elif any(d > 0 for _, d, _ in program.fixed):
+            sizes = sorted({size for _, d, size in program.fixed if d > 0})
+            _warn_once(
+                model,
+                f"its forward fixes the sequence length (to {', '.join(map(str, sizes))} here; torch.export "
+                "specialized it), so every new length is traced again",
+            )
+        return program
+    _raise_trace_error(model, traced_args, traced_kwargs, last)
+    raise AssertionError("unreachable")
+
+
+def _batch_only(x: Any) -> tuple[int, ...]:
+    return dynamic_dims(x)[:1]
+
+
+def _no_dims(x: Any) -> tuple[int, ...]:
+    return ()
+
+
+def _grown_shape(x: Any, dims: tuple[int, ...]) -> Any:
+    """A stand-in for ``_grow(x, dims)`` with its sizes only (a meta tensor), or ``x`` itself."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    shape = [2 if d in dims and size == 1 else size for d, size in enumerate(x.shape)]
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
+def _grow(x: Any, dims: tuple[int, ...]) -> Any:
+    """``x`` repeated to size 2 along each of ``dims`` where it has size 1."""
+    if isinstance(x, torch.Tensor):
+        for d in dims:
+            if x.shape[d] == 1:
+                x = torch.cat([x, x], dim=d)
+    return x
+
+
+_WARNED: set[type] = set()
+
+
+def _warn_once(model: nn.Module, message: str) -> None:
+    """A tracing warning, once per model class and process."""
+    if type(model) in _WARNED:
+        return
+    _WARNED.add(type(model))
+    warnings.warn(f"relprop traced {type(model).__name__} with fixed sizes: {message}", stacklevel=_user_stacklevel())
 
 
 #: the forward argument that makes Hugging Face models return a key/value cache
@@ -321,19 +544,6 @@ def _without_cache(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, 
         return args, {**kwargs, _CACHE_ARG: False}, False
     at = list(signature.parameters).index(_CACHE_ARG)  # passed positionally
     return (*args[:at], False, *args[at + 1 :]), kwargs, False
-
-
-def _repeat2(x: Any) -> Any:
-    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 1:
-        return torch.cat([x, x])
-    return x
-
-
-def _batch_size(args: tuple, kwargs: dict) -> int | None:
-    for x in pytree.tree_leaves((args, kwargs)):
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
-            return int(x.shape[0])
-    return None
 
 
 def _raise_trace_error(model: nn.Module, args: tuple, kwargs: dict, err: Exception) -> None:
@@ -388,11 +598,22 @@ def _first_line(err: Exception, limit: int = 400) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def _program_from(ep: Any, args: tuple, kwargs: dict, added: bool = False) -> Program:
-    """The :class:`Program` of an export of ``model(*args, **kwargs)``.
+def _program_from(
+    ep: Any,
+    graph: torch.fx.Graph,
+    args: tuple,
+    kwargs: dict,
+    added: bool = False,
+    decomposed: bool = True,
+    dims: Callable[[Any], tuple[int, ...]] = dynamic_dims,
+) -> Program:
+    """The :class:`Program` of an export ``ep`` of ``model(*args, **kwargs)`` with graph ``graph``.
 
     ``added``: the export was called with ``use_cache=False`` added to ``kwargs``
     (:func:`_without_cache`); that input is removed again (:func:`_drop_kwarg`).
+    ``dims``: the dimensions the export was asked to make dynamic; those it fixed go to
+    :attr:`Program.fixed`.  Raises :class:`TraceError` where one was fixed to a size that
+    is not the input's (a size of 1 traced as 2).
     """
     sig = ep.graph_signature
     state: dict[str, tuple[str, Any]] = {}
@@ -410,22 +631,31 @@ def _program_from(ep: Any, args: tuple, kwargs: dict, added: bool = False) -> Pr
             user_inputs.append(name)
         else:  # TOKEN and future kinds
             raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
-    graph = ep.graph_module.graph
     _keep_user_outputs(graph, sig)
     in_spec = ep.call_spec.in_spec
     if added:
         in_spec = _drop_kwarg(graph, in_spec, user_inputs, state, _CACHE_ARG)
     symbols: set = set()
     static_batch = None
+    fixed: list[tuple[int, int, int]] = []
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
-    for name in user_inputs:
+    for i, (name, x) in enumerate(zip(user_inputs, flatten_like(args, kwargs, in_spec))):
         val = placeholders[name].meta.get("val")
-        if isinstance(val, torch.Tensor) and val.dim() > 0:
-            size = val.shape[0]
-            if isinstance(size, torch.SymInt) and not size.node.expr.is_number:
-                symbols.add(size.node.expr)
-            elif static_batch is None:  # an int, or a symbol export specialized to a number
-                static_batch = int(size)
+        if not isinstance(val, torch.Tensor) or val.dim() == 0:
+            continue
+        for d in dims(x):
+            size = val.shape[d]
+            if _symbolic(size):
+                if d == 0:
+                    symbols.add(size.node.expr)
+                continue
+            if int(size) != x.shape[d]:
+                raise TraceError(f"the model fixed dimension {d} of an input to the traced size {int(size)}")
+            fixed.append((i, d, int(size)))
+        if static_batch is None and not (
+            isinstance(val.shape[0], torch.SymInt) and not val.shape[0].node.expr.is_number
+        ):
+            static_batch = int(val.shape[0])
     if symbols:
         static_batch = None
     return Program(
@@ -437,7 +667,31 @@ def _program_from(ep: Any, args: tuple, kwargs: dict, added: bool = False) -> Pr
         input_labels=_input_labels(args, kwargs),
         batch_symbols=symbols,
         static_batch=static_batch,
+        fixed=tuple(fixed),
+        decomposed=decomposed,
+        ranges=_ranges(ep),
+        guards=tuple(getattr(ep, "_guards_code", None) or ()),
+        arg_names=tuple(ep.module_call_graph[0].signature.forward_arg_names) if ep.module_call_graph else (),
+        added={_CACHE_ARG: False} if added else {},
+        dims=dims,
     )
+
+
+def _ranges(ep: Any) -> dict:
+    """symbol -> (lowest, highest or None) of the export's range constraints."""
+    return {symbol: (_finite(vr.lower) or 0, _finite(vr.upper)) for symbol, vr in ep.range_constraints.items()}
+
+
+def _finite(bound: Any) -> int | None:
+    """A range bound as an int; None for (torch's integer or sympy's) infinity."""
+    try:
+        return int(bound)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
+def _symbolic(size: Any) -> bool:
+    return isinstance(size, torch.SymInt) and not size.node.expr.is_number
 
 
 def _keep_user_outputs(graph: torch.fx.Graph, sig: Any) -> None:

@@ -23,6 +23,15 @@ settings.load_profile("relprop")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _disk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' traces go to a disk cache of their own (subprocesses inherit it), never
+    to the user's ``~/.cache/relprop``; tests of the cache set their own folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RELPROP_CACHE_DIR", str(tmp_path_factory.mktemp("relprop-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -328,7 +328,7 @@ def test_module_overrides_leave_data_movement_alone() -> None:
     g = relprop.trace(small_cnn(), overrides={"*": rules.EpsilonRule()})
     g.explain(torch.randn(2, 3, 8, 8), 0)
     src = _sources(g)
-    assert src["view"] == ("Pass", "default")
+    assert src["flatten"] == ("Pass", "default")
     assert src["conv2d"] == ("EpsilonRule", "name '*'")
 
 

@@ -288,7 +288,7 @@ def test_unnormalized_handoff_chains_are_bounded_and_respect_shared_values() -> 
     graph = relprop.trace(model)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     graph.explain(x, [0, 1])
-    (plan,) = graph._plans.values()
+    ((plan,),) = graph._plans.values()
     bound = plan.bound
     flags = engine._free_scale(bound)
     readers: dict = {}
@@ -325,7 +325,7 @@ def test_recorded_walk_is_unchanged_by_in_place_reuse() -> None:
     plain = graph.explain(x, [0, 1])
     ex = graph.explanation(x, [0, 1], record=True)
     assert torch.allclose(ex.relevance, plain, rtol=1e-12, atol=1e-15)
-    (plan,) = graph._plans.values()
+    ((plan,),) = graph._plans.values()
     bound = plan.bound
     checked = 0
     for n, b in bound.bindings.items():

@@ -194,12 +194,12 @@ def _one_export_per_model(model: nn.Module) -> Iterator[None]:
         return
     programs: dict[Any, Any] = {}
 
-    def memoized(traced: nn.Module, args: tuple, kwargs: dict) -> Any:
+    def memoized(traced: nn.Module, args: tuple, kwargs: dict, **options: Any) -> Any:
         if traced is not model:
-            return original(traced, args, kwargs)
-        key = signature_of(traced, args, kwargs)
+            return original(traced, args, kwargs, **options)
+        key = (signature_of(traced, args, kwargs), tuple(sorted(options.items())))
         if key not in programs:
-            programs[key] = original(traced, args, kwargs)
+            programs[key] = original(traced, args, kwargs, **options)
         return programs[key]
 
     with pytest.MonkeyPatch.context() as mp:

@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import InputError
 from .imagenet import load_imagenet_model  # EfficientNet-Lite0 (ImageNet), relprop.models.load_imagenet_model
+from .language import load_language_model  # SmolLM2-135M-Instruct, relprop.models.load_language_model
 
 __all__ = [
     "DIGITS_MODELS",
@@ -40,6 +41,7 @@ __all__ = [
     "load_digits_model",
     "load_digits_test",
     "load_imagenet_model",
+    "load_language_model",
     "mosaic_recognition",
     "normalize_digits",
 ]
