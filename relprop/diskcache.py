@@ -533,8 +533,9 @@ def _encode(key: str, ep: torch.export.ExportedProgram) -> bytes:
     return _MAGIC + json.dumps(header).encode("utf-8") + b"\n" + payload
 
 
-#: key -> program: stores put off until :func:`flush` (at the latest when the interpreter exits)
-_PENDING: dict[str, torch.export.ExportedProgram] = {}
+#: entry path -> (key, program): stores put off until :func:`flush` (at the latest when the
+#: interpreter exits); the path is the cache folder's when the store was asked for
+_PENDING: dict[Path, tuple[str, torch.export.ExportedProgram]] = {}
 _PENDING_LOCK = threading.Lock()
 
 
@@ -549,14 +550,16 @@ def store(key: str, ep: torch.export.ExportedProgram, wait: bool = True) -> None
     parameter alive (its state dict is replaced by meta tensors); the caller must leave
     its graph unchanged.
     """
-    if not wait:
-        _entry(key)  # a bad key raises here, in the caller
-        with _PENDING_LOCK:
-            if not _PENDING:
-                atexit.register(flush)
-            _PENDING[key] = _without_state(ep)
-        return
     path = _entry(key)
+    if not wait:
+        with _PENDING_LOCK:
+            _PENDING[path] = (key, _without_state(ep))
+        _flush_at_exit()
+        return
+    _write(path, key, ep)
+
+
+def _write(path: Path, key: str, ep: torch.export.ExportedProgram) -> None:
     try:
         blob = _encode(key, ep)
     except Exception as err:  # noqa: BLE001 - not cacheable: the caller keeps its program
@@ -583,14 +586,19 @@ def store(key: str, ep: torch.export.ExportedProgram, wait: bool = True) -> None
                 pass
 
 
+@functools.cache
+def _flush_at_exit() -> None:
+    atexit.register(flush)
+
+
 def flush() -> None:
     """Write every store put off by ``store(..., wait=False)`` now."""
     while True:
         with _PENDING_LOCK:
             if not _PENDING:
                 return
-            key, ep = _PENDING.popitem()
-        store(key, ep)
+            path, (key, ep) = _PENDING.popitem()
+        _write(path, key, ep)
 
 
 def _without_state(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:

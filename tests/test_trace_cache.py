@@ -1,0 +1,129 @@
+"""The disk cache as a user meets it: ``relprop.trace(model)`` in a second process, stale and
+corrupt entries, ``cache=False``.  (:mod:`relprop.diskcache` itself: ``tests/test_diskcache.py``.)
+
+The oracle is always an explanation from a fresh export in the same conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import relprop
+from relprop import diskcache
+
+transformers = pytest.importorskip("transformers")
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch, transformers, relprop
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1)
+    model = transformers.LlamaForCausalLM(cfg).eval().double()
+    graph = relprop.trace(model, relprop.rules.AttnLRP(), cache=sys.argv[1] == "1")
+    out = {}
+    for length in (4, 11):
+        ids = torch.arange(length).remainder(61)[None] + 1
+        out[length] = graph.explain({"input_ids": ids}, relprop.targets.next_token(3)).tolist()
+    print(json.dumps({"R": out, "reads": graph.cache_reads, "traces": graph.trace_count}))
+    """
+)
+
+
+def _run(folder: Path, cache: bool = True) -> dict:
+    env = {**os.environ, "RELPROP_CACHE_DIR": str(folder)}
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, "1" if cache else "0"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted((folder / "programs").glob("*.pt2")) if (folder / "programs").is_dir() else []
+
+
+def test_a_second_process_reads_the_trace_and_explains_the_same(tmp_path: Path) -> None:
+    first = _run(tmp_path)
+    assert first["reads"] == 0 and first["traces"] == 1
+    assert len(_entries(tmp_path)) == 1  # written when the first process exited
+    second = _run(tmp_path)
+    assert second["reads"] == 1 and second["traces"] == 1  # both lengths from the one program read
+    for length, R in first["R"].items():
+        assert torch.allclose(torch.tensor(second["R"][length]), torch.tensor(R), rtol=1e-12, atol=1e-15)
+
+
+def test_cache_false_neither_reads_nor_writes(tmp_path: Path) -> None:
+    _run(tmp_path)
+    (entry,) = _entries(tmp_path)
+    stamp = entry.stat().st_mtime_ns
+    off = _run(tmp_path, cache=False)
+    assert off["reads"] == 0
+    assert _entries(tmp_path) == [entry] and entry.stat().st_mtime_ns == stamp
+
+
+def test_a_corrupt_entry_is_ignored_and_rewritten(tmp_path: Path) -> None:
+    first = _run(tmp_path)
+    (entry,) = _entries(tmp_path)
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    again = _run(tmp_path)
+    assert again["reads"] == 0 and again["R"] == first["R"]
+    assert _run(tmp_path)["reads"] == 1  # the rewritten entry is good
+
+
+class _Branchy(nn.Module):
+    """A different path for prompts longer than 4 tokens: a trace holds on one side only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 4)
+        self.short = nn.Linear(4, 3)
+        self.long = nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids).mean(1)
+        return self.long(h) if ids.shape[1] > 4 else self.short(h)
+
+
+def _fresh(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return relprop.trace(model, relprop.rules.Epsilon(), cache=False).explain(ids, 1)
+
+
+def test_an_entry_traced_for_other_sizes_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELPROP_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = _Branchy().double().eval()
+    relprop.trace(model, relprop.rules.Epsilon()).explain(torch.randint(0, 50, (2, 9)), 1)
+    diskcache.flush()
+    assert len(_entries(tmp_path)) == 1
+    twin = _Branchy().double().eval()  # the same code and shapes: the same key, another object
+    twin.load_state_dict(model.state_dict())
+    short = torch.randint(0, 50, (2, 3))
+    graph = relprop.trace(twin, relprop.rules.Epsilon())
+    R = graph.explain(short, 1)
+    assert graph.cache_reads == 0  # the stored program guards length > 4
+    assert torch.allclose(R, _fresh(twin, short), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.filterwarnings("ignore:relprop traced Sequential with fixed sizes")
+def test_another_shape_of_weights_is_another_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELPROP_CACHE_DIR", str(tmp_path))
+    ids = torch.randint(0, 50, (2, 6))
+    for width, reads in [(4, 0), (4, 1), (5, 0)]:
+        model = nn.Sequential(nn.Embedding(50, width), nn.Flatten(1), nn.Linear(6 * width, 3))
+        graph = relprop.trace(model.eval(), relprop.rules.Epsilon())
+        graph.explain(ids, 0)
+        diskcache.flush()
+        assert graph.cache_reads == reads, width
+    assert len(_entries(tmp_path)) == 2
