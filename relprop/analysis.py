@@ -36,7 +36,7 @@ from torch import fx
 from relprop.rules.ops import SELECT, is_constant, is_statistic, op_name
 
 from .errors import InputError
-from .tracing import Program
+from .programs import Program
 
 __all__ = [
     "Sources",

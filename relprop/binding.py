@@ -48,8 +48,8 @@ from .analysis import (
 from .canonize import Fold, find_folds
 from .errors import MissingRuleError, RuleError
 from .layouts import batch_layouts
+from .programs import Program
 from .regions import Region, find_regions
-from .tracing import Program
 
 __all__ = ["register_rule", "unregister_rule", "bind", "Bound", "Binding", "OverrideKey"]
 

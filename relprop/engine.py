@@ -25,7 +25,7 @@ from relprop.rules.categories import SEPARABLE
 
 from .binding import Bound
 from .errors import NonFiniteRelevanceError, RuleError
-from .tracing import Program
+from .programs import Program
 
 __all__ = ["Plan", "plan", "forward", "run_graph", "backward", "Walk"]
 

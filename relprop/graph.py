@@ -36,8 +36,9 @@ from .inputs import (
     normalize_inputs,
     record_names,
 )
+from .programs import Program
 from .summary import format_summary
-from .tracing import Program, eval_mode, find_trace, signature_of, trace_program
+from .tracing import eval_mode, find_trace, signature_of, trace_program
 
 __all__ = ["Graph", "Explanation", "trace"]
 

@@ -16,8 +16,9 @@ from torch import fx, nn
 import relprop
 from relprop import analysis
 from relprop.binding import bind
+from relprop.programs import Program
 from relprop.rules import AbsLRP
-from relprop.tracing import Program, export_program
+from relprop.tracing import export_program
 
 aten = torch.ops.aten
 BIG = 2**63 - 1  # what torch.export writes for an open slice end

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from length_models import Branchy, FixedLength
 from torch import nn
 
 import relprop
@@ -93,35 +94,9 @@ def test_one_trace_for_every_length_equals_static_traces(make, rules, mask) -> N
     assert not graph._last.bound.program.decomposed  # export's own graph, lowered
 
 
-class _FixedLength(nn.Module):
-    """Flattens the (tokens, hidden) block into one vector: fixes the length to the traced one."""
-
-    def __init__(self, length: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 4)
-        self.head = nn.Linear(4 * length, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(ids).flatten(1))
-
-
-class _Branchy(nn.Module):
-    """Takes a different path for prompts longer than 4 tokens: a trace holds on one side only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 4)
-        self.short = nn.Linear(4, 3)
-        self.long = nn.Linear(4, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.embed(ids).mean(1)
-        return self.long(h) if ids.shape[1] > 4 else self.short(h)
-
-
 def test_a_model_that_fixes_the_length_is_traced_per_length_with_one_warning() -> None:
     torch.manual_seed(0)
-    model = _FixedLength(6).double().eval()
+    model = FixedLength(6).double().eval()
     graph = relprop.trace(model, relprop.rules.Epsilon())
     ids = torch.randint(0, 50, (2, 6))
     with pytest.warns(UserWarning, match="fixes the sequence length"):
@@ -141,7 +116,7 @@ def test_a_model_that_fixes_the_length_is_traced_per_length_with_one_warning() -
 
 def test_a_length_outside_the_traced_range_is_traced_again() -> None:
     torch.manual_seed(0)
-    model = _Branchy().double().eval()
+    model = Branchy().double().eval()
     graph = relprop.trace(model, relprop.rules.Epsilon())
     long_ids, short_ids = torch.randint(0, 50, (2, 9)), torch.randint(0, 50, (2, 3))
     R_long = graph.explain(long_ids, 2)

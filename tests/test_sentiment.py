@@ -221,6 +221,29 @@ def test_cli_explain_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 @needs_encoder
+def test_cli_second_text_of_another_length_reads_the_trace(tmp_path: Path) -> None:
+    """Two runs of relprop explain-text, texts of different lengths: the second process traces nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RELPROP_CACHE_DIR": str(tmp_path)}
+    said = []
+    for text in ["A fine film.", "The plot was slow, but the actors were wonderful and the music lovely."]:
+        done = subprocess.run(
+            [sys.executable, "-m", "relprop", "explain-text", text, "--no-color"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        said.append(done.stdout)
+    assert "(including the trace)" in said[0]
+    assert "(the trace read from the disk cache)" in said[1]
+
+
+@needs_encoder
 def test_cli_target_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["explain-text", "What a dull film.", "--target", "positive", "--no-color"]) == 0
     assert "explained positive" in capsys.readouterr().out

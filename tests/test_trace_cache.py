@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from length_models import Branchy
 from torch import nn
 
 import relprop
@@ -82,20 +83,6 @@ def test_a_corrupt_entry_is_ignored_and_rewritten(tmp_path: Path) -> None:
     assert _run(tmp_path)["reads"] == 1  # the rewritten entry is good
 
 
-class _Branchy(nn.Module):
-    """A different path for prompts longer than 4 tokens: a trace holds on one side only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 4)
-        self.short = nn.Linear(4, 3)
-        self.long = nn.Linear(4, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.embed(ids).mean(1)
-        return self.long(h) if ids.shape[1] > 4 else self.short(h)
-
-
 def _fresh(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return relprop.trace(model, relprop.rules.Epsilon(), cache=False).explain(ids, 1)
 
@@ -103,11 +90,11 @@ def _fresh(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def test_an_entry_traced_for_other_sizes_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELPROP_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
-    model = _Branchy().double().eval()
+    model = Branchy().double().eval()
     relprop.trace(model, relprop.rules.Epsilon()).explain(torch.randint(0, 50, (2, 9)), 1)
     diskcache.flush()
     assert len(_entries(tmp_path)) == 1
-    twin = _Branchy().double().eval()  # the same code and shapes: the same key, another object
+    twin = Branchy().double().eval()  # the same code and shapes: the same key, another object
     twin.load_state_dict(model.state_dict())
     short = torch.randint(0, 50, (2, 3))
     graph = relprop.trace(twin, relprop.rules.Epsilon())

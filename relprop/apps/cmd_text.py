@@ -136,5 +136,6 @@ def run_explain_text(args: argparse.Namespace) -> int:
             raise InputError("--html needs relprop.text")
         text_module.render(tok, enc, R, "html", path=args.html)
         print(f"wrote {args.html}")
-    print(f"explain {took:.2f} s (first call includes tracing)")
+    how = "the trace read from the disk cache" if graph.cache_reads else "including the trace"
+    print(f"explain {took:.2f} s ({how})")
     return 0

