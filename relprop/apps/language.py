@@ -55,8 +55,9 @@ def load_language_model(name: str = "smollm2", dtype: Any = None) -> tuple[Any, 
     import transformers
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), not hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -64,4 +65,6 @@ def load_language_model(name: str = "smollm2", dtype: Any = None) -> tuple[Any, 
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+        if not bars:
+            hf_logging.enable_progress_bar()
     return model.eval(), tokenizer
