@@ -9,6 +9,7 @@ checks new inputs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from torch.utils import _pytree as pytree
 from .errors import TraceError
 from .inputs import flatten_like
 
-__all__ = ["CACHE_ARG", "Program", "program_from"]
+__all__ = ["CACHE_ARG", "Program", "grown_shape", "program_from"]
 
 _log = logging.getLogger("relprop")
 
@@ -69,17 +70,15 @@ class Program:
         """Whether this trace holds for the inputs ``(args, kwargs)``.
 
         Every traced input size must match: a fixed size exactly; a symbol, with the input
-        sized as the trace saw it (a size of 1 counts as 2, :func:`_grow`), within its range
+        sized as the trace saw it (a size of 1 counts as 2, :func:`grown_shape`), within its range
         and the same wherever it occurs; a size derived from symbols (``2*s0``) equal to its
         value; and the export's guards on sizes (``L['x'].size()[0] != 2``) must hold.
         """
-        grown = pytree.tree_map(lambda x: _grown_shape(x, self.dims(x)), (args, kwargs))
-        placeholders = {n.name: n for n in self.graph.nodes if n.op == "placeholder"}
+        grown = pytree.tree_map(lambda x: _stand_in(x, self.dims(x)), (args, kwargs))
         sizes: dict[Any, int] = {}
         derived: list[tuple[Any, int]] = []
         real, flat = flatten_like(args, kwargs, self.in_spec), flatten_like(*grown, self.in_spec)
-        for name, x, y in zip(self.user_inputs, real, flat):
-            val = placeholders[name].meta.get("val")
+        for val, x, y in zip(self._input_values, real, flat):
             if not isinstance(val, torch.Tensor):
                 continue
             if not isinstance(x, torch.Tensor) or x.dim() != val.dim():
@@ -98,6 +97,12 @@ class Program:
         if any(expr.free_symbols <= sizes.keys() and int(expr.subs(sizes)) != got for expr, got in derived):
             return False
         return self._guards_hold(*grown)
+
+    @functools.cached_property
+    def _input_values(self) -> list[Any]:
+        """The traced value (``meta["val"]``) of each user input, in ``user_inputs`` order."""
+        placeholders = {n.name: n for n in self.graph.nodes if n.op == "placeholder"}
+        return [placeholders[name].meta.get("val") for name in self.user_inputs]
 
     def _guards_hold(self, args: tuple, kwargs: dict) -> bool:
         """Whether the export's guards hold for inputs of these sizes (True where one cannot be read)."""
@@ -123,12 +128,15 @@ def _input_labels(args: tuple, kwargs: dict) -> list[str]:
     return labels
 
 
-def _grown_shape(x: Any, dims: tuple[int, ...]) -> Any:
-    """A stand-in for ``_grow(x, dims)`` with its sizes only (a meta tensor), or ``x`` itself."""
-    if not isinstance(x, torch.Tensor):
-        return x
-    shape = [2 if d in dims and size == 1 else size for d, size in enumerate(x.shape)]
-    return torch.empty(shape, dtype=x.dtype, device="meta")
+def grown_shape(x: torch.Tensor, dims: tuple[int, ...]) -> list[int]:
+    """``x``'s shape as relprop traces it: a size of 1 in one of ``dims`` (dynamic ones) becomes 2,
+    so that torch.export keeps the dimension dynamic (it fixes sizes 0 and 1)."""
+    return [2 if d in dims and size == 1 else size for d, size in enumerate(x.shape)]
+
+
+def _stand_in(x: Any, dims: tuple[int, ...]) -> Any:
+    """A meta tensor of ``x``'s traced shape (:func:`grown_shape`), or ``x`` itself if not a tensor."""
+    return torch.empty(grown_shape(x, dims), dtype=x.dtype, device="meta") if isinstance(x, torch.Tensor) else x
 
 
 def program_from(

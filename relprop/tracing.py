@@ -30,7 +30,7 @@ from torch.utils import _pytree as pytree
 from . import diskcache
 from .errors import InputError, TraceError
 from .lowering import lower
-from .programs import CACHE_ARG, Program, program_from
+from .programs import CACHE_ARG, Program, grown_shape, program_from
 
 _log = logging.getLogger("relprop")
 
@@ -170,8 +170,17 @@ def _capture(
     """
     ep, read = None, False
     if not decompose:
+        # lowering copies export's program and never changes it: its store can wait until exit
         ep, read = _cached(
-            model, args, kwargs, shapes, f"{variant}/export", disk, reread, lambda: _export(model, args, kwargs, shapes)
+            model,
+            args,
+            kwargs,
+            shapes,
+            f"{variant}/export",
+            disk,
+            reread,
+            lambda: _export(model, args, kwargs, shapes),
+            later=True,
         )
         graph, why = lower(ep)
         if graph is not None:
@@ -184,7 +193,8 @@ def _capture(
             warnings.simplefilter("ignore")
             return fresh.run_decompositions({})
 
-    full, read = _cached(model, args, kwargs, shapes, f"{variant}/decomposed", disk, reread, decomposition)
+    # program_from changes the decomposed graph itself: store it now
+    full, read = _cached(model, args, kwargs, shapes, f"{variant}/decomposed", disk, reread, decomposition, later=False)
     return _Capture(full, full.graph_module.graph, True, read)
 
 
@@ -197,24 +207,25 @@ def _cached(
     disk: bool,
     reread: bool,
     make: Callable[[], Any],
+    later: bool,
 ) -> tuple[Any, bool]:
     """``(program, read)``: the disk cache's entry for this export where there is one (and
-    ``reread``), else ``make()``, stored in the cache where it can be."""
+    ``reread``), else ``make()``, stored in the cache where it can be (at exit if ``later``)."""
     key = diskcache.key_of(model, args, kwargs, shapes, variant) if disk else None
     if key is not None and reread:
         ep = diskcache.load(key)
         if ep is not None:
             return ep, True
     ep = make()
-    if key is not None:  # export's own program is never changed (lowering copies it): store it meanwhile
-        diskcache.store(key, ep, wait=not variant.endswith("/export"))
+    if key is not None:
+        diskcache.store(key, ep, wait=not later)
     return ep, False
 
 
 #: model -> {(input signature, structure, decompose): [Program, ...]}; weak in the model, so the
 #: cache never keeps a model alive.  A Program holds no reference to the model: parameters
 #: and buffers are read live from the model at every forward (engine._state_value).
-_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Program]] = weakref.WeakKeyDictionary()
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Program]]] = weakref.WeakKeyDictionary()
 _PROGRAMS_LOCK = threading.Lock()
 
 
@@ -386,12 +397,10 @@ def _no_dims(x: Any) -> tuple[int, ...]:
 
 
 def _grow(x: Any, dims: tuple[int, ...]) -> Any:
-    """``x`` repeated to size 2 along each of ``dims`` where it has size 1."""
-    if isinstance(x, torch.Tensor):
-        for d in dims:
-            if x.shape[d] == 1:
-                x = torch.cat([x, x], dim=d)
-    return x
+    """``x`` repeated to its traced shape (:func:`~relprop.programs.grown_shape`)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    return x.repeat(*(new // old for new, old in zip(grown_shape(x, dims), x.shape)))
 
 
 _WARNED: set[type] = set()
