@@ -30,6 +30,7 @@ from .errors import (
     TraceError,
 )
 from .graph import Explanation, Graph, trace
+from .rules.ops import register_weighted_op
 from .targets import next_token, region
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "next_token",
     "region",
     "register_rule",
+    "register_weighted_op",
     "rules",
     "targets",
     "trace",

@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from relprop.rules.base import NodeInfo, Pass, Rule
 from relprop.rules.categories import COMPUTING, WEIGHTED_CATEGORIES, Category
-from relprop.rules.ops import WEIGHTED, categorize, full_op_name, op_name, uncovered_reason
+from relprop.rules.ops import categorize, full_op_name, is_weighted, op_name, uncovered_reason
 from relprop.rules.sets import RuleSet, as_rule
 
 from .analysis import (
@@ -320,7 +320,7 @@ def _why_uncovered(info: NodeInfo) -> str:
         reason = uncovered_reason(info.node)
         if reason is not None:
             return reason
-        if op_name(info.node.target) in WEIGHTED:
+        if is_weighted(info.node.target):
             return "relevance would flow into its weights (a weight that is itself computed from an input)"
         return "its category is unknown"
     return f"the rule set has no rule for its category '{info.category}'"

@@ -16,6 +16,9 @@ model again: on a 135M-parameter LLM it costs twice the export itself.
   become what the decomposition gives (``_native_batch_norm_legit_no_training``, the
   input itself, ``clone``, ``_to_copy`` or the input itself).
 
+On either graph, lowered or decomposed, :func:`rewrite_copies` replaces ``copy(x, src)``
+(a functionalized ``copy_``, which has no derivative) by ``src`` expanded to ``x``.
+
 Every other op is left as export wrote it (``reshape``, ``flatten``, ``linear``, ...; the
 rule tables cover them by name).  Where the graph holds something this pass does not
 handle (another higher-order op, a mutation of an input or buffer, an in-place op on a
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 from torch import fx
 
-__all__ = ["lower"]
+__all__ = ["lower", "rewrite_copies"]
 
 _aten = torch.ops.aten
 _SET_GRAD = "wrap_with_set_grad_enabled"
@@ -209,6 +212,38 @@ def _contiguous(graph: fx.Graph, n: fx.Node) -> str | None:
     n.args = n.args[:1]
     n.kwargs = {"memory_format": torch.contiguous_format}
     return None
+
+
+def rewrite_copies(graph: fx.Graph) -> None:
+    """Every ``copy(x, src)`` (functionalized ``x.copy_(src)``, which has no derivative) becomes
+    ``src`` expanded to ``x``'s shape and cloned, or cast to ``x``'s dtype; in place."""
+    for n in list(graph.nodes):
+        if n.op == "call_function" and n.target is _aten.copy.default:
+            _copy(graph, n)
+
+
+def _copy(graph: fx.Graph, n: fx.Node) -> None:
+    x, src = n.args[0], n.args[1]
+    val = n.meta.get("val")
+    before = src.meta.get("val") if isinstance(src, fx.Node) else None
+    if not isinstance(val, torch.Tensor) or not isinstance(before, torch.Tensor):
+        return  # left as it is: a rule that needs its derivative says so
+    if _sizes(val) == _sizes(before):  # src already has x's shape: x is not read at all
+        n.args = (src,)
+    else:
+        with graph.inserting_before(n):
+            expanded = graph.create_node("call_function", _aten.expand_as.default, (src, x), name="expand_as")
+        expanded.meta = dict(n.meta)
+        n.args = (expanded,)
+    if val.dtype == before.dtype:
+        n.target, n.kwargs = _aten.clone.default, {}
+    else:
+        n.target, n.kwargs = _aten._to_copy.default, {"dtype": val.dtype}
+
+
+def _sizes(t: torch.Tensor) -> tuple[Any, ...]:
+    """A tensor's sizes as numbers or symbolic expressions (compared without guarding)."""
+    return tuple(d.node.expr if isinstance(d, torch.SymInt) else int(d) for d in t.shape)
 
 
 def _to(graph: fx.Graph, n: fx.Node) -> str | None:

@@ -22,6 +22,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import TraceError
 from .inputs import flatten_like
+from .lowering import rewrite_copies
 
 __all__ = ["CACHE_ARG", "Program", "grown_shape", "program_from"]
 
@@ -173,6 +174,7 @@ def program_from(
         else:  # TOKEN and future kinds
             raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
     _keep_user_outputs(graph, sig)
+    rewrite_copies(graph)
     in_spec = ep.call_spec.in_spec
     if added:
         in_spec = _drop_kwarg(graph, in_spec, user_inputs, state, CACHE_ARG)

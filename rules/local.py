@@ -29,6 +29,9 @@ __all__ = ["abs_input", "local_call", "unmasked"]
 
 _ARITHMETIC = {"aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div"}
 _SOFTMAX = {"aten.softmax", "aten._softmax", "aten._safe_softmax"}
+#: ops over attention scores that keep masked-out entries masked: softmax, and the max a
+#: softmax written out subtracts for stability (gpt-oss's attention sinks)
+_MASKED = _SOFTMAX | {"aten.amax", "aten.max", "aten.logsumexp"}
 _BATCH_NORM = {"aten._native_batch_norm_legit_no_training", "aten.batch_norm"}
 
 
@@ -141,14 +144,14 @@ def local_call(ctx: Context, replace: dict[int, Tensor], absolute: bool = False)
 
 
 def abs_input(ctx: Context, x: Tensor) -> Tensor:
-    """The input of f_abs: |x|, except that a softmax keeps masked-out entries masked."""
-    if op_name(ctx.op) in _SOFTMAX:
+    """The input of f_abs: |x|, except that a softmax or a max keeps masked-out entries masked."""
+    if op_name(ctx.op) in _MASKED:
         return torch.where(is_masked(x), x, x.abs())
     return x.abs()
 
 
 def unmasked(ctx: Context, x: Tensor) -> Tensor | None:
-    """For a softmax, the inputs an attention mask did not remove (-inf or ~min); else None."""
-    if op_name(ctx.op) in _SOFTMAX:
+    """For a softmax or a max, the inputs an attention mask did not remove (-inf or ~min); else None."""
+    if op_name(ctx.op) in _MASKED:
         return ~is_masked(x)
     return None

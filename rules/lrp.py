@@ -20,8 +20,9 @@ from torch import Tensor
 from .attention import attention_inputs, masked_softmax, repeat_kv
 from .base import Context, NodeInfo, Pass, Relevance, Rule, epsilon_relevance, stabilize, stable_ratio, vjp
 from .categories import WEIGHTED_CATEGORIES, Category
+from .gates import routing_weights, softmax_weights
 from .norms import CENTERING_NORMS, NormMap, norm_map
-from .ops import MOVE, SOFTMAX, WEIGHTED, op_name, weighted_args
+from .ops import is_weighted, op_name, weighted_args
 from .products import input_product
 
 __all__ = [
@@ -136,9 +137,9 @@ class _Layer:
         self.ctx = ctx
         self.index = ctx.live_inputs[0]
         self.x = ctx.inputs[self.index]
-        if op_name(ctx.op) in WEIGHTED:  # addmm(bias, x, W): positions from weighted_args
+        if is_weighted(ctx.op):  # addmm(bias, x, W): positions from weighted_args
             _, iw, ib = weighted_args(ctx.op)
-            self.w, self.b = args[iw], (args[ib] if len(args) > ib else None)
+            self.w, self.b = args[iw], (args[ib] if ib is not None and len(args) > ib else None)
         else:  # matmul with one constant operand
             self.w = ctx.inputs[1 - self.index] if len(ctx.inputs) == 2 else args[1 - self.index]
             self.b = None
@@ -298,26 +299,15 @@ class ZBoxRule(_Weighted):
         return x * layer.jt(w, g) - low * layer.jt(wp, g) - high * layer.jt(wn, g)
 
 
-def _from_softmax(node: Any) -> bool:
-    """Whether a graph node is a softmax output, looking through data movement."""
-    while hasattr(node, "target"):
-        name = op_name(node.target)
-        if name in SOFTMAX:
-            return True
-        if name not in MOVE or not node.args:
-            return False
-        node = node.args[0]
-    return False
-
-
 class BilinearRule(Rule):
     """A product of two relevance-carrying tensors (attention scores, gating).
 
     Each operand receives an equal share, by the ε-rule (AttnLRP's uniform rule,
     Achtibat et al. 2024, Eq. 7).  With ``hold_softmax`` (the default) an operand that
-    is a softmax output (attention probabilities) is held constant instead and the
+    is softmax weights (attention probabilities) is held constant instead and the
     other receives all relevance (CP-LRP, Ali et al. 2022, "XAI for Transformers").
-    Both conserve relevance.
+    A router's top-k weights (mixture of experts) are always held constant
+    (:mod:`relprop.rules.gates`).  Both conserve relevance.
     """
 
     def __init__(self, epsilon: float = 1e-9, hold_softmax: bool = True) -> None:
@@ -326,7 +316,7 @@ class BilinearRule(Rule):
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         live = ctx.live_inputs
-        keep = [i for i in live if not (self.hold_softmax and _from_softmax(ctx.input_nodes[i]))]
+        keep = [i for i in live if not self._held(ctx.input_nodes[i])]
         out: list[Tensor | None] = [None] * len(ctx.inputs)
         if not keep:
             keep = live
@@ -334,6 +324,9 @@ class BilinearRule(Rule):
         for i, r in zip(keep, epsilon_relevance(ctx, R, keep, self.epsilon, share)):
             out[i] = r
         return out
+
+    def _held(self, node: Any) -> bool:
+        return routing_weights(node) or (self.hold_softmax and softmax_weights(node))
 
 
 class AttentionValueRule(Rule):

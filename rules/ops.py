@@ -48,6 +48,9 @@ __all__ = [
     "uncovered_reason",
     "WEIGHTED_ARGS",
     "WEIGHTED_LAYOUT",
+    "DECLARED_WEIGHTED",
+    "is_weighted",
+    "register_weighted_op",
     "weighted_args",
 ]
 
@@ -310,12 +313,62 @@ CATEGORIES = frozenset(Category)
 #: for weighted ops: (input, weight, bias) argument positions
 WEIGHTED_ARGS = (0, 1, 2)
 #: weighted ops whose arguments are not (input, weight, bias): op -> their positions
-WEIGHTED_LAYOUT = {"aten.addmm": (1, 2, 0)}
+WEIGHTED_LAYOUT: dict[str, tuple[int, int, int | None]] = {"aten.addmm": (1, 2, 0)}
+#: ops declared weighted layers (linear in their input for a fixed weight, and in their weight
+#: for a fixed input), whatever their namespace: op -> (input, weight, bias) positions, bias None
+#: where there is none.  :func:`register_weighted_op` adds to it.  Grouped matrix products
+#: (``out[s] = input[s] @ weight[e(s)]``, rows sorted by group, ``offs`` the cumulative row
+#: counts: the experts of mixture-of-experts layers) are the ones relprop declares: ATen's
+#: ``_grouped_mm`` and transformers' ``grouped_mm_fallback``, the custom op its MoE experts
+#: export as (its Python implementation loops over ``offs.tolist()``, so it cannot be traced
+#: into ATen ops with symbolic sizes).
+DECLARED_WEIGHTED: dict[str, tuple[int, int, int | None]] = {
+    "aten._grouped_mm": (0, 1, 3),
+    "transformers.grouped_mm_fallback": (0, 1, None),
+}
 
 
-def weighted_args(target: Any) -> tuple[int, int, int]:
-    """(input, weight, bias) argument positions of a weighted op."""
-    return WEIGHTED_LAYOUT.get(op_name(target), WEIGHTED_ARGS)
+def weighted_args(target: Any) -> tuple[int, int, int | None]:
+    """(input, weight, bias) argument positions of a weighted op (bias None: it has none)."""
+    name = op_name(target)
+    return DECLARED_WEIGHTED.get(name) or WEIGHTED_LAYOUT.get(name, WEIGHTED_ARGS)
+
+
+def is_weighted(target: Any) -> bool:
+    """Whether an op is a weighted layer: one of ``WEIGHTED`` or declared (``DECLARED_WEIGHTED``)."""
+    name = op_name(target)
+    return name in WEIGHTED or name in DECLARED_WEIGHTED
+
+
+def register_weighted_op(op: Any, *, input: int = 0, weight: int = 1, bias: int | None = None) -> None:
+    """Declare an operator a weighted layer, so every rule set rules it as one.
+
+    For an operator relprop cannot see into (a custom operator whose implementation is not
+    traceable, a C++ kernel) that computes a layer: linear in its ``input`` argument for a
+    fixed ``weight`` and linear in ``weight`` for a fixed input, plus an optional ``bias``
+    argument added to the output (positions in the op's schema).  The op must be
+    differentiable (have an autograd formula): the rules take its products with the op's own
+    backward, and call it with rewritten weights (z⁺, |w|, ...).  ``op``: ``"ns::name"``, an
+    ``OpOverload`` or its packet.  Declaring an op that is not linear so gives wrong relevance.
+    """
+    from relprop.errors import RuleError
+
+    if isinstance(op, str):
+        name = op.replace("::", ".")
+        name = name.rsplit(".", 1)[0] if name.count(".") > 1 else name
+    elif isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        name = op_name(op)
+    else:
+        raise RuleError(f"register_weighted_op takes an operator ('ns::name' or torch.ops.ns.name); got {op!r}")
+    positions = [input, weight] + ([] if bias is None else [bias])
+    if any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in positions) or len(set(positions)) < len(
+        positions
+    ):
+        raise RuleError(
+            f"register_weighted_op({name!r}): input, weight and bias must be distinct argument positions (ints >= 0); "
+            f"got input={input!r}, weight={weight!r}, bias={bias!r}"
+        )
+    DECLARED_WEIGHTED[name] = (input, weight, bias)
 
 
 def is_statistic(node: Any) -> bool:
@@ -438,7 +491,7 @@ def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
         return Category.LINEAR if name == "aten.index_put" and _accumulates(node) else Category.MOVE
     if name in SELECT:
         return Category.SPLIT if split else Category.POOL_SELECT
-    if name in WEIGHTED:
+    if name in WEIGHTED or name in DECLARED_WEIGHTED:
         return _weighted_category(node, name, live)
     if name in MATMUL or name in PRODUCT:
         if n_live > 1:
@@ -481,7 +534,7 @@ def _weighted_category(node: Any, name: str, live: list[bool]) -> Category | Non
     slot = _slot_of(node, position)
     if slot is not None and live[slot]:
         return Category.CONV if name in CONV else Category.DENSE
-    slot = _slot_of(node, bias)
+    slot = None if bias is None else _slot_of(node, bias)
     return Category.LINEAR if slot is not None and live[slot] else None
 
 
@@ -518,8 +571,10 @@ def uncovered_reason(node: Any) -> str | None:
         return f"{op_name(node.target)} is not an ATen operator"
     if node.target.namespace != "aten":
         return (
-            f"it is a custom operator (namespace '{node.target.namespace}'): relprop cannot know what it "
-            "computes or whether it is differentiable"
+            f"it is a custom operator (namespace '{node.target.namespace}') whose implementation relprop "
+            "cannot trace into ATen ops (it has none in Python, or one that depends on tensor values): relprop "
+            "cannot know what it computes or whether it is differentiable (if it is a weighted layer, declare it "
+            "with relprop.register_weighted_op)"
         )
     tags = set(node.target.tags)
     if torch.Tag.nondeterministic_seeded in tags:

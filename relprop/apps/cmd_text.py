@@ -1,5 +1,6 @@
 """``relprop explain-text``: token relevance of a Hugging Face text classifier, or of a shipped
-language model's next token (``--model smollm2``)."""
+language model's next token (``--model smollm2``), or of each token of its generated answer
+(``--model smollm2 --generate N``)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--rules", type=rules_name, choices=RULES, default=TEXT_RULES, help="rule set (default: %(default)s)"
     )
     ex.add_argument("--html", default=None, metavar="FILE", help="also write the coloured words as HTML")
+    ex.add_argument(
+        "--generate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with a language model (--model smollm2): generate N tokens greedily after each prompt and "
+        "explain every generated token over all earlier tokens (one trace, one backward walk for all); "
+        "prints the answer and each token's most relevant earlier tokens, and writes generation.png (the "
+        "heatmap), generation.html and generation.json to --out (generation-2.* for a second prompt, ...); "
+        "--html FILE writes the page there instead",
+    )
+    ex.add_argument(
+        "--out",
+        default="relprop-generation",
+        metavar="DIR",
+        help="with --generate: the folder for the heatmap PNG, the HTML page and the JSON, created if "
+        "missing (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        metavar="K",
+        help="with --generate: earlier tokens printed per generated token (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="with --generate: explain at most B generated tokens per walk (bounds memory; same numbers)",
+    )
     ex.add_argument("--no-color", dest="color", action="store_false", help="print values instead of colours")
     ex.set_defaults(run=run_explain_text)
 
@@ -100,7 +133,11 @@ def run_explain_text(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"cannot write {args.html}: directory {Path(args.html).parent} does not exist")
     from relprop.apps.language import LANGUAGE_MODELS
 
+    if args.generate is not None and args.model not in LANGUAGE_MODELS:
+        raise InputError(f"--generate needs a language model: --model {' or '.join(LANGUAGE_MODELS)}")
     if args.model in LANGUAGE_MODELS:
+        if args.generate is not None:
+            return _explain_generations(args, texts)
         return _explain_next_tokens(args, texts)
     model, tok = _text_model(args.model)
     vocab = model.get_input_embeddings().num_embeddings
@@ -205,4 +242,50 @@ def _explain_next_tokens(args: argparse.Namespace, texts: list[str]) -> int:
             print(f"wrote {path}")
     traced = "the trace read from the disk cache" if graph.cache_reads else f"{graph.trace_count} trace"
     print(f"explain {took:.2f} s for {len(texts)} prompt(s) ({traced}, shared by every prompt length)")
+    return 0
+
+
+def _explain_generations(args: argparse.Namespace, texts: list[str]) -> int:
+    """``explain-text --model smollm2 --generate N``: each prompt's greedy answer explained token by token.
+
+    Prints the answer and each generated token's ``--top`` most relevant earlier tokens; writes
+    ``generation.png``, ``.html`` and ``.json`` to ``--out`` (``generation-2.*``, ... for further prompts).
+    """
+    import relprop
+    from relprop.apps.generation import explain_generation
+    from relprop.apps.language import load_language_model
+    from relprop.errors import InputError, TargetError
+
+    if args.generate < 1:
+        raise InputError(f"--generate {args.generate}: expected the number of tokens to generate, at least 1")
+    if args.top < 0:
+        raise InputError(f"--top {args.top}: expected a number of tokens, 0 or more")
+    if args.target is not None:
+        raise TargetError("--target does not apply with --generate: every generated token is explained")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load_language_model(args.model)
+    graph = relprop.trace(model, rules=registry.rule_set(args.rules))
+    took = 0.0
+    for i, prompt in enumerate(texts):
+        start = time.perf_counter()
+        ex = explain_generation(
+            model, tok, prompt, max_new_tokens=args.generate, graph=graph, batch_size=args.batch_size
+        )
+        took += time.perf_counter() - start
+        print(f"text {i + 1}: {prompt!r} -> {ex.answer!r} ({len(ex.generated)} tokens), rules {args.rules}")
+        for g, (token, top) in enumerate(zip(ex.generated, ex.top(args.top))):
+            listed = ", ".join(f"{t!r}({r:+.3g})" for _, t, r in top)
+            print(f"  {g + 1}. {token!r} <- {listed}")
+        stem = "generation" if i == 0 else f"generation-{i + 1}"
+        html = out / f"{stem}.html"
+        if args.html is not None:
+            html = Path(args.html)
+            html = html if i == 0 else html.with_name(f"{html.stem}-{i + 1}{html.suffix or '.html'}")
+        ex.save_png(out / f"{stem}.png")
+        ex.to_html(html)
+        ex.to_json(out / f"{stem}.json")
+        print(f"wrote {out / f'{stem}.png'}, {html}, {out / f'{stem}.json'}")
+    traced = "the trace read from the disk cache" if graph.cache_reads else f"{graph.trace_count} trace"
+    print(f"generate and explain {took:.2f} s for {len(texts)} prompt(s) ({traced}, one walk per prompt)")
     return 0

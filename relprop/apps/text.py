@@ -5,6 +5,7 @@
     relprop.text.render(tok, enc, R)                               # coloured words, printed
     relprop.text.render(tok, enc, R, path="words.html")            # or .png; format from the suffix
     ws = relprop.text.words(tok, enc, R)                           # per sample, a list of Word
+    ex = relprop.text.explain_generation(model, tok, prompt, 8)    # an answer, token by token
 
 **Words.**  The relevance of the pieces of one word is summed.  With a fast
 tokenizer's :class:`~transformers.BatchEncoding` the words are the tokenizer's own
@@ -36,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -44,7 +45,19 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import InputError
 from .viz import _as_numpy, _to_uint8, colorize
 
-__all__ = ["Word", "render", "to_ansi", "to_html", "to_png", "words"]
+if TYPE_CHECKING:  # loaded on first use by __getattr__ (it imports this module)
+    from .generation import GenerationExplanation, explain_generation
+
+__all__ = [
+    "GenerationExplanation",
+    "Word",
+    "explain_generation",
+    "render",
+    "to_ansi",
+    "to_html",
+    "to_png",
+    "words",
+]
 
 Scheme = Literal["wordpiece", "bytelevel", "sentencepiece", "none"]
 #: the piece marker of each scheme: "##" continues a word, "Ġ" and "▁" start one
@@ -543,3 +556,13 @@ def render(
     if path is not None:
         Path(path).write_text(out, encoding="utf-8")
     return out
+
+
+def __getattr__(name: str) -> Any:
+    """``explain_generation`` and ``GenerationExplanation`` from :mod:`relprop.apps.generation`
+    (which builds on this module), loaded on first use."""
+    if name in ("explain_generation", "GenerationExplanation"):
+        from . import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
