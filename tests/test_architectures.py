@@ -29,9 +29,9 @@ How each kind of model is asked (``Case``):
 
 Mixtral and Qwen3-MoE (sparse mixture-of-experts routing) are here as they appear in the
 table; tests/test_moe.py checks them (and OLMoE, DeepSeek-V3, gpt-oss) in depth.  Mamba's
-sequential scan fixes the sequence length at export (relprop warns: it traces each new length again).  Each model is built once
-per module; its three rule sets share one torch.export capture (relprop's per-model
-cache), so the 2nd and 3rd only rebind.
+sequential scan fixes the sequence length at export (relprop warns: it traces each new
+length again).  Each model is built once per module; its three rule sets share one
+torch.export capture (relprop's per-model cache), so the 2nd and 3rd only rebind.
 """
 
 from __future__ import annotations
