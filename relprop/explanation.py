@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from .engine import Walk
 from .targets import Start
+from .tracing import user_stacklevel
 
 __all__ = ["Explanation", "assemble"]
 
@@ -77,6 +79,8 @@ def assemble(inputs: Any, labels: list[Any], walk: Walk, start: Start, out: Any)
         value = inputs.get(key) if isinstance(inputs, Mapping) and isinstance(key, str) else None
         if mask is not None and isinstance(value, Tensor) and not value.is_floating_point():
             combined[key] = _zero_padding(combined[key], mask)
+    if start.passes == 2:
+        _check_contrast(passes)
     embeddings = {path: combine(R) for path, R in walk.embeddings.items()}
     if mask is not None:
         embeddings = {k: _zero_padding(v, mask) for k, v in embeddings.items()}
@@ -97,6 +101,49 @@ def assemble(inputs: Any, labels: list[Any], walk: Walk, start: Start, out: Any)
         records=walk.records,
         node_relevance=walk.outputs,
         embeddings=embeddings,
+    )
+
+
+#: a contrastive explanation whose passes differ by less than this share of the positive
+#: pass (per sample) is mostly cancellation: :func:`_check_contrast` warns
+VANISHING_CONTRAST = 0.01
+_contrast_warned = False
+
+
+def contrast(passes: Mapping[Any, Tensor]) -> Tensor | None:
+    """Per sample, Σ|R⁺ − R⁻| / Σ|R⁺| over every input of a two-pass walk (None: no input
+    with a batch dimension received relevance)."""
+    diff: Tensor | None = None
+    positive: Tensor | None = None
+    for R in passes.values():
+        if not isinstance(R, Tensor) or R.dim() < 2 or R.shape[0] != 2:
+            continue
+        d = (R[0] - R[1]).abs().reshape(R.shape[1], -1).sum(1).double()
+        p = R[0].abs().reshape(R.shape[1], -1).sum(1).double()
+        diff, positive = (d, p) if diff is None or positive is None else (diff + d, positive + p)
+    if diff is None or positive is None:
+        return None
+    return diff / positive.clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def _check_contrast(passes: Mapping[Any, Tensor]) -> None:
+    """Warn (once per process) where a contrastive explanation's passes nearly cancel."""
+    global _contrast_warned
+    if _contrast_warned:
+        return
+    ratio = contrast(passes)
+    if ratio is None or not bool((ratio < VANISHING_CONTRAST).any()):
+        return
+    _contrast_warned = True
+    low = float(ratio.min())
+    warnings.warn(
+        f"the contrastive explanation's two passes nearly cancel: for sample {int(ratio.argmin())} the "
+        f"difference is {100 * low:.2g} % of the positive pass (Σ|R⁺ − R⁻| / Σ|R⁺|; warned below "
+        f"{100 * VANISHING_CONTRAST:.0f} %): the map is small and made of what the target's pass and the "
+        "other classes' pass do not share. absLRP does this on language models (tens of thousands of other "
+        "tokens) and deep transformers; relprop.rules.AttnLRP() explains those without a contrast, or pass "
+        "contrastive=False. explanation(...).passes holds both passes (docs/semantics.md §Contrastive).",
+        stacklevel=user_stacklevel(),
     )
 
 

@@ -20,6 +20,7 @@ import sympy
 import torch
 from torch.utils import _pytree as pytree
 
+from .custom_ops import inline_custom_ops
 from .errors import TraceError
 from .inputs import flatten_like
 from .lowering import rewrite_copies
@@ -174,6 +175,7 @@ def program_from(
         else:  # TOKEN and future kinds
             raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
     _keep_user_outputs(graph, sig)
+    inline_custom_ops(graph)
     rewrite_copies(graph)
     in_spec = ep.call_spec.in_spec
     if added:

@@ -42,6 +42,7 @@ __all__ = [
     "trace_program",
     "export_program",
     "eval_mode",
+    "user_stacklevel",
 ]
 
 
@@ -92,7 +93,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         warnings.warn(
             "relprop explains the model in eval mode (dropout off, batch norm on running "
             "statistics); the model is handed back in training mode.",
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
     try:
         for m, _ in flags:
@@ -103,7 +104,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _user_stacklevel() -> int:
+def user_stacklevel() -> int:
     """The warnings stacklevel of the first frame outside relprop and contextlib."""
     import inspect
     import os
@@ -411,7 +412,7 @@ def _warn_once(model: nn.Module, message: str) -> None:
     if type(model) in _WARNED:
         return
     _WARNED.add(type(model))
-    warnings.warn(f"relprop traced {type(model).__name__} with fixed sizes: {message}", stacklevel=_user_stacklevel())
+    warnings.warn(f"relprop traced {type(model).__name__} with fixed sizes: {message}", stacklevel=user_stacklevel())
 
 
 def _without_cache(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict, bool]:
@@ -443,7 +444,7 @@ def _without_cache(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, 
             "relprop traces the model with use_cache=False: a key/value cache is not an output "
             "relprop can explain (the logits are the same); the output a target sees has no "
             "past_key_values.",
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
     if CACHE_ARG in kwargs:  # True, or None (the config's default)
         return args, {**kwargs, CACHE_ARG: False}, False
