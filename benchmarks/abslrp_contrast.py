@@ -24,6 +24,7 @@ unit-normalised relevances of the consumers, so the shortcut and the block's bra
 the same (docs/semantics.md §Per-sample normalisation).
 
     .venv/bin/python benchmarks/abslrp_contrast.py
+    .venv/bin/python benchmarks/abslrp_contrast.py --llm   # SmolLM2's token contrast
 """
 
 from __future__ import annotations
@@ -102,5 +103,42 @@ def digits() -> None:
     print("\ndigits ViT, contrast along the residual stream (output to input): " + ", ".join(cells))
 
 
+#: prompts for the language-model figures (their greedy next token is explained)
+PROMPTS = (
+    "The capital of France is",
+    "Alice lives in Paris and Bob lives in Rome. Question: Where does Bob live? Answer: Bob lives in",
+    "The opposite of hot is",
+    "Two plus two equals",
+    "The first month of the year is",
+)
+
+
+def language() -> None:
+    """SmolLM2: absLRP's contrast on the tokens (the negative pass starts from ~49k other tokens)."""
+    from relprop.apps.language import load_language_model
+
+    model, tok = load_language_model()
+    graph = relprop.trace(model, relprop.rules.AbsLRP())
+    print("\n| SmolLM2 prompt | next token | token contrast | cos(pos, neg) |")
+    print("|---|---|---:|---:|")
+    for prompt in PROMPTS:
+        enc = dict(tok(prompt, return_tensors="pt"))
+        with torch.no_grad():
+            token = int(model(**enc).logits[0, -1].argmax())
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ex = graph.explanation(enc, relprop.targets.next_token(token))
+        R = ex.passes["input_ids"]
+        cos = F.cosine_similarity(R[0].flatten(1), R[1].flatten(1))
+        print(f"| {prompt[:40]}… | {tok.decode(token)!r} | {float(contrast(R)):.2e} | {float(cos):.6f} |")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--llm" in sys.argv:
+        language()
+    else:
+        main()

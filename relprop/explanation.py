@@ -140,9 +140,9 @@ def _check_contrast(passes: Mapping[Any, Tensor]) -> None:
         f"the contrastive explanation's two passes nearly cancel: for sample {int(ratio.argmin())} the "
         f"difference is {100 * low:.2g} % of the positive pass (Σ|R⁺ − R⁻| / Σ|R⁺|; warned below "
         f"{100 * VANISHING_CONTRAST:.0f} %): the map is small and made of what the target's pass and the "
-        "other classes' pass do not share. absLRP does this on language models (tens of thousands of other "
-        "tokens) and deep transformers; relprop.rules.AttnLRP() explains those without a contrast, or pass "
-        "contrastive=False. explanation(...).passes holds both passes (docs/semantics.md §Contrastive).",
+        "other classes' pass do not share (docs/semantics.md §Contrastive). For language models and deep "
+        "transformers relprop.rules.AttnLRP() explains without a contrast; contrastive=False gives absLRP's "
+        "positive pass alone; explanation(...).passes holds both passes.",
         stacklevel=user_stacklevel(),
     )
 
