@@ -51,7 +51,7 @@ from .layouts import batch_layouts
 from .programs import Program
 from .regions import Region, find_regions
 
-__all__ = ["register_rule", "unregister_rule", "bind", "Bound", "Binding", "OverrideKey"]
+__all__ = ["register_rule", "unregister_rule", "registered_ops", "bind", "Bound", "Binding", "OverrideKey"]
 
 #: global registrations: normalized key -> rule
 _REGISTRY: dict[tuple[str, Any], Rule] = {}
@@ -268,6 +268,12 @@ def _fold(bindings: dict[fx.Node, Binding], nodes: list[fx.Node], live: set[fx.N
             del bindings[m]
         what = ", ".join(dict.fromkeys(b.info.module_path or op_name(b.info.node.target) for b in steps))
         bindings[output] = Binding(layer.info, layer.rule, f"{layer.source}; {what} folded in", fold=fold)
+
+
+def registered_ops(overrides: Mapping[OverrideKey, Any]) -> set[str]:
+    """The ops (``ns.name``) that a global registration or ``overrides`` gives a rule."""
+    keys = list(_REGISTRY) + [_normalize_key(k) for k in overrides]
+    return {k[1].rsplit(".", 1)[0] if k[1].count(".") > 1 else k[1] for k in keys if k[0] == "op"}
 
 
 def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:

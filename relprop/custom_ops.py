@@ -10,18 +10,32 @@ values to decide its control flow or sizes (``offs.tolist()``), creates tensor c
 fails for another reason — leaves the node as it is: it is then covered only where it is
 declared a weighted layer (:func:`relprop.register_weighted_op`) or given a rule.  Declared
 ops are never traced (their declaration is the faster, exact description).
+
+The same holds for an ATen op that relprop's tables give no category
+(:func:`relprop.rules.ops.uncovered_reason`) but that PyTorch decomposes in Python
+(``torch._decomp.decomposition_table``, or this module's for the LSTM and the Elman RNN):
+the recurrent ops ``aten.lstm``, ``aten.gru``, ``aten.rnn_tanh`` and
+``aten.rnn_relu``, which carry the ``nondeterministic_seeded`` tag for their dropout
+between layers, are traced into their cell computations (linear maps, sigmoids, tanh,
+elementwise products and sums, one step after the other).  A decomposition
+that still draws random numbers (a recurrent op in training mode with dropout between
+layers) is not inlined, nor one over a dynamic size it would have to fix (the unrolled
+time steps: torch.export already fixes the sequence length of these ops, see
+docs/semantics.md §Recurrent networks).
 """
 
 from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
 from torch import fx
 from torch.utils import _pytree as pytree
+
+from .recurrent import RECURRENT
 
 __all__ = ["inline_custom_ops", "implementation"]
 
@@ -47,21 +61,56 @@ def implementation(op: Any) -> Callable[..., Any] | None:
     return None
 
 
-def inline_custom_ops(graph: fx.Graph) -> list[str]:
+def _decomposition(n: fx.Node) -> Callable[..., Any] | None:
+    """PyTorch's Python decomposition of an ATen op that relprop gives no category, or None."""
+    from relprop.rules.ops import recurrent_dropout, uncovered_reason
+
+    op = n.target
+    if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten" or uncovered_reason(n) is None:
+        return None
+    if recurrent_dropout(n) is not None:
+        return None  # random: PyTorch's decomposition would leave the dropout out
+    from torch._decomp import decomposition_table
+
+    fn = RECURRENT.get(op) or decomposition_table.get(op)
+    if fn is None:
+        return None
+
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        # without oneDNN: the LSTM decomposition would otherwise call one fused mkldnn_rnn_layer op on the CPU
+        enabled = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            with _SymbolicLinear():
+                return fn(*args, **kwargs)
+        finally:
+            torch._C._set_mkldnn_enabled(enabled)
+
+    return plain
+
+
+def inline_custom_ops(graph: fx.Graph, keep: Collection[str] = ()) -> list[str]:
     """Replace every traceable custom-op node of ``graph`` by the ATen ops of its
-    implementation (module docstring); in place.  Returns the ops inlined."""
+    implementation (module docstring); in place.  Ops named in ``keep`` (``ns.name``: those a
+    rule is registered for) stay single nodes.  Returns the ops inlined."""
     from relprop.rules.ops import is_weighted, op_name
 
     done: list[str] = []
     for _ in range(_DEPTH):
         changed = False
         for n in list(graph.nodes):
-            if n.op != "call_function" or is_weighted(n.target):
+            if n.op != "call_function" or is_weighted(n.target) or op_name(n.target) in keep:
                 continue
             fn = implementation(n.target)
-            if fn is None:
+            sub = None
+            if fn is not None:
+                sub = _trace(fn, n)
+            elif (fn := _decomposition(n)) is not None:
+                sub = _trace(fn, n, remove="mutations")
+                if sub is not None and _random(sub):
+                    continue  # still draws random numbers: the node stays, uncovered_reason says why
+            else:
                 continue
-            sub = _trace(fn, n)
             if sub is not None and _inline(graph, n, sub):
                 done.append(op_name(n.target))
                 changed = True
@@ -72,8 +121,42 @@ def inline_custom_ops(graph: fx.Graph) -> list[str]:
     return done
 
 
-def _trace(fn: Callable[..., Any], n: fx.Node) -> fx.GraphModule | None:
-    """``fn`` traced on ``n``'s example values (functionalized), or None where it cannot be."""
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` by ``mm``/``addmm``, keeping symbolic sizes symbolic (ATen's C++ ``linear`` of
+    a 3-d input fixes its leading sizes to their traced values)."""
+    aten = torch.ops.aten
+    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    wt = aten.t.default(weight)
+    y = aten.mm.default(flat, wt) if bias is None else aten.addmm.default(bias, flat, wt)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class _SymbolicLinear(torch.overrides.TorchFunctionMode):
+    """``F.linear`` as :func:`_linear` while a decomposition is traced."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.nn.functional.linear, torch._C._nn.linear) and args and args[0].dim() >= 2:
+            return _linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _random(gm: fx.GraphModule) -> bool:
+    """Whether a traced implementation draws random numbers."""
+    return any(
+        m.op == "call_function"
+        and isinstance(m.target, torch._ops.OpOverload)
+        and torch.Tag.nondeterministic_seeded in m.target.tags
+        for m in gm.graph.nodes
+    )
+
+
+def _trace(fn: Callable[..., Any], n: fx.Node, remove: str = "mutations_and_views") -> fx.GraphModule | None:
+    """``fn`` traced on ``n``'s example values (functionalized), or None where it cannot be.
+
+    ``remove="mutations"`` keeps views as views (ATen decompositions: their ``unbind``,
+    ``split`` and ``transpose`` stay data movement, as in export's own graph).
+    """
     from torch.fx.experimental.proxy_tensor import make_fx
 
     leaves, spec = pytree.tree_flatten((n.args, n.kwargs))
@@ -94,7 +177,7 @@ def _trace(fn: Callable[..., Any], n: fx.Node) -> fx.GraphModule | None:
 
     try:
         with fake_mode:
-            gm = make_fx(torch.func.functionalize(call, remove="mutations_and_views"))(*vals)
+            gm = make_fx(torch.func.functionalize(call, remove=remove))(*vals)
     except Exception as err:  # data-dependent control flow, unsupported ops: the node stays opaque
         log.debug("custom op %s not traced: %s", n.target, err)
         return None

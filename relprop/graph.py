@@ -23,7 +23,7 @@ from relprop.rules.base import RuleCache
 from relprop.rules.sets import AbsLRP, RuleSet
 
 from . import chunking, engine, targets
-from .binding import Binding, Bound, OverrideKey, bind
+from .binding import Binding, Bound, OverrideKey, bind, registered_ops
 from .errors import InputError, RuleError
 from .explanation import Explanation, assemble
 from .inputs import (
@@ -100,9 +100,11 @@ class Graph:
     def _bind(self, program: Program, args: tuple, kwargs: dict) -> Bound:
         """Bind the rules.  On export's own graph an op without a rule sends the binding to the
         decomposed graph (the decomposition may write it out in ops that have rules)."""
+        program = program.with_opaque(registered_ops(self.overrides))
         bound = bind(program, self.model, self.rules, self.overrides, strict=False)
         if bound.unbound and not program.decomposed:
             program = trace_program(self.model, args, kwargs, decompose=True, disk=self.cache)
+            program = program.with_opaque(registered_ops(self.overrides))
             bound = bind(program, self.model, self.rules, self.overrides, strict=False)
         if bound.unbound and self.strict:
             bind(program, self.model, self.rules, self.overrides, strict=True)  # raises MissingRuleError

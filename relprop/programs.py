@@ -9,6 +9,7 @@ checks new inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -67,6 +68,21 @@ class Program:
     dims: Callable[[Any], tuple[int, ...]] = field(default=lambda x: ())
     #: read from the disk cache (:mod:`relprop.diskcache`), not exported in this process
     read: bool = False
+    #: the ops (``ns.name``) whose implementation was traced into ``graph`` (:mod:`relprop.custom_ops`)
+    inlined: tuple[str, ...] = ()
+    #: the graph with those ops left as single nodes (None: nothing was inlined)
+    opaque: torch.fx.Graph | None = None
+
+    def with_opaque(self, ops: set[str]) -> Program:
+        """This program on a graph where ``ops`` stay single nodes though their implementation
+        could be traced (a rule is registered for them: it applies to the op, not to the ops of
+        its implementation); itself where none of ``ops`` was inlined."""
+        if self.opaque is None or not ops & set(self.inlined):
+            return self
+        graph = _copy_graph(self.opaque)
+        inlined = inline_custom_ops(graph, keep=ops)
+        rewrite_copies(graph)
+        return dataclasses.replace(self, graph=graph, inlined=tuple(dict.fromkeys(inlined)), opaque=None)
 
     def accepts(self, args: tuple, kwargs: dict) -> bool:
         """Whether this trace holds for the inputs ``(args, kwargs)``.
@@ -175,8 +191,7 @@ def program_from(
         else:  # TOKEN and future kinds
             raise TraceError(f"torch.export produced an input of kind {kind} that relprop cannot feed")
     _keep_user_outputs(graph, sig)
-    inline_custom_ops(graph)
-    rewrite_copies(graph)
+    opaque, inlined = _inline(graph)
     in_spec = ep.call_spec.in_spec
     if added:
         in_spec = _drop_kwarg(graph, in_spec, user_inputs, state, CACHE_ARG)
@@ -219,7 +234,25 @@ def program_from(
         arg_names=tuple(ep.module_call_graph[0].signature.forward_arg_names) if ep.module_call_graph else (),
         added={CACHE_ARG: False} if added else {},
         dims=dims,
+        inlined=inlined,
+        opaque=opaque,
     )
+
+
+def _inline(graph: torch.fx.Graph) -> tuple[torch.fx.Graph | None, tuple[str, ...]]:
+    """Custom ops traced into ``graph`` and ``copy`` rewritten, in place; returns the graph as it
+    was before (None where nothing was inlined) and the ops inlined."""
+    opaque = _copy_graph(graph)
+    inlined = tuple(dict.fromkeys(inline_custom_ops(graph)))
+    rewrite_copies(graph)
+    return (opaque if inlined else None), inlined
+
+
+def _copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
+    """A copy of ``graph`` with the same node names (placeholders are found by name)."""
+    copy = torch.fx.Graph()
+    copy.output(copy.graph_copy(graph, {}))
+    return copy
 
 
 def _ranges(ep: Any) -> dict:

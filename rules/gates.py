@@ -12,11 +12,19 @@ Two kinds are recognised from the graph, looking back from a product's operand:
   weights' op (gpt-oss: ``softmax(topk(logits))``).  Slices and fixed gathers do not count:
   ``a[:, :d] * sigmoid(a[:, d:])`` is a gated unit, not a router.  These are a
   mixture-of-experts router's weights: they decide how much of each chosen expert's output
-  enters the sum.
+  enters the sum;
+- **sigmoid gates**: a sigmoid output, or one minus it, reached the same way (data
+  movement, selections, rescaling by a number): the gates of a recurrent cell (an LSTM's
+  input, forget and output gates, a GRU's reset and update gates,
+  :mod:`relprop.custom_ops` traces ``aten.lstm`` and ``aten.gru`` into them), a
+  squeeze-and-excitation gate ``x * sigmoid(fc(pool(x)))``, a GLU's ``sigmoid(b)``.  A
+  value in (0, 1) that decides how much of the other operand passes.
 
 :class:`~relprop.rules.lrp.BilinearRule` holds softmax weights constant where its set asks
-(CP-LRP) and routing weights constant in every set that uses it, so that the experts'
-outputs receive all relevance (docs/semantics.md §Products, its part on mixture of experts).
+(CP-LRP), sigmoid gates constant where its set asks (the classic sets: "signal-take-all",
+Arras et al. 2017) and routing weights constant in every set that uses it, so that the
+experts' outputs receive all relevance (docs/semantics.md §Products, its part on mixture
+of experts, and §Recurrent networks).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 
 from .ops import MOVE, SELECT, SELECTION, SOFTMAX, op_name
 
-__all__ = ["softmax_weights", "routing_weights"]
+__all__ = ["softmax_weights", "routing_weights", "sigmoid_gate"]
 
 #: ops a gate's value passes through unchanged in kind: data movement, gathers, selections
 _THROUGH = MOVE | SELECT | SELECTION
@@ -91,3 +99,16 @@ def routing_weights(node: Any) -> bool:
     before = source.args[0] if source.args else None
     _, chosen = _trace_back(before)
     return chosen
+
+
+def sigmoid_gate(node: Any) -> bool:
+    """Whether ``node``'s value is a sigmoid gate: a sigmoid output or one minus it (module docstring)."""
+    source, _ = _trace_back(node)
+    if not hasattr(source, "target"):
+        return False
+    name = op_name(source.target)
+    if name == "aten.rsub" and len(source.args) >= 2 and source.args[1] == 1:  # 1 - σ, written rsub(σ, 1)
+        source, _ = _trace_back(source.args[0])
+    elif name == "aten.sub" and len(source.args) >= 2 and source.args[0] == 1:  # 1 - σ
+        source, _ = _trace_back(source.args[1])
+    return hasattr(source, "target") and op_name(source.target) in _SIGMOID

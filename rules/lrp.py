@@ -20,7 +20,7 @@ from torch import Tensor
 from .attention import attention_inputs, masked_softmax, repeat_kv
 from .base import Context, NodeInfo, Pass, Relevance, Rule, epsilon_relevance, stabilize, stable_ratio, vjp
 from .categories import WEIGHTED_CATEGORIES, Category
-from .gates import routing_weights, softmax_weights
+from .gates import routing_weights, sigmoid_gate, softmax_weights
 from .norms import CENTERING_NORMS, NormMap, norm_map
 from .ops import is_weighted, op_name, weighted_args
 from .products import input_product
@@ -306,13 +306,18 @@ class BilinearRule(Rule):
     Achtibat et al. 2024, Eq. 7).  With ``hold_softmax`` (the default) an operand that
     is softmax weights (attention probabilities) is held constant instead and the
     other receives all relevance (CP-LRP, Ali et al. 2022, "XAI for Transformers").
+    With ``hold_gates`` an operand that is a sigmoid gate (an LSTM's or GRU's gates, a
+    squeeze-and-excitation gate) is held constant and the signal receives all relevance
+    ("signal-take-all", Arras et al. 2017; docs/semantics.md §Recurrent networks).
     A router's top-k weights (mixture of experts) are always held constant
-    (:mod:`relprop.rules.gates`).  Both conserve relevance.
+    (:mod:`relprop.rules.gates`).  Where every operand would be held, none is.  All
+    conserve relevance.
     """
 
-    def __init__(self, epsilon: float = 1e-9, hold_softmax: bool = True) -> None:
+    def __init__(self, epsilon: float = 1e-9, hold_softmax: bool = True, hold_gates: bool = False) -> None:
         self.epsilon = epsilon
         self.hold_softmax = hold_softmax
+        self.hold_gates = hold_gates
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         live = ctx.live_inputs
@@ -320,13 +325,30 @@ class BilinearRule(Rule):
         out: list[Tensor | None] = [None] * len(ctx.inputs)
         if not keep:
             keep = live
+        if len(keep) == 1 and len(live) > 1 and ctx.info.category == Category.MUL:
+            # the others held: an elementwise scaling of the kept operand by constants, whose
+            # relevance is R itself where no broadcast intervenes (as for a scale, §Products)
+            first = R[0] if isinstance(R, (list, tuple)) else R
+            if first is not None and first.shape[1:] == ctx.inputs[keep[0]].shape:
+                out[keep[0]] = first
+                return out
         share = 1.0 / len(keep)
         for i, r in zip(keep, epsilon_relevance(ctx, R, keep, self.epsilon, share)):
             out[i] = r
         return out
 
     def _held(self, node: Any) -> bool:
-        return routing_weights(node) or (self.hold_softmax and softmax_weights(node))
+        return (
+            routing_weights(node)
+            or (self.hold_softmax and softmax_weights(node))
+            or (self.hold_gates and sigmoid_gate(node))
+        )
+
+    def __repr__(self) -> str:
+        parts = [f"epsilon={self.epsilon!r}", f"hold_softmax={self.hold_softmax!r}"]
+        if self.hold_gates:
+            parts.append("hold_gates=True")
+        return f"BilinearRule({', '.join(parts)})"
 
 
 class AttentionValueRule(Rule):

@@ -577,6 +577,8 @@ def uncovered_reason(node: Any) -> str | None:
             "with relprop.register_weighted_op)"
         )
     tags = set(node.target.tags)
+    if (why := _recurrent_reason(node)) is not None:
+        return why
     if torch.Tag.nondeterministic_seeded in tags:
         return "it draws random numbers: its output is not a function of its inputs"
     values = [node.meta.get("val")] + [a.meta.get("val") for a in node.all_input_nodes]
@@ -585,6 +587,43 @@ def uncovered_reason(node: Any) -> str | None:
             if isinstance(t, torch.Tensor) and t.is_complex():
                 return "it computes with complex numbers, which carry no sign for relevance"
     return None
+
+
+#: recurrent ops (relprop.custom_ops traces them into their cells) and
+#: the position of their ``num_layers`` argument: ``dropout`` and ``train`` follow it
+_RECURRENT = {"aten.lstm": 4, "aten.gru": 4, "aten.rnn_tanh": 4, "aten.rnn_relu": 4}
+
+
+def recurrent_dropout(node: Any) -> str | None:
+    """Why a recurrent op (``aten.lstm`` ...) draws random numbers, or None where it does not.
+
+    Its ``nondeterministic_seeded`` tag is for the dropout between layers: in eval mode
+    (``train=False``), with dropout 0 or with one layer it is deterministic.  (PyTorch's
+    own decomposition leaves that dropout out, so this is checked before inlining it.)
+    """
+    name = op_name(node.target)
+    if name not in _RECURRENT:
+        return None
+    at = _RECURRENT[name] + (1 if node.target._overloadname == "data" else 0)  # .data: (data, batch_sizes, ...)
+    layers, dropout, train = (list(node.args[at : at + 3]) + [None] * 3)[:3]
+    if train and dropout and isinstance(layers, int) and layers > 1:
+        return (
+            f"it is a recurrent op in training mode (train=True) with dropout p={dropout} between its {layers} "
+            "layers, which draws random numbers: its output is not a function of its inputs (explain it in "
+            "eval mode, or with dropout=0)"
+        )
+    return None
+
+
+def _recurrent_reason(node: Any) -> str | None:
+    """Why a recurrent op was not traced into its cells (:mod:`relprop.custom_ops`), or None for another op."""
+    if op_name(node.target) not in _RECURRENT:
+        return None
+    return recurrent_dropout(node) or (
+        "it is a recurrent op that relprop traces into its cell computations with PyTorch's decomposition "
+        "(torch._decomp), and that trace failed here (a packed sequence, whose batch sizes are tensor "
+        "values, or a sequence length left dynamic)"
+    )
 
 
 def _is_view(target: Any) -> bool:

@@ -203,7 +203,8 @@ class LRP(RuleSet):
     - layer and group norm: their standard deviation held constant, the linear map
       left (:mod:`relprop.rules.norms`) by the dense rule (as AttnLRP does);
     - sums and average pooling: ε-rule (proportional); products of two
-      relevance-carrying tensors: :class:`BilinearRule`; attention:
+      relevance-carrying tensors: :class:`BilinearRule`, a sigmoid gate held constant
+      (signal-take-all, docs/semantics.md §Recurrent networks); attention:
       :class:`AttentionValueRule`;
     - canonization (``canonize=True``, the default): an eval batch norm or another
       per-channel affine map right after a weighted layer is folded into that layer, whose
@@ -245,7 +246,7 @@ class LRP(RuleSet):
         self.epsilon = epsilon
         self.contrastive = contrastive
         self._sum = EpsilonRule(epsilon)
-        self._bilinear = BilinearRule(epsilon)
+        self._bilinear = BilinearRule(epsilon, hold_gates=True)
         self._attention = AttentionValueRule(epsilon)
         self._taylor = TaylorRule(epsilon if epsilon > 0 else 1e-12)
         self._pass = Pass()

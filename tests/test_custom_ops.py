@@ -30,6 +30,20 @@ def _(x: Tensor, w: Tensor) -> Tensor:
     return torch.empty_like(x)
 
 
+def _gated_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*inputs)
+
+
+def _gated_backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    x, w = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
+    with torch.enable_grad():
+        y = F.gelu(x) * w + x.sum(-1, keepdim=True)
+    return torch.autograd.grad(y, (x, w), grad)
+
+
+gated.register_autograd(_gated_backward, setup_context=_gated_setup)
+
+
 @torch.library.custom_op("relprop_ct::outer", mutates_args=())
 def outer(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """Two outputs, one of them through another custom op (nested)."""
@@ -95,3 +109,28 @@ def test_traced_custom_op_reuses_the_trace_for_other_batches() -> None:
         R = graph.explain(torch.randn(n, 4, dtype=torch.float64), target=0)
         assert R.shape == (n, 4) and torch.isfinite(R).all()
     assert graph.trace_count == 1
+
+
+def test_a_rule_registered_for_a_traceable_op_applies_to_the_op() -> None:
+    """A rule given for the custom op itself (override or global) keeps it one node with that rule,
+    inside an enclosing custom op whose implementation is still traced."""
+    torch.manual_seed(2)
+    model = WithOps().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    rule = rules.EpsilonRule(1e-6)
+    graph = relprop.trace(model, rules=rules.Epsilon(), strict=True, cache=False, overrides={"relprop_ct::gated": rule})
+    R = graph.explain(x, target=0)
+    summary = graph.summary()
+    assert "relprop_ct.gated.default" in summary and "op relprop_ct.gated" in summary
+    assert "relprop_ct.outer" not in summary
+    assert torch.isfinite(R).all()
+    inlined = relprop.trace(model, rules=rules.Epsilon(), strict=True, cache=False)
+    inlined.explain(x, target=0)
+    assert "relprop_ct" not in inlined.summary()
+    relprop.register_rule("relprop_ct::gated", rule)
+    try:
+        registered = relprop.trace(model, rules=rules.Epsilon(), strict=True, cache=False)
+        torch.testing.assert_close(registered.explain(x, target=0), R)
+        assert "relprop_ct.gated.default" in registered.summary()
+    finally:
+        relprop.unregister_rule("relprop_ct::gated")
