@@ -1,6 +1,7 @@
 """Text quality on the shipped reviews: which words each method points at, relprop's rule sets beside LXT.
 
     .venv/bin/python benchmarks/pointing.py [--split heldout|train] [--limit N] [--json PATH] [--no-lxt]
+    .venv/bin/python benchmarks/pointing.py --model lstm     # the recurrent model
 
 Model: ``relprop.sentiment.load_sentiment_model()`` (all-MiniLM-L6-v2 + the shipped
 sentiment head; needs ``pip install "relprop[text]"``).  Data: a split of
@@ -27,6 +28,12 @@ rule functions attached to a copy of the same model where LXT's BERT patch place
 (``benchmarks/lxt_oracle.py``; needs ``pip install --no-deps lxt==2.1``); ``random word``:
 the expected pointing of a word drawn uniformly from the sentence (exact, no sampling).
 
+``--model lstm``: ``relprop.apps.sentiment.load_sentiment_lstm()`` instead (MiniLM's word
+embeddings → bidirectional LSTM → linear, ``examples/train_sentiment_lstm.py``; sentences
+padded on the left to 32 tokens), with ``absLRP``, ``LRP-ε`` (``Epsilon()``, ε = 1e-6 is
+its default too), ``AttnLRP``, ``gradient × input`` (at the embedding output) and
+``random word``; the same scoring.  Default JSON: ``results/pointing-lstm-<split>.json``.
+
 Prints a markdown table and writes JSON (default ``benchmarks/results/pointing-<split>.json``).
 """
 
@@ -50,6 +57,7 @@ from relprop.sentiment import (
     encode,
     gradient_x_input,
     load_reviews,
+    load_sentiment_lstm,
     load_sentiment_model,
     pointing_hits,
 )
@@ -64,6 +72,21 @@ RULE_SETS: dict[str, Callable[[], rules.RuleSet]] = {
     "AttnLRP cp (relprop)": lambda: rules.AttnLRP(cp=True),
     "LRP-ε (relprop)": lambda: rules.Epsilon(1e-6),
 }
+
+
+#: the rule sets of the recurrent model's table (``--model lstm``)
+LSTM_RULE_SETS: dict[str, Callable[[], rules.RuleSet]] = {
+    "absLRP (relprop)": rules.AbsLRP,
+    "LRP-ε (relprop)": rules.Epsilon,
+    "AttnLRP (relprop)": rules.AttnLRP,
+}
+
+
+def _embedding_gradient_x_input(model: Any, enc: Any, target: torch.Tensor) -> torch.Tensor:
+    """Gradient × input at the output of ``model.embed`` (a module whose forward returns logits)."""
+    embeds = model.get_input_embeddings()(enc["input_ids"]).detach().requires_grad_(True)
+    model(inputs_embeds=embeds).gather(1, target[:, None]).sum().backward()
+    return (embeds * embeds.grad).sum(-1).detach()
 
 
 def _lxt_method(model: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
@@ -82,23 +105,28 @@ def _lxt_method(model: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     return explain
 
 
-def measure(split: str = "heldout", limit: int | None = None, lxt: bool = True, verbose: bool = True) -> dict:
+def measure(
+    split: str = "heldout", limit: int | None = None, lxt: bool = True, verbose: bool = True, which: str = "minilm"
+) -> dict:
     torch.manual_seed(0)
-    model, tok = load_sentiment_model()
+    recurrent = which == "lstm"
+    model, tok = load_sentiment_lstm() if recurrent else load_sentiment_model()
+    logits = (lambda enc: model(**enc)) if recurrent else (lambda enc: model(**enc).logits)
     rows = balanced(load_reviews(split), limit)
     labels = torch.tensor([r["label"] for r in rows])
     batches = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
     encs = [encode(tok, [r["text"] for r in b]) for b in batches]
     with torch.no_grad():
-        preds = [model(**enc).logits.argmax(1) for enc in encs]
+        preds = [logits(enc).argmax(1) for enc in encs]
 
     methods: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {}
-    for name, make in RULE_SETS.items():
+    for name, make in (LSTM_RULE_SETS if recurrent else RULE_SETS).items():
         graph = relprop.trace(model, make())
         methods[name] = lambda enc, pred, graph=graph: graph.explain(dict(enc), pred)
-    methods["gradient × input"] = lambda enc, pred: gradient_x_input(model, enc, pred)
+    grad_x_input = _embedding_gradient_x_input if recurrent else gradient_x_input
+    methods["gradient × input"] = lambda enc, pred: grad_x_input(model, enc, pred)
     lxt_error = None
-    if lxt:
+    if lxt and not recurrent:
         try:
             methods["AttnLRP (LXT 2.1)"] = _lxt_method(model)
         except Exception as e:  # report, do not hide
@@ -136,7 +164,11 @@ def measure(split: str = "heldout", limit: int | None = None, lxt: bool = True, 
     )
     out = dict(
         command=" ".join([".venv/bin/python", "benchmarks/pointing.py", *sys.argv[1:]]),
-        model="all-MiniLM-L6-v2 + relprop sentiment head (BertForSequenceClassification)",
+        model=(
+            "SentimentRNN: MiniLM word embeddings (frozen) -> bidirectional LSTM -> linear (relprop sentiment_lstm.pt)"
+            if recurrent
+            else "all-MiniLM-L6-v2 + relprop sentiment head (BertForSequenceClassification)"
+        ),
         classes=list(CLASS_NAMES),
         split=split,
         sentences=n,
@@ -182,12 +214,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only N sentences of the split (balanced)")
     parser.add_argument("--json", default=None, help="where to write JSON (default: results/pointing-<split>.json)")
     parser.add_argument("--no-lxt", action="store_true", help="skip AttnLRP (LXT)")
+    parser.add_argument(
+        "--model", choices=("minilm", "lstm"), default="minilm", help="MiniLM + head, or the recurrent model"
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
-    out = measure(args.split, args.limit, lxt=not args.no_lxt)
+    out = measure(args.split, args.limit, lxt=not args.no_lxt, which=args.model)
     out["wall_seconds"] = time.perf_counter() - start
-    path = Path(args.json) if args.json else HERE / "results" / f"pointing-{args.split}.json"
+    path = Path(args.json) if args.json else HERE / "results" / f"pointing-{'lstm-' if args.model == 'lstm' else ''}{args.split}.json"
     path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwall time {out['wall_seconds']:.0f} s; wrote {path}")
 

