@@ -30,7 +30,8 @@ the expected pointing of a word drawn uniformly from the sentence (exact, no sam
 
 ``--model lstm``: ``relprop.apps.sentiment.load_sentiment_lstm()`` instead (MiniLM's word
 embeddings → bidirectional LSTM → linear, ``examples/train_sentiment_lstm.py``; sentences
-padded on the left to 32 tokens), with ``absLRP``, ``LRP-ε`` (``Epsilon()``, ε = 1e-6 is
+padded on the left to 32 tokens), with ``absLRP`` (and its positive pass alone,
+``AbsLRP(contrastive=False)``), ``LRP-ε`` (``Epsilon()``, ε = 1e-6 is
 its default too), ``AttnLRP``, ``gradient × input`` (at the embedding output) and
 ``random word``; the same scoring.  Default JSON: ``results/pointing-lstm-<split>.json``.
 
@@ -77,6 +78,7 @@ RULE_SETS: dict[str, Callable[[], rules.RuleSet]] = {
 #: the rule sets of the recurrent model's table (``--model lstm``)
 LSTM_RULE_SETS: dict[str, Callable[[], rules.RuleSet]] = {
     "absLRP (relprop)": rules.AbsLRP,
+    "absLRP, positive pass (relprop)": lambda: rules.AbsLRP(contrastive=False),
     "LRP-ε (relprop)": rules.Epsilon,
     "AttnLRP (relprop)": rules.AttnLRP,
 }
@@ -222,7 +224,8 @@ def main() -> None:
     start = time.perf_counter()
     out = measure(args.split, args.limit, lxt=not args.no_lxt, which=args.model)
     out["wall_seconds"] = time.perf_counter() - start
-    path = Path(args.json) if args.json else HERE / "results" / f"pointing-{'lstm-' if args.model == 'lstm' else ''}{args.split}.json"
+    stem = f"pointing-lstm-{args.split}" if args.model == "lstm" else f"pointing-{args.split}"
+    path = Path(args.json) if args.json else HERE / "results" / f"{stem}.json"
     path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwall time {out['wall_seconds']:.0f} s; wrote {path}")
 

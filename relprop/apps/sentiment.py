@@ -19,6 +19,11 @@ load.
 The head was trained on the ``train`` split of ``relprop/data/reviews.jsonl``
 (:func:`load_reviews`), short English reviews this project wrote, with the
 sentiment words of every sentence marked (``examples/make_reviews.py``).
+
+A recurrent model on the same data and tokenizer, :func:`load_sentiment_lstm` →
+``(model, tokenizer)``: :class:`SentimentRNN`, MiniLM's word embeddings (frozen) → a
+bidirectional ``nn.LSTM`` → ``Linear(2)``, trained by ``examples/train_sentiment_lstm.py``
+(weights in ``relprop/data/sentiment_lstm.pt``; its tokenizer pads on the left).
 """
 
 from __future__ import annotations
