@@ -3,6 +3,9 @@
 import sys
 
 from relprop.apps.cli import main
+from relprop.apps.distributed import end_worker
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    end_worker(code)  # under torchrun: exit without the teardown that can abort in gloo
+    sys.exit(code)

@@ -23,7 +23,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-__all__ = ["World", "all_gather", "barrier", "broadcast", "from_environment", "gather", "session", "shard"]
+__all__ = [
+    "World",
+    "all_gather",
+    "barrier",
+    "broadcast",
+    "end_worker",
+    "from_environment",
+    "gather",
+    "session",
+    "shard",
+]
 
 T = TypeVar("T")
 
@@ -105,6 +115,29 @@ def session(device: str | None = None) -> Iterator[World]:
     # (rank 0 writing the shared files) can abort in gloo's teardown
     barrier(world)
     dist.destroy_process_group()
+
+
+def end_worker(code: int) -> None:
+    """End a torchrun worker process with ``code``, without the interpreter's teardown.
+
+    After the session is over (every rank past the closing barrier, the process group
+    destroyed), a rank's interpreter teardown could still abort in gloo's threads
+    ("terminate called without an active exception", seen under heavy load), which made
+    torchrun report a failure after all work was done and written.  The disk cache's
+    pending entries and the output streams are flushed first.  Outside torchrun: nothing.
+    """
+    if not from_environment():
+        return
+    import logging
+    import sys
+
+    from relprop import diskcache
+
+    diskcache.flush()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def shard(items: Sequence[T], world: World) -> list[T]:
