@@ -34,13 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import relprop
+import relprop.explanation
 from relprop.apps.imagenet import load_imagenet_model
 from relprop.apps.photos import PHOTOS, load_photo
 
 
 def contrast(R: Tensor) -> Tensor:
-    """Σ|R_pos − R_neg| / Σ|R_pos| per sample of a (2, B, ...) relevance."""
-    return (R[0] - R[1]).flatten(1).abs().sum(1) / R[0].flatten(1).abs().sum(1)
+    """Σ|R_pos − R_neg| / Σ|R_pos| per sample of a (2, B, ...) relevance (relprop's own measure,
+    the one its vanishing-contrast warning reads)."""
+    return relprop.explanation.contrast({"R": R})
 
 
 def head_nodes(node_relevance: dict[str, Tensor]) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from relprop.rules.base import NodeInfo, Pass, Rule
 from relprop.rules.categories import COMPUTING, WEIGHTED_CATEGORIES, Category
-from relprop.rules.ops import categorize, full_op_name, is_weighted, op_name, uncovered_reason
+from relprop.rules.ops import categorize, full_op_name, is_weighted, op_name, packet_name, uncovered_reason
 from relprop.rules.sets import RuleSet, as_rule
 
 from .analysis import (
@@ -273,7 +273,7 @@ def _fold(bindings: dict[fx.Node, Binding], nodes: list[fx.Node], live: set[fx.N
 def registered_ops(overrides: Mapping[OverrideKey, Any]) -> set[str]:
     """The ops (``ns.name``) that a global registration or ``overrides`` gives a rule."""
     keys = list(_REGISTRY) + [_normalize_key(k) for k in overrides]
-    return {k[1].rsplit(".", 1)[0] if k[1].count(".") > 1 else k[1] for k in keys if k[0] == "op"}
+    return {packet_name(k[1]) for k in keys if k[0] == "op"}
 
 
 def _merge(overrides: Mapping[OverrideKey, Any]) -> dict[tuple[str, Any], Rule]:

@@ -35,9 +35,10 @@ import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
-from .recurrent import RECURRENT
+from .lowering import replace_node, splice
+from .recurrent import RECURRENT, linear
 
-__all__ = ["inline_custom_ops", "implementation"]
+__all__ = ["has_candidates", "inline_custom_ops", "implementation"]
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +94,20 @@ def inline_custom_ops(graph: fx.Graph, keep: Collection[str] = ()) -> list[str]:
     """Replace every traceable custom-op node of ``graph`` by the ATen ops of its
     implementation (module docstring); in place.  Ops named in ``keep`` (``ns.name``: those a
     rule is registered for) stay single nodes.  Returns the ops inlined."""
-    from relprop.rules.ops import is_weighted, op_name
+    from relprop.rules.ops import op_name
 
     done: list[str] = []
     for _ in range(_DEPTH):
         changed = False
         for n in list(graph.nodes):
-            if n.op != "call_function" or is_weighted(n.target) or op_name(n.target) in keep:
+            if not _candidate(n, keep):
                 continue
-            fn = implementation(n.target)
-            sub = None
-            if fn is not None:
+            if (fn := implementation(n.target)) is not None:
                 sub = _trace(fn, n)
-            elif (fn := _decomposition(n)) is not None:
-                sub = _trace(fn, n, remove="mutations")
+            else:
+                sub = _trace(_decomposition(n), n, remove="mutations")
                 if sub is not None and _random(sub):
                     continue  # still draws random numbers: the node stays, uncovered_reason says why
-            else:
-                continue
             if sub is not None and _inline(graph, n, sub):
                 done.append(op_name(n.target))
                 changed = True
@@ -121,23 +118,28 @@ def inline_custom_ops(graph: fx.Graph, keep: Collection[str] = ()) -> list[str]:
     return done
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` by ``mm``/``addmm``, keeping symbolic sizes symbolic (ATen's C++ ``linear`` of
-    a 3-d input fixes its leading sizes to their traced values)."""
-    aten = torch.ops.aten
-    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    wt = aten.t.default(weight)
-    y = aten.mm.default(flat, wt) if bias is None else aten.addmm.default(bias, flat, wt)
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
+def has_candidates(graph: fx.Graph) -> bool:
+    """Whether ``graph`` holds a node :func:`inline_custom_ops` would try to trace (cheap: no tracing)."""
+    return any(_candidate(n, ()) for n in graph.nodes)
+
+
+def _candidate(n: fx.Node, keep: Collection[str]) -> bool:
+    """A custom op with an implementation, or an uncovered ATen op with a decomposition, that is
+    neither declared weighted nor named in ``keep``."""
+    from relprop.rules.ops import is_weighted, op_name
+
+    if n.op != "call_function" or is_weighted(n.target) or op_name(n.target) in keep:
+        return False
+    return implementation(n.target) is not None or _decomposition(n) is not None
 
 
 class _SymbolicLinear(torch.overrides.TorchFunctionMode):
-    """``F.linear`` as :func:`_linear` while a decomposition is traced."""
+    """``F.linear`` as :func:`relprop.recurrent.linear` while a decomposition is traced."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func in (torch.nn.functional.linear, torch._C._nn.linear) and args and args[0].dim() >= 2:
-            return _linear(*args, **kwargs)
+            return linear(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -187,33 +189,14 @@ def _trace(fn: Callable[..., Any], n: fx.Node, remove: str = "mutations_and_view
 
 
 def _inline(graph: fx.Graph, n: fx.Node, gm: fx.GraphModule) -> bool:
-    """Put ``gm``'s ops in place of ``n`` (its outputs replace ``n``'s, or its getitems')."""
+    """Put ``gm``'s ops in place of ``n`` (its outputs replace ``n``'s, or its getitems'); the
+    copies keep ``n``'s module path.  False (and ``graph`` unchanged) where ``n``'s uses do not fit."""
     out = next(m for m in gm.graph.nodes if m.op == "output").args[0]
     if isinstance(out, (tuple, list)):
         if not all(u.op == "call_function" and u.target is operator.getitem for u in n.users):
             return False
     elif not isinstance(out, fx.Node):
         return False
-    leaves = [x for x in pytree.tree_leaves((n.args, n.kwargs)) if isinstance(x, fx.Node)]
-    inputs = iter(leaves)
-    env: dict[fx.Node, Any] = {}
-    result: Any = None
+    inputs = [x for x in pytree.tree_leaves((n.args, n.kwargs)) if isinstance(x, fx.Node)]
     keep = {k: n.meta[k] for k in ("nn_module_stack", "stack_trace", "source_fn_stack") if k in n.meta}
-    with graph.inserting_before(n):
-        for m in gm.graph.nodes:
-            if m.op == "placeholder":
-                env[m] = next(inputs)
-            elif m.op == "output":
-                result = fx.map_arg(m.args[0], env.__getitem__)
-            else:
-                copy = graph.node_copy(m, env.__getitem__)
-                copy.meta = {**dict(m.meta), **keep}
-                env[m] = copy
-    if isinstance(result, (tuple, list)):
-        for user in list(n.users):
-            user.replace_all_uses_with(result[user.args[1]])
-            graph.erase_node(user)
-    else:
-        n.replace_all_uses_with(result)
-    graph.erase_node(n)
-    return True
+    return replace_node(graph, n, splice(graph, n, gm.graph, inputs, keep))

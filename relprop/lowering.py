@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import fx
 
-__all__ = ["lower", "rewrite_copies"]
+__all__ = ["lower", "replace_node", "rewrite_copies", "splice"]
 
 _aten = torch.ops.aten
 _SET_GRAD = "wrap_with_set_grad_enabled"
@@ -88,28 +88,50 @@ def _inline_regions(gm: fx.GraphModule, graph: fx.Graph) -> str | None:
             if not (isinstance(sub, fx.Node) and sub.op == "get_attr"):
                 return "a no_grad region whose body is not a submodule"
             body = getattr(gm, sub.target).graph
-            values: dict[fx.Node, Any] = {}
-            inputs = iter(n.args[2:])
-            result: Any = None
-            with graph.inserting_before(n):
-                for m in body.nodes:
-                    if m.op == "placeholder":
-                        values[m] = next(inputs)
-                    elif m.op == "output":
-                        result = fx.map_arg(m.args[0], values.__getitem__)
-                    elif m.op == "get_attr":
-                        return "a no_grad region that reads module attributes"
-                    else:
-                        values[m] = graph.node_copy(m, values.__getitem__)
-            for user in list(n.users):
-                if user.op == "call_function" and user.target is operator.getitem:
-                    user.replace_all_uses_with(result[user.args[1]])
-                    graph.erase_node(user)
-                else:
-                    return "a no_grad region whose outputs are not unpacked"
-            graph.erase_node(n)
+            if any(m.op == "get_attr" for m in body.nodes):
+                return "a no_grad region that reads module attributes"
+            result = splice(graph, n, body, n.args[2:])
+            if not replace_node(graph, n, result):
+                return "a no_grad region whose outputs are not unpacked"
             if not sub.users:
                 graph.erase_node(sub)
+
+
+def splice(graph: fx.Graph, at: fx.Node, body: fx.Graph, inputs: Any, meta: dict | None = None) -> Any:
+    """Copy ``body``'s ops into ``graph`` before ``at``, its placeholders bound to ``inputs`` in
+    order (``meta`` added to every copy's); returns ``body``'s output in ``graph``'s nodes."""
+    values: dict[fx.Node, Any] = {}
+    given = iter(inputs)
+    result: Any = None
+    with graph.inserting_before(at):
+        for m in body.nodes:
+            if m.op == "placeholder":
+                values[m] = next(given)
+            elif m.op == "output":
+                result = fx.map_arg(m.args[0], values.__getitem__)
+            else:
+                values[m] = graph.node_copy(m, values.__getitem__)
+                if meta:
+                    values[m].meta = {**m.meta, **meta}
+    return result
+
+
+def replace_node(graph: fx.Graph, n: fx.Node, result: Any) -> bool:
+    """``n``'s uses read ``result`` (a node, or a tuple whose entries replace ``n``'s getitems) and
+    ``n`` goes; False (nothing changed) where a tuple's user is not a getitem."""
+    if isinstance(result, (tuple, list)):
+        users = list(n.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem for u in users):
+            return False
+        for user in users:
+            user.replace_all_uses_with(result[user.args[1]])
+            graph.erase_node(user)
+    elif isinstance(result, fx.Node):
+        n.replace_all_uses_with(result)
+    else:
+        return False
+    graph.erase_node(n)
+    return True
 
 
 def _hop_name(target: Any) -> str | None:

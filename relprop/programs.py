@@ -21,7 +21,7 @@ import sympy
 import torch
 from torch.utils import _pytree as pytree
 
-from .custom_ops import inline_custom_ops
+from .custom_ops import has_candidates, inline_custom_ops
 from .errors import TraceError
 from .inputs import flatten_like
 from .lowering import rewrite_copies
@@ -241,9 +241,10 @@ def program_from(
 
 def _inline(graph: torch.fx.Graph) -> tuple[torch.fx.Graph | None, tuple[str, ...]]:
     """Custom ops traced into ``graph`` and ``copy`` rewritten, in place; returns the graph as it
-    was before (None where nothing was inlined) and the ops inlined."""
-    opaque = _copy_graph(graph)
-    inlined = tuple(dict.fromkeys(inline_custom_ops(graph)))
+    was before (None where nothing was inlined: copied only where something may be) and the ops
+    inlined."""
+    opaque = _copy_graph(graph) if has_candidates(graph) else None
+    inlined = tuple(dict.fromkeys(inline_custom_ops(graph))) if opaque is not None else ()
     rewrite_copies(graph)
     return (opaque if inlined else None), inlined
 

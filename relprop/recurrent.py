@@ -20,14 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RECURRENT"]
+__all__ = ["RECURRENT", "linear"]
 
 _aten = torch.ops.aten
 
 
-def _cell_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` by ``mm``/``addmm``, keeping symbolic sizes symbolic (ATen's C++ ``linear`` of
+    a 3-d input fixes its leading sizes to their traced values)."""
+    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     wt = _aten.t.default(weight)
-    return _aten.mm.default(x, wt) if bias is None else _aten.addmm.default(bias, x, wt)
+    y = _aten.mm.default(flat, wt) if bias is None else _aten.addmm.default(bias, flat, wt)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _steps(x: Tensor) -> int:
@@ -79,12 +83,12 @@ def _lstm_layer(
     T = _steps(x)
     ys: list[Any] = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
-        z = _cell_linear(_aten.cat.default([steps[t], h], 1), w, bias)
+        z = linear(_aten.cat.default([steps[t], h], 1), w, bias)
         i, f, g, o = z.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         if w_hr is not None:
-            h = _cell_linear(h, w_hr, None)
+            h = linear(h, w_hr, None)
         ys[t] = h
     return _aten.stack.default(ys, 0), [h, c]
 
@@ -114,7 +118,7 @@ def _rnn(activation: Callable[[Tensor], Tensor]) -> Callable[..., tuple[Tensor, 
         T = _steps(x)
         ys: list[Any] = [None] * T
         for t in reversed(range(T)) if reverse else range(T):
-            h = activation(_cell_linear(_aten.cat.default([steps[t], h], 1), w, bias))
+            h = activation(linear(_aten.cat.default([steps[t], h], 1), w, bias))
             ys[t] = h
         return _aten.stack.default(ys, 0), [h]
 

@@ -45,6 +45,7 @@ __all__ = [
     "is_constant",
     "is_statistic",
     "op_name",
+    "packet_name",
     "uncovered_reason",
     "WEIGHTED_ARGS",
     "WEIGHTED_LAYOUT",
@@ -354,8 +355,7 @@ def register_weighted_op(op: Any, *, input: int = 0, weight: int = 1, bias: int 
     from relprop.errors import RuleError
 
     if isinstance(op, str):
-        name = op.replace("::", ".")
-        name = name.rsplit(".", 1)[0] if name.count(".") > 1 else name
+        name = packet_name(op)
     elif isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
         name = op_name(op)
     else:
@@ -369,6 +369,12 @@ def register_weighted_op(op: Any, *, input: int = 0, weight: int = 1, bias: int 
             f"got input={input!r}, weight={weight!r}, bias={bias!r}"
         )
     DECLARED_WEIGHTED[name] = (input, weight, bias)
+
+
+def packet_name(op: str) -> str:
+    """``"ns::name"``, ``"ns.name"`` or ``"ns.name.overload"`` -> ``"ns.name"`` (:func:`op_name`'s form)."""
+    name = op.replace("::", ".")
+    return name.rsplit(".", 1)[0] if name.count(".") > 1 else name
 
 
 def is_statistic(node: Any) -> bool:
