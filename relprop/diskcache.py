@@ -410,7 +410,7 @@ def _input_part(model: nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any
 
 def _versions(model: nn.Module) -> tuple:
     here = Path(__file__).resolve().parent
-    own = tuple(_file_digest(str(here / name)) for name in ("tracing.py", "diskcache.py"))
+    own = tuple(_file_digest(str(here / name)) for name in ("tracing.py", "diskcache.py", "packed.py", "recurrent.py"))
     packages = {"torch", "transformers"} | {type(m).__module__.split(".")[0] for m in model.modules()}
     versions = []
     for name in sorted(packages):

@@ -24,10 +24,13 @@ from relprop.rules.base import Context, Hints, Layout, RuleCache, mark_owned, ow
 from relprop.rules.categories import SEPARABLE
 
 from .binding import Bound
-from .errors import NonFiniteRelevanceError, RuleError
+from .errors import InputError, NonFiniteRelevanceError, RuleError
 from .programs import Program
 
 __all__ = ["Plan", "plan", "forward", "run_graph", "backward", "Walk"]
+
+#: checks a traced program makes on its inputs at run time (``torch._assert_async``)
+_ASSERTIONS = {torch.ops.aten._assert_async.msg, torch.ops.aten._assert_async.default}
 
 
 @dataclass
@@ -180,7 +183,12 @@ def run_graph(
                 env[n] = flat_inputs[user[n.name]]
         elif n.op == "call_function":
             args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
-            env[n] = n.target(*args, **kwargs) if call is None else call(n, args, kwargs)
+            try:
+                env[n] = n.target(*args, **kwargs) if call is None else call(n, args, kwargs)
+            except RuntimeError as err:
+                if n.target in _ASSERTIONS:  # the traced program's check on these inputs
+                    raise InputError(f"the inputs fail a check of the traced model: {err}") from None
+                raise
         elif n.op == "output":
             env[n] = fx.node.map_arg(n.args[0], env.__getitem__)
         for dead in releases.get(n, ()):

@@ -251,8 +251,11 @@ def _inline(graph: torch.fx.Graph) -> tuple[torch.fx.Graph | None, tuple[str, ..
 
 def _copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
     """A copy of ``graph`` with the same node names (placeholders are found by name)."""
-    copy = torch.fx.Graph()
-    copy.output(copy.graph_copy(graph, {}))
+    copy, copies = torch.fx.Graph(), {}
+    copy.output(copy.graph_copy(graph, copies))
+    for old, new in copies.items():
+        if new.name != old.name:  # fx renames nodes that shadow a builtin ('input' -> 'input_1')
+            new.name = old.name
     return copy
 
 

@@ -30,6 +30,7 @@ from torch.utils import _pytree as pytree
 from . import diskcache
 from .errors import InputError, TraceError
 from .lowering import lower
+from .packed import PackedAsPadded
 from .programs import CACHE_ARG, Program, grown_shape, program_from
 
 _log = logging.getLogger("relprop")
@@ -136,7 +137,10 @@ def _dynamic_shapes(args: tuple, kwargs: dict, dims: Any) -> Any:
 
 def _export(model: nn.Module, args: tuple, kwargs: dict, shapes: Any) -> Any:
     """``torch.export.export``'s own program (before any decomposition)."""
-    with warnings.catch_warnings():
+    # packed sequences are exported as padded batches (relprop.packed), where the model has a
+    # recurrent module that might take one
+    packed = PackedAsPadded() if any(isinstance(m, nn.RNNBase) for m in model.modules()) else contextlib.nullcontext()
+    with warnings.catch_warnings(), packed:
         warnings.simplefilter("ignore")
         return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
 

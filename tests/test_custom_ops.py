@@ -134,3 +134,14 @@ def test_a_rule_registered_for_a_traceable_op_applies_to_the_op() -> None:
         assert "relprop_ct.gated.default" in registered.summary()
     finally:
         relprop.unregister_rule("relprop_ct::gated")
+
+
+def test_examples_custom_rule_runs_with_an_input_named_input() -> None:
+    """``examples/custom_rule.py``: a registered rule for an opaque op on an ``nn.Sequential``,
+    whose forward's argument is named ``input`` (a builtin: the graph copy kept for registered
+    rules once renamed it ``input_1`` and lost the model's input)."""
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_rule.py"
+    runpy.run_path(str(example), run_name="__main__")
