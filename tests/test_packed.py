@@ -5,9 +5,9 @@ Checked: the traced program computes the model's values (PyTorch's packed run is
 oracle); padding gets exactly zero relevance; each sample's relevance equals the one it gets
 alone, unpadded (ε and AttnLRP, float64); a batch of full-length samples gets the relevance of
 the same model without packing (ε and AttnLRP: absLRP rescales at the batch reorder of
-``enforce_sorted=False``, an ``index_select`` it treats as computing, so its maps differ); new batch sizes and lengths reuse the trace; a batch padded
-beyond its longest sample is refused unless ``total_length`` says how long to pad; the
-user's model is unchanged.
+``enforce_sorted=False``, an ``index_select`` it treats as computing, so its maps differ);
+new batch sizes and lengths reuse the trace; a batch padded beyond its longest sample is
+refused unless ``total_length`` says how long to pad; the user's model is unchanged.
 """
 
 from __future__ import annotations
