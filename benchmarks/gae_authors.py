@@ -19,7 +19,7 @@ compute the same probabilities; the script checks that they chose the same image
 Their code runs on the CPU (``GlobalEvaluationMetric(device="cpu")``); methods are
 relprop :data:`~relprop.metrics.Method` callables wrapped as their ``RelevancyMethod``.
 
-Runs: (a) the shipped shapes CNN (``relprop.example``) on ``make_shapes(N, seed=0)``
+Runs: (a) the shipped shapes CNN (``relprop.apps.example``) on ``make_shapes(N, seed=0)``
 with Input×Gradient, absLRP and constant; (b) the digits VGG on the first N test
 images with the same methods; each at batch size 4 (default grouping) and 16
 (``grouping="authors"``).  ``--seeds S`` adds Input×Gradient's mean LC on the shapes
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import relprop
+from relprop import methods as RM
 from relprop import metrics as M
 from relprop.apps.example import load_example, make_shapes
 from relprop.apps.models import load_digits_model, load_digits_test
@@ -59,8 +60,8 @@ def input_x_gradient(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
 def methods() -> dict[str, M.Method]:
     return {
         "InputXGradient": input_x_gradient,
-        "absLRP": M.relprop_method(relprop.rules.AbsLRP()),
-        "constant": M.constant_method(),
+        "absLRP": RM.relprop_method(relprop.rules.AbsLRP()),
+        "constant": RM.constant_method(),
     }
 
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     x, y, _ = make_shapes(args.n, seed=0)
     digits = load_digits_test()
     runs: list[tuple[str, nn.Module, TensorDataset]] = [
-        ("shapes CNN (relprop.example), make_shapes(n, seed=0)", load_example().model, TensorDataset(x, y)),
+        ("shapes CNN (relprop.apps.example), make_shapes(n, seed=0)", load_example().model, TensorDataset(x, y)),
         ("digits VGG, first n test images", load_digits_model("vgg"), TensorDataset(*digits[: args.n])),
     ]
     print(authors_layout(args.authors))

@@ -23,7 +23,8 @@ import argparse
 
 import torch
 
-from relprop import methods, metrics, models
+from relprop import methods, models
+from relprop.evaluation import metrics
 from relprop.evaluation.comparison import DIGITS_ABSLRP_VARIANTS
 from relprop.evaluation.metrics import perturb
 

@@ -22,7 +22,7 @@ import time
 import torch
 
 import relprop
-from relprop import metrics, models
+from relprop import methods, metrics, models
 
 
 def run(names: list[str], threads: int) -> dict[str, dict[str, float]]:
@@ -31,7 +31,7 @@ def run(names: list[str], threads: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for name in names:
         model = models.load_digits_model(name)
-        method = {"absLRP": metrics.relprop_method(relprop.rules.AbsLRP())}
+        method = {"absLRP": methods.relprop_method(relprop.rules.AbsLRP())}
         t0 = time.perf_counter()
         result = metrics.GAE(steps=10, seed=0).evaluate(model, method, data, batch_size=16, progress=False)
         seconds = time.perf_counter() - t0

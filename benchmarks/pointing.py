@@ -3,14 +3,14 @@
     .venv/bin/python benchmarks/pointing.py [--split heldout|train] [--limit N] [--json PATH] [--no-lxt]
     .venv/bin/python benchmarks/pointing.py --model lstm     # the recurrent model
 
-Model: ``relprop.sentiment.load_sentiment_model()`` (all-MiniLM-L6-v2 + the shipped
+Model: ``relprop.apps.sentiment.load_sentiment_model()`` (all-MiniLM-L6-v2 + the shipped
 sentiment head; needs ``pip install "relprop[text]"``).  Data: a split of
 ``relprop/data/reviews.jsonl`` (``heldout``: 200 sentences, 100 per class, the default;
 ``train``: 360), sentiment words marked.
 
 For every sentence and method, the relevance of the **predicted** class is read per token
 at the word-embedding output (summed over the hidden dimension), sub-word pieces are summed
-into words (``relprop.sentiment.word_scores``; [CLS], [SEP] and padding are left out), and
+into words (``relprop.apps.sentiment.word_scores``; [CLS], [SEP] and padding are left out), and
 the sentence counts as a hit when its highest-relevance word is one of its marked sentiment
 words.  Columns:
 
@@ -52,7 +52,7 @@ import torch
 
 import relprop
 from relprop import rules
-from relprop.sentiment import (
+from relprop.apps.sentiment import (
     CLASS_NAMES,
     balanced,
     encode,

@@ -6,7 +6,7 @@
 
 Every candidate is scored on two transformers that ship with relprop:
 
-* the **MiniLM sentiment model** (``relprop.sentiment``) on the reviews: ``pointing`` (the
+* the **MiniLM sentiment model** (``relprop.apps.sentiment``) on the reviews: ``pointing`` (the
   top word of the predicted class's relevance is a marked sentiment word) and ``polarity``
   (it also has the predicted polarity), as in ``benchmarks/pointing.py``;
 * the **digits ViT** (``relprop.models``): ``deletion`` = mean over 16 steps of
@@ -169,7 +169,14 @@ def _explainer(model: nn.Module, cand: Candidate) -> Callable[[Any, Tensor, Tens
 
 
 def reviews(split: str, names: list[str], cands: dict[str, Candidate], limit: int | None) -> dict[str, dict]:
-    from relprop.sentiment import balanced, encode, gradient_x_input, load_reviews, load_sentiment_model, pointing_hits
+    from relprop.apps.sentiment import (
+        balanced,
+        encode,
+        gradient_x_input,
+        load_reviews,
+        load_sentiment_model,
+        pointing_hits,
+    )
 
     model, tok = load_sentiment_model()
     rows = balanced(load_reviews("train" if split == "train" else "heldout"), limit)

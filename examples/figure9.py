@@ -5,7 +5,7 @@
 Vukadin et al. (2024), Figure 9, explain a BERT sentiment classifier on
 "I hate this movie and i never want to see it again! However, I loved the
 leading actor so much!".  Here the model is all-MiniLM-L6-v2 with relprop's
-sentiment head (``relprop.sentiment.load_sentiment_model``; needs
+sentiment head (``relprop.apps.sentiment.load_sentiment_model``; needs
 ``pip install "relprop[text]"``), unmodified, with the rule set relprop recommends for
 transformers (``--rules attnlrp``, the default: README, "Which rule set for
 transformers") or the paper's own (``--rules abslrp``).  Printed as ANSI-coloured words
@@ -25,8 +25,8 @@ import torch
 
 import relprop
 from relprop import text
-from relprop.cli import RULES, TEXT_RULES, _rules
-from relprop.sentiment import CLASS_NAMES, load_sentiment_model
+from relprop.apps.cli import RULES, TEXT_RULES, _rules
+from relprop.apps.sentiment import CLASS_NAMES, load_sentiment_model
 
 SENTENCES = [
     "I hate this movie and i never want to see it again!",

@@ -10,7 +10,7 @@ the mask's pixels; with ``mask=None`` over the pixels predicted as ``cls``.  Und
 (contrastive) the negative pass starts from all the other classes at the same pixels.
 
 The inputs are two of the embedded example's synthetic images (one bright shape on
-noise, ``relprop.example.make_shapes``), enlarged to ``--size``, with their shape masks.  The picture shows the
+noise, ``relprop.apps.example.make_shapes``), enlarged to ``--size``, with their shape masks.  The picture shows the
 inputs, then the relevance of each sample's most frequent predicted class over its
 predicted pixels (absLRP), over the shape's pixels (absLRP), and over the shape's pixels
 with LRP-ε.  The weights are random, so the explanations show what the untrained net
@@ -28,7 +28,7 @@ from torchvision.models import segmentation
 
 import relprop
 from relprop import rules
-from relprop.example import make_shapes
+from relprop.apps.example import make_shapes
 
 MODELS = {"lraspp": "lraspp_mobilenet_v3_large", "fcn": "fcn_resnet50"}
 

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relprop import models as M
+from relprop.apps import models as M
 from relprop.evaluation.metrics import arrange_mosaic
 
 OUT = Path(__file__).resolve().parent.parent / "relprop" / "data"

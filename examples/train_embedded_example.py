@@ -1,9 +1,9 @@
-"""Train the embedded example (``relprop.example``) and write it to ``relprop/data/``.
+"""Train the embedded example (``relprop.apps.example``) and write it to ``relprop/data/``.
 
     .venv/bin/python examples/train_embedded_example.py
 
-A ~16k-parameter CNN (:class:`relprop.example.ShapesNet`) learns to tell squares,
-circles and triangles apart on synthetic 32×32 images (:func:`relprop.example.make_shapes`,
+A ~16k-parameter CNN (:class:`relprop.apps.example.ShapesNet`) learns to tell squares,
+circles and triangles apart on synthetic 32×32 images (:func:`relprop.apps.example.make_shapes`,
 fixed seeds): 4000 training images, 3 epochs, about 10 s on one CPU thread.
 Measured: test accuracy 0.9990 on 2000 held-out images (100% on the 6 shipped
 examples).
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from relprop.example import CLASS_NAMES, IMAGES, META, WEIGHTS, ShapesNet, make_shapes
+from relprop.apps.example import CLASS_NAMES, IMAGES, META, WEIGHTS, ShapesNet, make_shapes
 
 DATA = Path(__file__).resolve().parents[1] / "relprop" / "data"
 TRAIN, TEST, SHOWN = 4000, 2000, 6

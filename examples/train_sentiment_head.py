@@ -1,4 +1,4 @@
-"""Train the sentiment head of ``relprop.sentiment`` and write ``relprop/data/sentiment_head.pt``.
+"""Train the sentiment head of ``relprop.apps.sentiment`` and write ``relprop/data/sentiment_head.pt``.
 
     .venv/bin/python examples/train_sentiment_head.py
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from relprop.sentiment import CLASS_NAMES, HEAD, build_model, head_state, load_reviews, load_tokenizer
+from relprop.apps.sentiment import CLASS_NAMES, HEAD, build_model, head_state, load_reviews, load_tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "relprop" / "data"
 STEPS, LR, WEIGHT_DECAY = 300, 1e-3, 1e-4

@@ -10,15 +10,20 @@ relevance shaped (batch, tokens)); decoder LMs take a next-token target,
 ``relprop.targets.next_token(token_id)``; segmentation models a class over a region
 of pixels, ``relprop.targets.region(cls, mask=None)``.
 
-``import relprop`` loads the library alone; the evaluation stack (:mod:`relprop.evaluation`:
-GAE, the compared methods) and the applications (:mod:`relprop.apps`: the command line,
-pictures, shipped models) load on first use, also under their old names
-(``relprop.metrics``, ``relprop.viz``, ...).
+``import relprop`` loads the library alone.  The public modules built on it load on first
+use (``relprop.text`` after ``import relprop`` imports it): :mod:`relprop.text` (token
+relevance as words, generated answers), :mod:`relprop.viz` (heatmaps),
+:mod:`relprop.metrics` (GAE), :mod:`relprop.methods` (the compared attribution methods) and
+:mod:`relprop.models` (shipped and offline models).  They expose the public names of
+:mod:`relprop.apps` and :mod:`relprop.evaluation`, where the rest (the command line, the
+comparison, Quantus' metrics) lives.
 """
 
+import importlib
+from importlib import metadata
 from typing import Any
 
-from . import _moved, rules, targets
+from . import rules, targets
 from .binding import register_rule, unregister_rule
 from .errors import (
     InputError,
@@ -33,7 +38,10 @@ from .graph import Explanation, Graph, trace
 from .rules.ops import register_weighted_op
 from .targets import next_token, region
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("relprop")
+except metadata.PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Explanation",
@@ -55,14 +63,13 @@ __all__ = [
     "unregister_rule",
 ]
 
-_moved.install()
+#: the public modules imported on first use (the evaluation stack and the applications)
+LAZY_MODULES = ("metrics", "methods", "models", "text", "viz")
 
 
 def __getattr__(name: str) -> Any:
-    """``relprop.metrics``, ``relprop.viz``, ...: the evaluation stack and the applications,
-    imported on first use from :mod:`relprop.evaluation` and :mod:`relprop.apps`."""
-    if name in _moved.MOVED:
-        module = _moved.load(name)
-        globals()[name] = module
-        return module
+    """``relprop.text``, ``relprop.viz``, ``relprop.metrics``, ``relprop.methods``,
+    ``relprop.models``: imported on first attribute access."""
+    if name in LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'relprop' has no attribute {name!r}")

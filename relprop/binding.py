@@ -80,9 +80,22 @@ def register_rule(key: OverrideKey, rule: Any = None) -> Any:
     """Register ``rule`` globally for an op, a module class, or a module-name glob.
 
     Usable directly, ``relprop.register_rule("aten.cumsum", relprop.rules.Pass())``,
-    or as a decorator on a :class:`~relprop.rules.Rule` subclass or a function
+    or as a decorator on a [`Rule`][relprop.rules.Rule] subclass or a function
     ``(ctx, R) -> list of input relevances``.  Registrations apply to traces made
-    afterwards.
+    afterwards, for every rule set; overrides given to [`trace`][relprop.trace] win over
+    them.
+
+    Args:
+        key: an ATen or custom op (``"aten.cumsum"``, ``"ns::op"``, ``torch.ops.aten.cumsum``),
+            an ``nn.Module`` subclass, or a module-name glob (``"encoder.layer.*.attention"``).
+        rule: the rule (a [`Rule`][relprop.rules.Rule] instance or class, or a function);
+            None returns a decorator that registers what it decorates.
+
+    Returns:
+        ``rule``, or the decorator when ``rule`` is None.
+
+    Raises:
+        RuleError: ``key`` is none of the above, or ``rule`` is not a rule.
     """
     norm = _normalize_key(key)
     if rule is not None:
@@ -97,7 +110,14 @@ def register_rule(key: OverrideKey, rule: Any = None) -> Any:
 
 
 def unregister_rule(key: OverrideKey) -> None:
-    """Remove a global registration (no error if there is none)."""
+    """Remove a registration made by [`register_rule`][relprop.register_rule].
+
+    Args:
+        key: the key it was registered under (no error if there is none).
+
+    Raises:
+        RuleError: ``key`` is not an op, an ``nn.Module`` subclass or a module-name glob.
+    """
     _REGISTRY.pop(_normalize_key(key), None)
 
 

@@ -19,12 +19,18 @@ __all__ = ["Explanation", "assemble"]
 
 @dataclass
 class Explanation:
-    """Everything one explain produced.
+    """Everything one explain produced; returned by [`Graph.explanation`][relprop.Graph.explanation].
 
-    ``relevance`` is what :meth:`Graph.explain` returns.  ``inputs`` holds the
-    relevance of every input that received some (keyed like the input: position
-    for tuples, name for dicts); ``passes`` the same before the contrastive
-    passes are combined, with the pass dimension first.
+    Attributes:
+        relevance: what [`Graph.explain`][relprop.Graph.explain] returns.
+        inputs: the relevance of every input that received some (keyed like the input:
+            position for tuples, name for dicts).
+        passes: the same before the contrastive passes are combined, with the pass
+            dimension first.
+        output: the model's output.
+        classes: the target classes chosen per sample (None where the target selects none).
+        contrastive: whether the explanation is contrastive (target pass minus the pass
+            from the other classes).
 
     Token ids (integer inputs): a token's relevance is read at the output of the
     embedding lookup indexed by those ids (the word embeddings) and summed over

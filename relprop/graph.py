@@ -44,7 +44,8 @@ __all__ = ["Graph", "Explanation", "trace"]
 
 
 class Graph:
-    """A model prepared for relevance propagation (see :func:`trace`)."""
+    """A model prepared for relevance propagation; made by [`trace`][relprop.trace], which
+    documents the arguments."""
 
     def __init__(
         self,
@@ -120,12 +121,7 @@ class Graph:
         contrastive: bool | None = None,
         batch_size: int | None = None,
     ) -> Any:
-        """Relevance of ``inputs`` for ``target``.
-
-        Returns a tensor shaped like a tensor input (or (batch, tokens) for token
-        ids), a tuple for tuple inputs (None where an input received none), and for
-        dict inputs the relevance of ``input_ids`` if it received some, else of the
-        first entry that did (all of them are in :meth:`explanation`'s ``inputs``).
+        """Explain the model's output on ``inputs`` for ``target``: the relevance of the inputs.
 
         Token ids get the relevance of their word-embedding lookup summed over the
         hidden dimension, shaped (batch, tokens), exactly 0 where a given
@@ -137,14 +133,43 @@ class Graph:
         without changing the model or its config (an explicit ``use_cache=True`` too,
         with a warning: the key/value cache is not an output relprop explains).
 
-        ``batch_size``: explain at most this many samples at a time and concatenate
-        (the result is the same; memory is bounded by the chunk).  Every tensor input
-        is split along dim 0, and so is a per-sample target (a sequence or tensor of
-        class indices, a float target tensor, ``next_token`` with per-sample ids or an
-        attention mask); other callable targets cannot be split and raise
-        :class:`~relprop.TargetError`.  All chunks share one trace (the batch is
-        dynamic); a model whose forward fixes its batch size is traced once per chunk
-        size, i.e. for ``batch_size`` and for the smaller last chunk.
+        With ``batch_size`` every tensor input is split along dim 0, and so is a per-sample
+        target (a sequence or tensor of class indices, a float target tensor, ``next_token``
+        with per-sample ids or an attention mask).  All chunks share one trace (the batch is
+        dynamic); a model whose forward fixes its batch size is traced once per chunk size,
+        i.e. for ``batch_size`` and for the smaller last chunk.
+
+        Args:
+            inputs: what the model's forward takes: a tensor, a tuple of positional
+                arguments, or a dict of keyword arguments (Hugging Face encodings:
+                ``dict(enc)``).
+            target: what to explain: None (each sample's predicted class), a class index,
+                one index per sample (sequence or tensor), a float tensor shaped like the
+                output (the start relevance itself), a callable ``out -> scores`` selecting
+                one score per sample, or a target object such as
+                [`next_token`][relprop.targets.next_token] or
+                [`region`][relprop.targets.region].
+            contrastive: override the rule set's contrastive explanation (absLRP's target
+                pass against the other classes); None keeps the rule set's choice.
+            batch_size: explain at most this many samples at a time and concatenate (the
+                result is the same; memory is bounded by the chunk).
+
+        Returns:
+            The relevance: a tensor shaped like a tensor input (or (batch, tokens) for token
+            ids); a tuple for tuple inputs (None where an input received none); for dict
+            inputs the relevance of ``input_ids`` if it received some, else of the first
+            entry that did (all of them are in [`explanation`][relprop.Graph.explanation]'s
+            ``inputs``).
+
+        Raises:
+            InputError: the inputs cannot be explained (not tensors, wrong dtype, token ids
+                outside the vocabulary, non-finite outputs) or ``batch_size`` is not a
+                positive integer.
+            TargetError: the target does not fit the output, or a callable target cannot be
+                split into chunks.
+            TraceError: ``torch.export`` cannot capture the model.
+            MissingRuleError: in strict mode, an op on the relevance path has no rule.
+            NonFiniteRelevanceError: relevance became NaN or infinite at a node.
         """
         return self.explanation(inputs, target, contrastive=contrastive, batch_size=batch_size).relevance
 
@@ -157,17 +182,36 @@ class Graph:
         record: bool | Iterable[str] = False,
         batch_size: int | None = None,
     ) -> Explanation:
-        """Like :meth:`explain`, returning an :class:`Explanation` with the details.
+        """Explain like [`explain`][relprop.Graph.explain], returning every detail of the walk.
 
         With ``batch_size``, every field is the concatenation over the chunks and equal
         to one explain of the whole batch, up to rounding.  One exception: an entry of
         ``embeddings`` shared by the whole batch ((1, tokens), position ids) is the sum
         over the chunks; absLRP normalizes such a lookup over all the samples that share
         it, so there it depends on the chunking (conservative rule sets give the same
-        sum).  ``record=True`` keeps every node's relevance in ``records`` and
-        ``node_relevance``; ``record={"name", ...}`` only those graph nodes' (names as
-        :meth:`summary` prints them), which keeps the memory of one explain.  Recording
-        cannot be combined with chunking.
+        sum).
+
+        Args:
+            inputs: as for [`explain`][relprop.Graph.explain].
+            target: as for [`explain`][relprop.Graph.explain].
+            contrastive: as for [`explain`][relprop.Graph.explain].
+            record: True keeps every node's relevance in ``records`` and
+                ``node_relevance``; a set of node names (as [`summary`][relprop.Graph.summary]
+                prints them) keeps only those nodes', which keeps the memory of one explain.
+            batch_size: as for [`explain`][relprop.Graph.explain]; cannot be combined with
+                ``record``.
+
+        Returns:
+            The [`Explanation`][relprop.Explanation]: the relevance as ``explain`` returns
+            it, every input's, both passes, the output, the embeddings' and the records.
+
+        Raises:
+            InputError: as for ``explain``; also ``record`` with chunking, or a recorded
+                name that is not a node of the graph.
+            TargetError: as for ``explain``.
+            TraceError: as for ``explain``.
+            MissingRuleError: as for ``explain``.
+            NonFiniteRelevanceError: as for ``explain``.
         """
         record = record_names(record)
         args, kwargs = normalize_inputs(inputs)
@@ -224,9 +268,20 @@ class Graph:
     # -- inspection ------------------------------------------------------------------------
 
     def summary(self, inputs: Any = None) -> str:
-        """One line per graph node: op, module path and class, category, bound rule.
+        """Describe the traced graph: one line per node with its op, module, category and rule.
 
-        Uses the last traced input signature, or traces ``inputs`` if given.
+        Args:
+            inputs: an example input to trace first (as for ``explain``); None uses the
+                last traced input signature.
+
+        Returns:
+            The table as text, one line per graph node: op, module path and class,
+            category, bound rule (and why).
+
+        Raises:
+            InputError: nothing was traced yet and no ``inputs`` were given, or the inputs
+                cannot be explained.
+            TraceError: ``torch.export`` cannot capture the model.
         """
         if inputs is not None:
             args, kwargs = normalize_inputs(inputs)
@@ -259,19 +314,28 @@ def trace(
 ) -> Graph:
     """Prepare ``model`` for relevance propagation.
 
-    ``rules``: a rule set from :mod:`relprop.rules` (default :class:`~relprop.rules.AbsLRP`).
-    ``overrides``: ``{key: rule}`` with keys a module-name glob, an ``nn.Module``
-    subclass, or an ATen op; precedence name > class > op > rule set.
-    ``strict``: raise on ops no rule covers (default) or pass relevance through them
-    by their gradient and list them in :meth:`Graph.summary`.
+    Tracing itself happens on the first [`Graph.explain`][relprop.Graph.explain]; prompts
+    of any length and batches of any size share one trace where the model allows.  The
+    disk cache, ``$RELPROP_CACHE_DIR`` (default ``~/.cache/relprop``), lets another
+    process explaining the same model read the traced program instead of exporting it
+    again; it is keyed by the model's code, structure and configuration, the input
+    signature and the library versions, and parameter values are never written.
 
-    ``cache``: keep traced programs in the disk cache, ``$RELPROP_CACHE_DIR`` (default
-    ``~/.cache/relprop``), so that another process explaining the same model reads the
-    program instead of exporting it again (:mod:`relprop.diskcache`: keyed by the model's
-    code, structure and configuration, the input signature and the library versions;
-    parameter values are never written).  ``cache=False`` neither reads nor writes it.
+    Args:
+        model: the model; explained in eval mode, and left as it was.
+        rules: a rule set from [`relprop.rules`][relprop.rules] (an instance, or a class
+            that takes no arguments); default [`AbsLRP`][relprop.rules.AbsLRP].
+        overrides: ``{key: rule}`` with keys a module-name glob, an ``nn.Module``
+            subclass, or an ATen op; precedence name > class > op > rule set.
+        strict: raise on ops no rule covers (default), or pass relevance through them by
+            their gradient and list them in [`Graph.summary`][relprop.Graph.summary].
+        cache: read and write traced programs in the disk cache; False does neither.
 
-    Tracing itself happens on the first :meth:`Graph.explain`; prompts of any length and
-    batches of any size share one trace where the model allows (:func:`relprop.tracing.dynamic_dims`).
+    Returns:
+        The [`Graph`][relprop.Graph] to explain with.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        RuleError: ``rules`` is not a rule set.
     """
     return Graph(model, rules, overrides, strict, cache)

@@ -348,14 +348,20 @@ def next_token(
     ``out.logits[:, -1, token_id]``, the score of ``token_id`` as the token that
     follows the input; it is the same as ``target=lambda out: out.logits[:, -1, token_id]``.
 
-    - ``token_id``: one id for all samples, or one per sample (sequence or 1-D tensor).
-    - ``position``: the position whose prediction is explained (default the last);
-      with left padding (``tokenizer.padding_side = "left"``) the last position is
-      every sample's last real token.
-    - ``attention_mask``: with right padding, pass the batch's attention mask and
-      each sample's last unpadded position is used instead of ``position``.
+    Args:
+        token_id: one id for all samples, or one per sample (sequence or 1-D tensor).
+        position: the position whose prediction is explained (default the last);
+            with left padding (``tokenizer.padding_side = "left"``) the last position is
+            every sample's last real token.
+        attention_mask: with right padding, pass the batch's attention mask and
+            each sample's last unpadded position is used instead of ``position``.
 
-    Token ids outside the vocabulary raise :class:`relprop.TargetError`.
+    Returns:
+        The target, a [`NextToken`][relprop.targets.NextToken] to pass to ``explain``.
+
+    Raises:
+        TargetError: when explained, a token id outside the vocabulary or an attention
+            mask that does not fit the inputs.
     """
     return NextToken(token_id, position, attention_mask)
 
@@ -499,14 +505,21 @@ def region(cls: int | Sequence[int] | Tensor, mask: Any = None) -> Region:
     of the output restricted to the region (torchvision's ``fcn_*``, ``deeplabv3_*`` and
     ``lraspp_*`` return a dict: its ``"out"`` is explained).
 
-    - ``cls``: one class for all samples, or one per sample (sequence or 1-D tensor).
-    - ``mask``: the pixels, a bool or 0/1 tensor shaped (H, W) (the same for every
-      sample) or (batch, H, W), the size of the output; None (default): each sample's
-      pixels predicted as ``cls`` (argmax over the classes).
-
     With a contrastive rule set (absLRP) the negative pass starts from all the other
-    classes over the same pixels.  A wrong mask shape, a class out of range, an output
-    that is not (batch, classes, H, W) or an empty region raise :class:`relprop.TargetError`.
+    classes over the same pixels.
+
+    Args:
+        cls: one class for all samples, or one per sample (sequence or 1-D tensor).
+        mask: the pixels, a bool or 0/1 tensor shaped (H, W) (the same for every
+            sample) or (batch, H, W), the size of the output; None (default): each sample's
+            pixels predicted as ``cls`` (argmax over the classes).
+
+    Returns:
+        The target, a [`Region`][relprop.targets.Region] to pass to ``explain``.
+
+    Raises:
+        TargetError: when explained, a wrong mask shape, a class out of range, an output
+            that is not (batch, classes, H, W) or an empty region.
     """
     return Region(cls, mask)
 

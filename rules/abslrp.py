@@ -106,10 +106,12 @@ def node_step(ctx: Context, g: Relevance) -> list[Tensor | None]:
 class AbsRule(Rule):
     """The absLRP rule for any op (linear, conv, norms, activations, products, pooling).
 
-    ``divide=False`` skips the division by |y| (the reference's max-pooling rule
-    for VGG: ``AbsLRP(maxpool_divide=False)``).  ``weight_cache``: how much memory of
-    derived weights linear and convolution layers may keep between explains (see
-    :class:`~relprop.rules.AbsLRP`).
+    Args:
+        divide: divide by |y|; False skips the division (the reference's max-pooling rule
+            for VGG: ``AbsLRP(maxpool_divide=False)``).
+        eps: the stabiliser added to |y| in the division.
+        weight_cache: how much memory of derived weights linear and convolution layers may
+            keep between explains (see [`AbsLRP`][relprop.rules.AbsLRP]).
     """
 
     scale_free = True  # every result is rescaled to unit L1 per pass and sample
@@ -144,6 +146,9 @@ class AbsAttentionRule(Rule):
     s = (q·scale)·kᵀ (+ mask) → p = softmax(s) → o = p·v, the rule at each
     product and at the softmax; the relevance of q·scale goes to q unchanged.
     Masked-out scores receive no relevance; grouped-query attention repeats k, v.
+
+    Args:
+        eps: the stabiliser added to |y| in the divisions.
     """
 
     scale_free = True

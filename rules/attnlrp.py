@@ -63,6 +63,9 @@ class AttnLRPAttentionRule(Rule):
     R_k = ½ k ⊙ scale·g_sᵀ q (the uniform rule on q·kᵀ; the mask is a constant offset and
     q·scale passes relevance to q).  LXT computes the same through autograd by dividing the
     gradients of q and k by 4 and of v by 2.  Grouped-query attention sums the shared heads.
+
+    Args:
+        epsilon: the ε of the ε-rule at the output ``o``.
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:

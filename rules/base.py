@@ -57,11 +57,15 @@ Relevance = Any
 class Layout:
     """Where the batch sits in a tensor.
 
-    The dimension ``dim`` has size ``batch``, or packs the batch with other
-    entries into ``outer * batch * inner`` entries, row-major: entry ``e`` belongs
-    to sample ``(e // inner) % batch``.  ``inner=None`` means batch-major packing
-    (``inner = size // batch``, e.g. ``(B*heads, N, D)``); token-major packing
-    (``(N*B, E)``, as ``nn.MultiheadAttention`` makes) has ``inner=1``.
+    The dimension ``dim`` has size ``batch``, or packs the batch with other entries into
+    ``outer * batch * inner`` entries, row-major: entry ``e`` belongs to sample
+    ``(e // inner) % batch``.
+
+    Attributes:
+        dim: the dimension holding the batch.
+        inner: the entries per sample packed inside it; None means batch-major packing
+            (``inner = size // batch``, e.g. ``(B*heads, N, D)``); token-major packing
+            (``(N*B, E)``, as ``nn.MultiheadAttention`` makes) has ``inner=1``.
     """
 
     dim: int
@@ -70,7 +74,15 @@ class Layout:
 
 @dataclass
 class NodeInfo:
-    """What binding learned about a node, shared by all explains of one trace."""
+    """What binding learned about a node, shared by all explains of one trace.
+
+    Attributes:
+        node: the ``torch.fx`` node.
+        category: its op category (a [`Category`][relprop.rules.Category] value), or None.
+        module_path: the path of the module that made it.
+        module_class: that module's class name.
+        first: whether it is a first weighted layer of the input.
+    """
 
     node: Any  # torch.fx.Node
     category: str | None
@@ -106,13 +118,15 @@ class RuleCache(dict):
 class Hints:
     """Optimisation hints the engine gives a rule for one node of one walk; a rule may ignore them.
 
-    ``free_scale``: per input, may the relevance be returned at any positive scale per pass
-    and sample?  True where the only reader of that relevance is a ``scale_free`` rule (which
-    normalizes what it returns), so normalizing it first would be wasted work.
-    ``owns_relevance``: may the rule overwrite the relevance it is given?  True where that
-    tensor was allocated by a rule for this node alone (:func:`mark_owned`) and nothing else
-    (a recorded walk, another input) holds it.  ``cache``: what rules keep between explains
-    of the Graph (:class:`RuleCache`); a Context made outside the engine has an empty one.
+    Attributes:
+        free_scale: per input, may the relevance be returned at any positive scale per pass
+            and sample?  True where the only reader of that relevance is a ``scale_free`` rule
+            (which normalizes what it returns), so normalizing it first would be wasted work.
+        owns_relevance: may the rule overwrite the relevance it is given?  True where that
+            tensor was allocated by a rule for this node alone and nothing else (a recorded
+            walk, another input) holds it.
+        cache: what rules keep between explains of the Graph; a Context made outside the
+            engine has an empty one.
     """
 
     free_scale: tuple[bool, ...] = ()
@@ -120,12 +134,29 @@ class Hints:
     cache: RuleCache = field(default_factory=RuleCache)
 
     def free(self, i: int) -> bool:
-        """Whether input ``i``'s relevance may be returned unnormalized (see ``free_scale``)."""
+        """Tell whether input ``i``'s relevance may be returned unnormalized (see ``free_scale``).
+
+        Args:
+            i: the input's index.
+
+        Returns:
+            True if it may.
+        """
         return i < len(self.free_scale) and self.free_scale[i]
 
 
 class Context:
-    """A node as a rule sees it, at explain time."""
+    """A node as a rule sees it, at explain time; the engine makes one per node and walk.
+
+    Attributes:
+        info: what binding learned about the node ([`NodeInfo`][relprop.rules.NodeInfo]).
+        node: the graph node.
+        inputs: the values of the graph nodes feeding the op, in slot order.
+        input_nodes: those graph nodes.
+        live: per input, whether it carries relevance.
+        output: the op's output value.
+        batch: the number of samples.
+    """
 
     def __init__(
         self,
@@ -163,6 +194,11 @@ class Context:
         return [i for i, flag in enumerate(self.live) if flag]
 
     def args(self) -> tuple[tuple, dict]:
+        """Rebuild the op's arguments.
+
+        Returns:
+            ``(args, kwargs)`` as the op was called.
+        """
         return pytree.tree_unflatten(self._leaves, self._spec)
 
     def call(
@@ -172,9 +208,13 @@ class Context:
     ) -> Any:
         """Run the op again with inputs replaced.
 
-        ``replace`` maps input indices (as in ``inputs``) to new values;
-        ``transform(leaf_position, value)`` rewrites every other argument leaf
-        (parameters, constants, scalars), e.g. to take absolute weights.
+        Args:
+            replace: maps input indices (as in ``inputs``) to new values.
+            transform: ``transform(leaf_position, value)`` rewrites every other argument leaf
+                (parameters, constants, scalars), e.g. to take absolute weights.
+
+        Returns:
+            The op's output.
         """
         leaves = list(self._leaves)
         if transform is not None:
@@ -203,9 +243,27 @@ class Rule:
     scale_free: bool = False
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
+        """Propagate the relevance of the node's output to its inputs.
+
+        Args:
+            ctx: the node as the rule sees it: its inputs, output, layout and hints.
+            R: the output's relevance, ``(P, *output.shape)`` (P passes).
+
+        Returns:
+            One entry per ``ctx.inputs``: a tensor shaped ``(P, *input.shape)`` for inputs
+            that carry relevance, None for the others.
+        """
         raise NotImplementedError
 
     def check(self, info: NodeInfo) -> None:
+        """Refuse, at binding time, a node the rule cannot apply to (default: accept all).
+
+        Args:
+            info: the node.
+
+        Raises:
+            RuleError: the rule cannot apply to this node.
+        """
         return None
 
     def __call__(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
@@ -217,7 +275,11 @@ class Rule:
 
 
 class FunctionRule(Rule):
-    """A rule from a plain function ``fn(ctx, R) -> list of relevances``."""
+    """A rule from a plain function.
+
+    Args:
+        fn: ``fn(ctx, R) -> list of relevances``, as [`Rule.relevance`][relprop.rules.Rule.relevance].
+    """
 
     def __init__(self, fn: Callable[[Context, Relevance], list[Tensor | None]]) -> None:
         self._fn = fn
@@ -247,10 +309,15 @@ def as_list(x: Any) -> list[Any]:
 
 
 def vjp(fn: Callable[..., Any], primals: Sequence[Tensor], cotangent: Relevance) -> list[Tensor]:
-    """Vector-Jacobian products of ``fn`` at ``primals``, one per pass.
+    """Compute the vector-Jacobian products of ``fn`` at ``primals``, one per pass.
 
-    ``cotangent`` is (P, *out.shape) (or one such entry per output, None for
-    outputs without one).  Returns, per primal, a tensor (P, *primal.shape).
+    Args:
+        fn: the function, of the primals.
+        primals: its inputs.
+        cotangent: (P, *out.shape) (or one such entry per output, None for outputs without one).
+
+    Returns:
+        Per primal, a tensor (P, *primal.shape).
     """
     cots = as_list(cotangent)
     passes = next(c.shape[0] for c in cots if c is not None)
@@ -293,10 +360,17 @@ def _grad_or_zeros(g: Tensor | None, x: Tensor) -> Tensor:
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """``z + eps * sign(z)`` with sign(0) = +1: the ε-rule denominator (Bach et al. 2015).
+    """Stabilise an ε-rule denominator: ``z + eps * sign(z)`` with sign(0) = +1 (Bach et al. 2015).
 
     ``copysign`` is several times faster than a ``where`` on the CPU; ``z + 0.0`` turns a
     −0.0 into +0.0 first, so that it too counts as positive.
+
+    Args:
+        z: the denominator.
+        eps: ε.
+
+    Returns:
+        The stabilised denominator, shaped like ``z``.
     """
     return z.new_full((), eps).copysign(z + 0.0).add_(z)
 
@@ -406,6 +480,9 @@ class Pass(Rule):
     ``inputs`` restricts relevance to those input positions (e.g. ``(0,)`` for a
     division whose denominator is treated as a constant); the others are held at
     their values and R is split by the ε-rule with ε = 0.
+
+    Args:
+        inputs: the input positions that receive relevance (default: all that carry it).
     """
 
     def __init__(self, inputs: Sequence[int] | None = None) -> None:

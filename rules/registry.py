@@ -191,12 +191,26 @@ _BY_KEY = _index()
 
 
 def names() -> tuple[str, ...]:
-    """The canonical names, in table order (the choices of ``relprop --rules``)."""
+    """List the canonical names of the rule sets.
+
+    Returns:
+        The names in table order (the choices of ``relprop --rules``).
+    """
     return tuple(e.name for e in ENTRIES)
 
 
 def entry(name: str) -> RuleSetEntry:
-    """The entry ``name`` spells (canonical, display name or alias). Unknown -> :class:`relprop.RuleError`."""
+    """Look up a named rule set.
+
+    Args:
+        name: its canonical name, display name or an alias.
+
+    Returns:
+        The [`RuleSetEntry`][relprop.rules.registry.RuleSetEntry].
+
+    Raises:
+        RuleError: an unknown name (the message lists the valid names).
+    """
     found = _BY_KEY.get(_key(str(name))) if isinstance(name, str) else None
     if found is None:
         raise RuleError(f"unknown rule set {name!r}; valid names: {', '.join(names())}")
@@ -204,17 +218,42 @@ def entry(name: str) -> RuleSetEntry:
 
 
 def resolve(name: str) -> str:
-    """The canonical name ``name`` spells. Unknown -> :class:`relprop.RuleError` listing the valid names."""
+    """Find the canonical name that ``name`` spells.
+
+    Args:
+        name: a canonical name, display name or alias.
+
+    Returns:
+        The canonical name.
+
+    Raises:
+        RuleError: an unknown name (the message lists the valid names).
+    """
     return entry(name).name
 
 
 def rule_set(name: str, **overrides: Any) -> RuleSet:
-    """A fresh rule set by name; ``overrides`` go to its factory (``rule_set("epsilon", epsilon=0.25)``)."""
+    """Build a fresh rule set by name.
+
+    Args:
+        name: a canonical name, display name or alias (``"epsilon"``, ``"LRP-ε"``).
+        **overrides: passed to its factory (``rule_set("epsilon", epsilon=0.25)``).
+
+    Returns:
+        The rule set.
+
+    Raises:
+        RuleError: an unknown name.
+    """
     return entry(name).build(**overrides)
 
 
 def markdown_table() -> str:
-    """The README's table: name | display name | rule set expression | description."""
+    """Write the named rule sets as a Markdown table (the docs show it).
+
+    Returns:
+        The table: name | display name | rule set expression | description.
+    """
     lines = ["| name | display name | rule set | description |", "|---|---|---|---|"]
     for e in ENTRIES:
         lines.append(f"| `{e.name}` | {e.display} | `{e.expression}` | {e.description} |")

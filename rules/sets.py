@@ -132,6 +132,17 @@ class AbsLRP(RuleSet):
     up to rounding (the order of summation differs).  The kept weights belong to the Graph
     (``graph.rule_cache``), are shared by all its traces, and are freed with it or by
     ``graph.rule_cache.clear()``; a weight changed in place or replaced is derived again.
+
+    Args:
+        maxpool_divide: divide by |y| at max pooling; False gives the authors' VGG variant.
+        contrastive: explain the target pass minus the pass from all other classes (the
+            default of ``explain(..., contrastive=None)``).
+        eps: the stabiliser added to |y| in the division.
+        weight_cache: how many derived weights a Graph keeps: ``"auto"``, True, False or a
+            budget in bytes (above).
+
+    Raises:
+        RuleError: ``weight_cache`` is not ``"auto"``, a bool or a byte budget.
     """
 
     start = "onehot"
@@ -169,7 +180,18 @@ class AbsLRP(RuleSet):
 
 
 def as_rule(value: Any) -> Rule:
-    """A rule from a rule, a rule set (its layer rule), a rule class, or a function."""
+    """Make a rule of what the user gives.
+
+    Args:
+        value: a [`Rule`][relprop.rules.Rule], a rule set (its layer rule), a rule class that
+            takes no arguments, or a function ``(ctx, R) -> list of input relevances``.
+
+    Returns:
+        The rule.
+
+    Raises:
+        RuleError: ``value`` is none of these, or a rule class that needs arguments.
+    """
     from .base import FunctionRule
 
     if isinstance(value, Rule):
@@ -219,6 +241,18 @@ class LRP(RuleSet):
     - other linear ops (cumsum, interpolation, scatter_add, ...): the ε-rule; pointwise
       functions of several relevant inputs and any other op: the ε-rule of the op's
       linearisation (:class:`~relprop.rules.taylor.TaylorRule`).
+
+    Args:
+        layer: the rule on weighted layers (a rule, a rule class or a rule set's layer rule).
+        dense: the rule on dense layers (default ``layer``).
+        conv: the rule on convolutions (default ``layer``).
+        first: the rule on the first weighted layer(s) of the input, when given.
+        epsilon: the ε of the ε-rule on sums, pooling and other linear ops.
+        contrastive: explain the target pass minus the pass from all other classes.
+        canonize: fold batch norms and per-channel affine maps into the layer before them.
+
+    Raises:
+        RuleError: a rule argument that is not a rule, or ``canonize`` not a bool.
     """
 
     def __init__(
@@ -309,6 +343,16 @@ class AttnLRP(LRP):
 
     Starts from the target logit; not contrastive unless asked.  Slots as in :class:`LRP`
     (``AttnLRP(dense=rules.GammaRule(0.25))``: γ on linear layers).
+
+    Args:
+        epsilon: the ε of the ε-rule (finite, >= 0).
+        cp: hold the attention probabilities constant (CP-LRP).
+        contrastive: explain the target pass minus the pass from all other classes.
+        **slots: ``dense``, ``conv``, ``first`` and ``canonize`` as in
+            [`LRP`][relprop.rules.LRP].
+
+    Raises:
+        RuleError: ``cp`` not a bool, or ``epsilon`` not a finite number >= 0.
     """
 
     def __init__(self, epsilon: float = 1e-6, cp: bool = False, *, contrastive: bool = False, **slots: Any) -> None:
@@ -343,49 +387,90 @@ class AttnLRP(LRP):
 
 
 class Epsilon(LRP):
-    """LRP-ε on weighted layers, and the same ε on sums."""
+    """LRP-ε on weighted layers, and the same ε on sums.
+
+    Args:
+        epsilon: the stabiliser ε.
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, epsilon: float = 1e-6, **slots: Any) -> None:
         super().__init__(EpsilonRule(epsilon), epsilon=epsilon, **slots)
 
 
 class ZPlus(LRP):
-    """LRP-z⁺ (α1β0) on weighted layers."""
+    """LRP-z⁺ (α1β0) on weighted layers.
+
+    Args:
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, **slots: Any) -> None:
         super().__init__(ZPlusRule(), **slots)
 
 
 class AlphaBeta(LRP):
-    """LRP-αβ on weighted layers (α − β = 1)."""
+    """LRP-αβ on weighted layers (α − β = 1).
+
+    Args:
+        alpha: the weight of the positive contributions.
+        beta: the weight of the negative contributions.
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, **slots: Any) -> None:
         super().__init__(AlphaBetaRule(alpha, beta), **slots)
 
 
 class Gamma(LRP):
-    """LRP-γ on weighted layers."""
+    """LRP-γ on weighted layers.
+
+    Args:
+        gamma: how much the positive contributions are favoured.
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, gamma: float = 0.25, **slots: Any) -> None:
         super().__init__(GammaRule(gamma), **slots)
 
 
 class Flat(LRP):
-    """The flat rule on weighted layers (mostly useful as ``first=Flat()``)."""
+    """The flat rule on weighted layers (mostly useful as ``first=Flat()``).
+
+    Args:
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, **slots: Any) -> None:
         super().__init__(FlatRule(), **slots)
 
 
 class WSquare(LRP):
-    """The w²-rule on weighted layers (mostly useful as ``first=WSquare()``)."""
+    """The w²-rule on weighted layers (mostly useful as ``first=WSquare()``).
+
+    Args:
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, **slots: Any) -> None:
         super().__init__(WSquareRule(), **slots)
 
 
 class ZBox(LRP):
-    """The z^B-rule on weighted layers (mostly useful as ``first=ZBox(low, high)``)."""
+    """The z^B-rule on weighted layers (mostly useful as ``first=ZBox(low, high)``).
+
+    Args:
+        low: the lowest input value (a number, or a tensor broadcastable to the input).
+        high: the highest input value.
+        **slots: ``dense``, ``conv``, ``first``, ``epsilon``, ``contrastive`` and ``canonize``
+            as in [`LRP`][relprop.rules.LRP].
+    """
 
     def __init__(self, low: float | Tensor, high: float | Tensor, **slots: Any) -> None:
         super().__init__(ZBoxRule(low, high), **slots)
@@ -410,6 +495,9 @@ class RAP(LRP):
 
     Starts from the target logit; ``contrastive=True`` (cRAP, made contrastive as cLRP is)
     explains the target pass minus the pass from all other classes, each started at Σ = 1.
+
+    Args:
+        contrastive: cRAP: the target pass minus the pass from all other classes.
     """
 
     def __init__(self, contrastive: bool = False) -> None:
@@ -435,27 +523,70 @@ class RAP(LRP):
 
 
 def EpsilonPlus(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802 - preset named like a rule set
-    """ε for dense layers, z⁺ for convolutions."""
+    """Build the preset: ε for dense layers, z⁺ for convolutions.
+
+    Args:
+        epsilon: the ε of the dense layers' ε-rule.
+        canonize: fold batch norms into the layer before them.
+
+    Returns:
+        The [`LRP`][relprop.rules.LRP] rule set.
+    """
     return Epsilon(epsilon, conv=ZPlusRule(), canonize=canonize)
 
 
 def EpsilonPlusFlat(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802
-    """ε for dense layers, z⁺ for convolutions, flat for the first layer."""
+    """Build the preset: ε for dense layers, z⁺ for convolutions, flat for the first layer.
+
+    Args:
+        epsilon: the ε of the dense layers' ε-rule.
+        canonize: fold batch norms into the layer before them.
+
+    Returns:
+        The [`LRP`][relprop.rules.LRP] rule set.
+    """
     return Epsilon(epsilon, conv=ZPlusRule(), first=FlatRule(), canonize=canonize)
 
 
 def EpsilonAlpha2Beta1(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802
-    """ε for dense layers, α2β1 for convolutions."""
+    """Build the preset: ε for dense layers, α2β1 for convolutions.
+
+    Args:
+        epsilon: the ε of the dense layers' ε-rule.
+        canonize: fold batch norms into the layer before them.
+
+    Returns:
+        The [`LRP`][relprop.rules.LRP] rule set.
+    """
     return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0), canonize=canonize)
 
 
 def EpsilonAlpha2Beta1Flat(epsilon: float = 1e-6, canonize: bool = True) -> LRP:  # noqa: N802
-    """ε for dense layers, α2β1 for convolutions, flat for the first layer."""
+    """Build the preset: ε for dense layers, α2β1 for convolutions, flat for the first layer.
+
+    Args:
+        epsilon: the ε of the dense layers' ε-rule.
+        canonize: fold batch norms into the layer before them.
+
+    Returns:
+        The [`LRP`][relprop.rules.LRP] rule set.
+    """
     return Epsilon(epsilon, conv=AlphaBetaRule(2.0, 1.0), first=FlatRule(), canonize=canonize)
 
 
 def EpsilonGammaBox(  # noqa: N802
     low: float | Tensor, high: float | Tensor, gamma: float = 0.25, epsilon: float = 1e-6, canonize: bool = True
 ) -> LRP:
-    """ε for dense layers, γ for convolutions, z^B for the first layer."""
+    """Build the preset: ε for dense layers, γ for convolutions, z^B for the first layer.
+
+    Args:
+        low: the lowest input value, for z^B (a number, or a tensor broadcastable to the input).
+        high: the highest input value.
+        gamma: the convolutions' γ.
+        epsilon: the ε of the dense layers' ε-rule.
+        canonize: fold batch norms into the layer before them.
+
+    Returns:
+        The [`LRP`][relprop.rules.LRP] rule set.
+    """
     return Epsilon(epsilon, conv=GammaRule(gamma), first=ZBoxRule(low, high), canonize=canonize)

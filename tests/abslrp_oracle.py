@@ -1,5 +1,6 @@
 """An independent, slow oracle for absLRP, written from the semantics only
-(docs/semantics.md §absLRP; first written from ../shared/DESIGN.md).
+(docs/semantics.md §absLRP): a second implementation of the rule, op by op on the
+module tree, that the tests compare relprop's graph walk against.
 
 It does not import relprop. A model is walked module by module (the way the absLRP
 authors' code works on the ``nn.Module`` tree): the walker re-executes the model's

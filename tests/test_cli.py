@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import relprop
-from relprop import cli
-from relprop.example import CLASS_NAMES, Example, load_example, make_shapes
+from relprop.apps import cli
+from relprop.apps.example import CLASS_NAMES, Example, load_example, make_shapes
 
 
 @pytest.fixture(scope="module")

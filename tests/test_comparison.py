@@ -1,4 +1,4 @@
-"""relprop.comparison and ``relprop evaluate``: the GAE comparison across methods and models."""
+"""relprop.evaluation.comparison and ``relprop evaluate``: the GAE comparison across methods and models."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 import relprop
-from relprop import cli, comparison, models
+from relprop import models
+from relprop.apps import cli
+from relprop.evaluation import comparison
 
 METHODS = ["absLRP", "constant", "random"]
 
@@ -95,7 +97,8 @@ def test_bad_arguments(digits: TensorDataset) -> None:
 
 def test_gae_options_reach_gae_and_are_recorded(digits: TensorDataset, small_run: comparison.Comparison) -> None:
     """Oracle: GAE run directly with the same options on the same images and methods."""
-    from relprop import methods, metrics
+    from relprop import methods
+    from relprop.evaluation import metrics
 
     net = models.load_digits_model("vgg")
     options = dict(granularity="pixel", quadrant_classes="predicted", grouping="authors")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import relprop
-from relprop import models as M
+from relprop.apps import models as M
 
 NAMES = list(M.DIGITS_MODELS)
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 import relprop
-from relprop import metrics as M
+from relprop.evaluation import metrics as M
 
 EPS = 1e-9
 STEPS = 10

@@ -223,7 +223,7 @@ def test_html_png_and_json_hold_the_tokens(explained, tmp_path) -> None:
 
 
 def test_cli_refuses_generate_without_a_language_model(capsys: pytest.CaptureFixture[str]) -> None:
-    from relprop import cli
+    from relprop.apps import cli
 
     assert cli.main(["explain-text", "--generate", "2", "some text"]) == 1
     assert "--generate needs a language model" in capsys.readouterr().err

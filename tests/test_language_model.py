@@ -74,7 +74,7 @@ def test_attnlrp_points_at_the_answer_in_the_context_and_traces_once(smollm2) ->
 def test_explain_text_explains_the_next_token_of_each_prompt(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, cli_reuses: None
 ) -> None:
-    from relprop import cli
+    from relprop.apps import cli
 
     out = tmp_path / "next.html"
     prompts = ["The capital of France is", CONTEXT]
@@ -89,7 +89,7 @@ def test_explain_text_explains_the_next_token_of_each_prompt(
 
 def test_cli_explains_smollm2s_answer(capsys: pytest.CaptureFixture[str], tmp_path: Path, cli_reuses: None) -> None:
     """``--generate``: the answer, each token's most relevant earlier tokens, PNG, HTML and JSON."""
-    from relprop import cli
+    from relprop.apps import cli
 
     out = tmp_path / "gen"
     argv = ["explain-text", "--model", "smollm2", "--generate", "4", "The capital of France is", "--out", str(out)]

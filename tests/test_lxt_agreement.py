@@ -184,7 +184,7 @@ needs_encoder = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_encoder
 def test_minilm_sentiment_model_agrees_with_lxt_bert() -> None:
-    from relprop.sentiment import balanced, encode, gradient_x_input, load_reviews, load_sentiment_model
+    from relprop.apps.sentiment import balanced, encode, gradient_x_input, load_reviews, load_sentiment_model
 
     model, tok = load_sentiment_model()
     model = model.to(DT)

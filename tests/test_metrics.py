@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import relprop
-from relprop import metrics as M
+from relprop import methods as RM
+from relprop.evaluation import metrics as M
 
 
 def t(*rows: object) -> Tensor:
@@ -327,9 +328,9 @@ def images(n: int = 8, channels: int = 3) -> TensorDataset:
 def test_evaluate_end_to_end(tmp_path: object) -> None:
     model = tiny_cnn()
     methods = {
-        "abslrp": M.relprop_method(relprop.rules.AbsLRP()),
-        "constant": M.constant_method(),
-        "random": M.random_method(0),
+        "abslrp": RM.relprop_method(relprop.rules.AbsLRP()),
+        "constant": RM.constant_method(),
+        "random": RM.random_method(0),
     }
     res = M.GAE(steps=10, seed=0).evaluate(model, methods, images(), batch_size=8, progress=False)
     assert res.failures == []
@@ -359,7 +360,7 @@ def test_evaluate_end_to_end(tmp_path: object) -> None:
 
 def test_evaluate_options() -> None:
     model, data = tiny_cnn(), images(8)
-    ms = {"abslrp": M.relprop_method(relprop.rules.AbsLRP())}
+    ms = {"abslrp": RM.relprop_method(relprop.rules.AbsLRP())}
 
     def run(batch_size: int = 4, **kw: object) -> dict[str, Tensor]:
         return M.GAE(steps=3, seed=2, **kw).evaluate(model, ms, data, batch_size, progress=False)["abslrp"]
@@ -383,7 +384,7 @@ def test_evaluate_options() -> None:
 
 def test_shards_merge_to_the_whole() -> None:
     model, data = tiny_cnn(), images(16)
-    ms = {"abslrp": M.relprop_method(relprop.rules.AbsLRP()), "constant": M.constant_method()}
+    ms = {"abslrp": RM.relprop_method(relprop.rules.AbsLRP()), "constant": RM.constant_method()}
     gae = M.GAE(steps=3, seed=7)
     whole = gae.evaluate(model, ms, data, batch_size=4, progress=False)
     parts = [gae.evaluate(model, ms, data, batch_size=4, progress=False, shard=(r, 3)) for r in (2, 0, 1)]
@@ -405,7 +406,7 @@ def test_evaluate_deterministic_and_grayscale_loader() -> None:
     model = tiny_cnn(1)
     data = DataLoader(images(12, 1), batch_size=4)
     runs = [
-        M.GAE(steps=3, seed=5).evaluate(model, {"rand": M.random_method(3)}, data, progress=False) for _ in range(2)
+        M.GAE(steps=3, seed=5).evaluate(model, {"rand": RM.random_method(3)}, data, progress=False) for _ in range(2)
     ]
     for s in ("lc_r", "lc_f", "c", "gae"):
         assert runs[0]["rand"][s].shape == (3,)
@@ -417,7 +418,7 @@ def test_evaluate_deterministic_and_grayscale_loader() -> None:
 
 def test_errors() -> None:
     model, gae = tiny_cnn(), M.GAE(steps=2)
-    const = {"constant": M.constant_method()}
+    const = {"constant": RM.constant_method()}
     with pytest.raises(relprop.InputError, match="multiple of 4"):
         gae.evaluate(model, const, images(), batch_size=6, progress=False)
     with pytest.raises(relprop.InputError, match="at least 4"):
@@ -445,7 +446,7 @@ def test_failing_method_recorded() -> None:
         return x.abs()
 
     res = M.GAE(steps=2).evaluate(
-        tiny_cnn(), {"flaky": flaky, "constant": M.constant_method()}, images(8), batch_size=4, progress=False
+        tiny_cnn(), {"flaky": flaky, "constant": RM.constant_method()}, images(8), batch_size=4, progress=False
     )
     assert [(m, b) for m, b, _ in res.failures] == [("flaky", 0)]
     assert "boom" in res.failures[0][2]

@@ -1,4 +1,4 @@
-"""Quantus metrics (relprop.quantus_metrics): explain_func convention, ROAD/Focus/LLE runs and oracles."""
+"""Quantus metrics (relprop.evaluation.quantus_metrics): explain_func convention, ROAD/Focus/LLE runs and oracles."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import relprop
-from relprop import quantus_metrics as Q
-from relprop.metrics import Method, constant_method, random_method
+from relprop.evaluation import quantus_metrics as Q
+from relprop.methods import constant_method, random_method
+from relprop.metrics import Method
 
 quantus = pytest.importorskip("quantus")
 

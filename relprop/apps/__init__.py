@@ -5,6 +5,6 @@
 :mod:`~relprop.apps.models` (loading a model from a spec, the shipped digits models),
 :mod:`~relprop.apps.sentiment` (the shipped MiniLM sentiment model),
 :mod:`~relprop.apps.example` (the embedded default example).  Loaded on first use:
-``import relprop`` does not import it.  The old names ``relprop.viz``, ``relprop.text``,
-... still work.
+``import relprop`` does not import it.  The public names of viz, text and models are
+:mod:`relprop.viz`, :mod:`relprop.text` and :mod:`relprop.models`.
 """

@@ -3,7 +3,7 @@
 It ships inside the package (``relprop/data/``), so ``relprop`` with no arguments
 and :func:`load_example` work without a download::
 
-    ex = relprop.example.load_example()
+    ex = relprop.apps.example.load_example()
     R = relprop.trace(ex.model).explain(ex.images, ex.labels)
 
 The task is synthetic and generated deterministically by :func:`make_shapes`: one

@@ -236,21 +236,38 @@ def explain_generation(
 ) -> GenerationExplanation:
     """Generate greedily after ``prompt`` and explain every generated token over all earlier tokens.
 
-    - ``prompt``: text (tokenized by ``tokenizer`` with its special tokens), or token ids.
-    - ``max_new_tokens``: how many tokens to generate greedily (argmax, the model's
-      key/value cache where its forward takes one; fewer if the end-of-sequence token comes
-      first and ``stop_at_eos``: it is generated and explained, then generation stops).
-    - ``continuation``: explain this answer (text, tokenized without special tokens, or
-      ids) instead of generating one; ``max_new_tokens`` is then not used.
-    - ``rules``: the rule set (default :class:`relprop.rules.AttnLRP`); or ``graph``: a
-      :func:`relprop.trace` of ``model`` to reuse (its trace serves every prompt length).
-    - ``batch_size``: explain at most this many generated tokens per walk (memory; same numbers).
+    One forward and one backward walk of one trace explain all generated tokens together.
+    The model is run in eval mode and handed back unchanged.
 
-    One forward and one backward walk of one trace explain all generated tokens together
-    (module docstring).  The model is run in eval mode and handed back unchanged.
-    ``tokenizer`` may be None when prompt and continuation are ids (tokens are then their ids).
-    Bad input raises :class:`~relprop.InputError`; a model whose output has no logits
-    shaped (batch, tokens, vocabulary) raises :class:`~relprop.TargetError`.
+    Args:
+        model: a causal language model whose output has logits shaped (batch, tokens,
+            vocabulary) (a Hugging Face ``...ForCausalLM``).
+        tokenizer: its tokenizer; may be None when prompt and continuation are ids (tokens
+            are then shown as their ids).
+        prompt: text (tokenized by ``tokenizer`` with its special tokens), or token ids.
+        max_new_tokens: how many tokens to generate greedily (argmax, with the model's
+            key/value cache where its forward takes one); fewer if the end-of-sequence
+            token comes first and ``stop_at_eos``: it is generated and explained, then
+            generation stops.
+        rules: the rule set (default [`AttnLRP`][relprop.rules.AttnLRP]).
+        continuation: explain this answer (text, tokenized without special tokens, or ids)
+            instead of generating one; ``max_new_tokens`` is then not used.
+        graph: a [`trace`][relprop.trace] of ``model`` to reuse instead of ``rules`` (its
+            trace serves every prompt length).
+        batch_size: explain at most this many generated tokens per walk (bounds the
+            memory; the same numbers).
+        stop_at_eos: stop after the end-of-sequence token.
+
+    Returns:
+        The [`GenerationExplanation`][relprop.text.GenerationExplanation]: the tokens and,
+        for every generated token, the relevance of every earlier token.
+
+    Raises:
+        InputError: ``model`` is not a module, both ``rules`` and ``graph`` are given or
+            ``graph`` traces another model, an empty or malformed prompt or continuation
+            (text without a tokenizer, negative ids), or a bad ``max_new_tokens`` or
+            ``batch_size``.
+        TargetError: the model's output has no logits shaped (batch, tokens, vocabulary).
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module (a causal language model); got {type(model).__name__}")

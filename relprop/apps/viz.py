@@ -1,27 +1,4 @@
-"""Relevance as a picture: a zero-centred diverging colour map, alone or over the input.
-
-    R = relprop.trace(model).explain(x, target)           # (B, C, H, W)
-    relprop.viz.save("heatmap.png", R, x)                 # inputs above, overlays below
-    relprop.viz.save_one("cat.png", R[0], x[0])           # one image and its heatmap, titled
-    relprop.viz.figure(R[0], x[0], layout="overlay")      # the same as a Pillow image
-
-Red is positive relevance, blue negative, white zero.  The colour limits are
-symmetric, ``±`` the ``clip`` percentile of ``|R|`` per sample (default 99.5, so that
-a few extreme pixels do not wash out the map; values beyond it saturate;
-``clip=None`` or ``100``: ``±max|R|``), so white always means zero.
-
-Layouts (:data:`LAYOUTS`): the panels drawn per sample, ``"heatmap"``, ``"overlay"``
-(the heatmap over the dimmed greyscale input), ``"side-by-side"`` (the input, then
-its heatmap), or any ``+``-joined sequence of ``image``, ``heatmap`` and ``overlay``
-(``"image+overlay"``, ``"image+heatmap+overlay"``).  :func:`figure` and
-:func:`save_one` draw one sample's panels left to right; :func:`save` draws one
-column per sample, its panels top to bottom; :func:`table` one row per sample.
-
-Shapes: ``(H, W)``; ``(C, H, W)``, summed over channels; a batch ``(B, C, H, W)``
-(or ``(B, H, W)`` with ``batch=True``) is rendered as a grid, ``ncols`` per row
-(default: all in one row).  Relevance and images may be torch tensors or numpy
-arrays.  Everything is numpy and Pillow; no matplotlib state is touched.
-"""
+"""The implementation of :mod:`relprop.viz` (the public module; its docstring describes it)."""
 
 from __future__ import annotations
 
@@ -84,10 +61,19 @@ def _as_numpy(a: Any, what: str) -> np.ndarray:
 
 
 def to_maps(R: Any, batch: bool | None = None) -> np.ndarray:
-    """Relevance as a stack of 2-D maps, (B, H, W) float64.
+    """Turn relevance into a stack of 2-D maps.
 
-    ``(H, W)`` is one map, ``(C, H, W)`` one map summed over channels, ``(B, C, H, W)``
-    a batch; ``batch=True`` reads a 3-D input as ``(B, H, W)`` instead.
+    Args:
+        R: relevance: (H, W); (C, H, W), summed over channels; a batch (B, C, H, W).
+        batch: read a 3-D ``R`` as a batch (B, H, W) instead of (C, H, W).
+
+    Returns:
+        (B, H, W) float64 maps.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range.
     """
     r = _as_numpy(R, "relevance").astype(np.float64)
     shape = tuple(r.shape)
@@ -176,7 +162,14 @@ def _scaled(maps: np.ndarray, clip: float | None) -> np.ndarray:
 
 
 def colorize(v: np.ndarray) -> np.ndarray:
-    """Values in [-1, 1] to RGB floats in [0, 1]: blue (-1), white (0), red (+1)."""
+    """Colour values with the diverging map: blue (-1), white (0), red (+1).
+
+    Args:
+        v: values in [-1, 1], any shape.
+
+    Returns:
+        RGB floats in [0, 1], shaped ``v.shape + (3,)``.
+    """
     v = np.clip(np.asarray(v, dtype=np.float64), -1.0, 1.0)
     pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
     return np.stack([1.0 - neg, 1.0 - pos - neg, 1.0 - pos], axis=-1)
@@ -325,10 +318,23 @@ def heatmap(
     ncols: int | None = None,
     pad: int = 2,
 ) -> np.ndarray:
-    """Relevance as an RGB image, (H, W, 3) uint8; a batch as a grid of tiles.
+    """Draw relevance as an RGB image; a batch as a grid of tiles.
 
-    ``clip``: the percentile of |R| used as each map's colour limit (default 99.5),
-    so that a few extreme pixels do not wash out the rest; ``None`` or 100: max|R|.
+    Args:
+        R: relevance: (H, W); (C, H, W), summed over channels; a batch (B, C, H, W).
+        clip: the percentile of |R| used as each map's colour limit (default 99.5), so that
+            a few extreme pixels do not wash out the rest; None or 100: max|R|.
+        batch: read a 3-D ``R`` as a batch (B, H, W) instead of (C, H, W).
+        ncols: tiles per row of the grid (default: about square).
+        pad: pixels between tiles.
+
+    Returns:
+        (H, W, 3) uint8.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range.
     """
     maps = to_maps(R, batch)
     return _grid(_to_uint8(colorize(_scaled(maps, clip))), ncols, pad)
@@ -357,14 +363,32 @@ def overlay(
     ncols: int | None = None,
     pad: int = 2,
 ) -> np.ndarray:
-    """The heatmap over the input image, (H, W, 3) uint8; a batch as a grid of tiles.
+    """Draw the heatmap over the input image; a batch as a grid of tiles.
 
-    ``image``: (C, H, W) or (H, W, C) (or a batch of them, or one image for all maps),
-    float in [0, 1] (other float ranges, such as normalized inputs, are min-max
-    scaled), or uint8.  The colour's opacity is ``alpha`` at the colour limit and
-    falls with |R|, so where relevance is zero the image shows through unchanged.
-    ``gray``: draw the image in dimmed greyscale so its own colours do not read as
-    relevance (``gray=False``: the image as it is).
+    The colour's opacity is ``alpha`` at the colour limit and falls with |R|, so where
+    relevance is zero the image shows through unchanged.
+
+    Args:
+        R: relevance: (H, W); (C, H, W), summed over channels; a batch (B, C, H, W).
+        image: the input: (C, H, W) or (H, W, C) (or a batch of them, or one image for all
+            maps), float in [0, 1] (other float ranges, such as normalized inputs, are
+            min-max scaled), or uint8.
+        alpha: the colour's opacity at the colour limit, in [0, 1].
+        clip: the percentile of |R| used as each map's colour limit (default 99.5), so that
+            a few extreme pixels do not wash out the rest; None or 100: max|R|.
+        gray: draw the image in dimmed greyscale so its own colours do not read as
+            relevance (False: the image as it is).
+        batch: read a 3-D ``R`` as a batch (B, H, W) instead of (C, H, W).
+        ncols: tiles per row of the grid (default: about square).
+        pad: pixels between tiles.
+
+    Returns:
+        (H, W, 3) uint8.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range.
     """
     maps = to_maps(R, batch)
     img = _images(image, len(maps), maps.shape[1:])
@@ -400,14 +424,33 @@ def save(
     titles: Sequence[str] | None = None,
     batch: bool | None = None,
 ) -> Image.Image:
-    """Write relevance as a PNG at ``path``; returns the Pillow image written.
+    """Write relevance as a PNG: one column per sample, its panels top to bottom.
 
-    One column per sample, its panels top to bottom.  ``layout`` (see :data:`LAYOUTS`):
-    default ``"heatmap"`` without ``image``; with it, ``"image+overlay"`` (the input
-    above the heatmap over it) or, with ``overlay=False``, ``"side-by-side"`` (the
-    input above the bare heatmap).  ``scale``: integer nearest-neighbour upscaling
-    (default: tiles at least 128 pixels tall).  ``titles``: one short caption per
-    sample, drawn above its column.
+    Args:
+        path: where to write it.
+        R: relevance: (H, W); (C, H, W), summed over channels; a batch (B, C, H, W).
+        image: the input: (C, H, W) or (H, W, C) (or a batch of them, or one image for all
+            maps), float in [0, 1] (other float ranges, such as normalized inputs, are
+            min-max scaled), or uint8.
+        layout: the panels (see [`LAYOUTS`][relprop.viz.LAYOUTS]); default ``"heatmap"``
+            without ``image``; with it, ``"image+overlay"`` (the input above the heatmap
+            over it) or, with ``overlay=False``, ``"side-by-side"`` (the input above the
+            bare heatmap).
+        overlay: with ``image`` and no ``layout``, draw the heatmap over the input.
+        alpha: as for [`overlay`][relprop.viz.overlay].
+        clip: the percentile of |R| used as each map's colour limit (default 99.5), so that
+            a few extreme pixels do not wash out the rest; None or 100: max|R|.
+        scale: integer nearest-neighbour upscaling (default: tiles at least 128 pixels tall).
+        titles: one short caption per sample, drawn above its column.
+        batch: read a 3-D ``R`` as a batch (B, H, W) instead of (C, H, W).
+
+    Returns:
+        The Pillow image written.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range.
     """
     maps = to_maps(R, batch)
     n, h, w = maps.shape
@@ -438,14 +481,32 @@ def figure(
     size: int = 224,
     legend: bool = True,
 ) -> Image.Image:
-    """One sample and its relevance as a picture readable at a glance (a Pillow RGB image).
+    """Draw one sample and its relevance as a picture readable at a glance.
 
-    The panels of ``layout`` left to right (default ``"side-by-side"``: the input,
-    then its heatmap; ``"heatmap"`` without ``image``), each captioned, ``title`` above
-    them, and under them a colour bar stating the colour limit.  ``R``: (H, W),
-    (C, H, W) or a batch of one; ``image`` as in :func:`overlay`.  ``size``: panels
-    are upscaled by an integer factor (nearest neighbour) until their long side is
-    at least ``size`` pixels.
+    The panels of ``layout`` left to right, each captioned, ``title`` above them, and under
+    them a colour bar stating the colour limit.
+
+    Args:
+        R: relevance of one sample: (H, W), (C, H, W) or a batch of one.
+        image: its input, as for [`overlay`][relprop.viz.overlay].
+        layout: the panels (see [`LAYOUTS`][relprop.viz.LAYOUTS]); default
+            ``"side-by-side"``: the input, then its heatmap (``"heatmap"`` without ``image``).
+        title: a line above the panels.
+        alpha: as for [`overlay`][relprop.viz.overlay].
+        clip: the percentile of |R| used as each map's colour limit (default 99.5), so that
+            a few extreme pixels do not wash out the rest; None or 100: max|R|.
+        gray: as for [`overlay`][relprop.viz.overlay].
+        size: panels are upscaled by an integer factor (nearest neighbour) until their long
+            side is at least ``size`` pixels.
+        legend: draw the colour bar.
+
+    Returns:
+        The Pillow RGB image.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range; or more than one sample.
     """
     maps = to_maps(R, None)
     if len(maps) != 1:
@@ -475,7 +536,20 @@ def figure(
 
 
 def save_one(path: str | PathLike[str], R: Any, image: Any = None, **options: Any) -> Image.Image:
-    """Write :func:`figure` (one sample, its relevance, title and colour bar) as a PNG at ``path``; returns it."""
+    """Write [`figure`][relprop.viz.figure] (one sample, its relevance, title and colour bar) as a PNG.
+
+    Args:
+        path: where to write it.
+        R: as for [`figure`][relprop.viz.figure].
+        image: as for [`figure`][relprop.viz.figure].
+        **options: the other arguments of [`figure`][relprop.viz.figure].
+
+    Returns:
+        The Pillow image written.
+
+    Raises:
+        InputError: as for [`figure`][relprop.viz.figure].
+    """
     pic = figure(R, image, **options)
     pic.save(path, format="PNG")
     return pic
@@ -508,12 +582,29 @@ def table(
     scale: int | None = None,
     legend: bool = True,
 ) -> Image.Image:
-    """Several explanations of a batch as one picture: one row per sample.
+    """Draw several explanations of a batch as one picture: one row per sample.
 
-    Each row: the input, then one panel per entry of ``columns`` (label -> relevance of
-    the batch), drawn as ``layout`` (``"heatmap"`` or ``"overlay"``, or a mapping
-    label -> one of them).  Column labels on top, ``row_titles`` (one per sample)
-    above each row, a colour bar below; every map on its own colour scale.
+    Each row: the input, then one panel per entry of ``columns``.  Column labels on top,
+    ``row_titles`` above each row, a colour bar below; every map on its own colour scale.
+
+    Args:
+        images: the inputs, as for [`overlay`][relprop.viz.overlay].
+        columns: ``{label: relevance of the batch}``.
+        layout: ``"heatmap"`` or ``"overlay"``, or ``{label: one of them}``.
+        row_titles: one title per sample.
+        alpha: as for [`overlay`][relprop.viz.overlay].
+        clip: the percentile of |R| used as each map's colour limit (default 99.5), so that
+            a few extreme pixels do not wash out the rest; None or 100: max|R|.
+        scale: integer nearest-neighbour upscaling.
+        legend: draw the colour bar.
+
+    Returns:
+        The Pillow image.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range; or no columns.
     """
     if not columns:
         raise InputError("columns is empty; expected at least one label -> relevance entry")
@@ -554,9 +645,30 @@ def save_rows(
     scale: int | None = None,
     titles: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Several explanations of the same inputs in one PNG: the inputs in the top row,
-    then one row per entry of ``rows`` (label -> relevance of the batch), the label
-    written left of its row.  Other arguments as in :func:`save`."""
+    """Write several explanations of the same inputs as one PNG, one row per explanation.
+
+    The inputs in the top row, then one row per entry of ``rows``, the label written left
+    of its row.
+
+    Args:
+        path: where to write it.
+        rows: ``{label: relevance of the batch}``.
+        image: the inputs, as for [`overlay`][relprop.viz.overlay].
+        overlay: draw the heatmaps over the inputs.
+        alpha: as for [`overlay`][relprop.viz.overlay].
+        clip: the percentile of |R| used as each map's colour limit (default 99.5), so that
+            a few extreme pixels do not wash out the rest; None or 100: max|R|.
+        scale: as for [`save`][relprop.viz.save].
+        titles: one caption per sample, above its column.
+
+    Returns:
+        The Pillow image written.
+
+    Raises:
+        InputError: relevance or image of a shape, type or value that cannot be drawn (not
+            numeric, empty, NaN or Inf, images that do not match the maps), or an option
+            out of range; or no rows.
+    """
     if not rows:
         raise InputError("rows is empty; expected at least one label -> relevance entry")
     all_maps = [to_maps(R, None) for R in rows.values()]

@@ -15,7 +15,7 @@ and any image data set::
 ``relprop evaluate`` is the command-line front end. Methods come from
 :mod:`relprop.methods` (relprop rule sets, Captum, grad-cam, baselines); the
 Quantus metrics (ROAD, Focus, LocalLipschitzEstimate) from
-:mod:`relprop.quantus_metrics` when asked for.
+:mod:`relprop.evaluation.quantus_metrics` when asked for.
 """
 
 from __future__ import annotations

@@ -1,81 +1,4 @@
-"""Attribution methods compared by the GAE evaluation (:mod:`relprop.metrics`).
-
-Vukadin et al. 2024 (arXiv 2412.09311) compare absLRP with other LRP rule sets,
-gradient methods and CAM methods using GAE. Each method here is a
-:data:`relprop.metrics.Method`: ``method(model, x, target) -> relevance`` shaped
-like ``x`` (N, C, H, W), finite and detached::
-
-    methods, skipped = relprop.methods.build_methods(model)            # every method that can run
-    methods, _ = relprop.methods.build_methods(model, ["absLRP", "GradCAM"])
-    R = methods["absLRP"](model, x, target)
-
-Captum (``pip install 'relprop[captum]'``) and grad-cam (``pip install 'relprop[cam]'``)
-are optional: they are imported only when one of their methods is built.
-
-Choices (documented, not prescribed by the paper):
-
-* **relprop rule sets**, each the rule set of an entry of :mod:`relprop.rules.registry`
-  (the method's name is the entry's display name; the entry's names and aliases work
-  too, ``"epsilon"`` is ``LRP-ε``), explained with the set's own defaults:
-  ``absLRP`` = :class:`~relprop.rules.AbsLRP` (contrastive by
-  default: target pass minus the pass from all other classes); ``cLRP`` (contrastive
-  LRP, Gu et al. 2018) = LRP-α1β0 made contrastive (``AlphaBeta(1, 0, contrastive=True)``),
-  i.e. relprop's two-pass contrastive mode ``R = R_target - R_others`` (``Explanation.passes[0] -
-  passes[1]``), not Gu et al.'s negated-weight dual; ``LRP-ε`` = :class:`~relprop.rules.Epsilon`
-  with relprop's default ε = 1e-6; ``LRP-α1β0`` / ``LRP-α2β1`` =
-  :class:`~relprop.rules.AlphaBeta` (1, 0) / (2, 1). The last three are not contrastive
-  and start from the target logit. ``RAP`` (Nam et al., AAAI 2020) = :class:`~relprop.rules.RAP`
-  (from the target logit); ``cRAP`` = RAP made contrastive as cLRP is
-  (``RAP(contrastive=True)``). Each traces the model once (cached per model).
-* **absLRP's variant** (``abslrp_variant``): the authors explain VGGs with
-  ``AbsLRP(maxpool_divide=False)`` (``"vgg"``) and ResNets with ``AbsLRP()`` (``"resnet"``,
-  the default); ``absLRP`` is the variant asked for. ``absLRP (no maxpool division)`` and
-  ``absLRP (maxpool division)`` are absLRP in one variant each, whatever ``abslrp_variant``
-  says, for both side by side; they run only when named (``"absLRP-VGG"`` and
-  ``"absLRP-ResNet"`` name them too).
-* **Captum**: ``Saliency`` |∂f_c/∂x| (``abs=True``); ``InputXGradient`` x·∂f_c/∂x;
-  ``IntegratedGradients`` with a zero baseline (the data mean for standardized
-  inputs) and ``n_steps=16`` (GAE calls each method on ~5·batch images per batch,
-  so fewer steps than captum's 50; completeness error is small for ReLU nets) in
-  internal batches of N images; ``Deconvolution`` (Zeiler & Fergus 2014: the gradient with
-  every ReLU passing the positive part of the gradient from above, whatever its input);
-  ``SmoothGrad`` = ``NoiseTunnel(Saliency)``, 16
-  samples, σ = 0.15·(max(x) − min(x)) of the batch (Smilkov et al. 2017: 10–20 % of
-  the input range), the noise drawn from torch's RNG re-seeded with ``seed`` at
-  every call inside :func:`torch.random.fork_rng` (deterministic, the global RNG is
-  untouched); ``DeepLIFT`` (rescale rule) with a zero baseline; ``GuidedGradCAM``
-  and ``LayerGradCam`` on the CAM layer (:func:`find_cam_layer`), LayerGradCam with
-  ``relu_attributions=True`` (Grad-CAM's ReLU) upsampled bilinearly with
-  ``LayerAttribution.interpolate`` to H×W, GuidedGradCAM with captum's default
-  nearest upsampling.
-* **grad-cam** (``pytorch_grad_cam``): ``GradCAM``, ``HiResCAM``, ``GradCAM++``,
-  ``LayerCAM`` on the CAM layer with ``ClassifierOutputTarget(target)``; they return
-  maps min-max scaled to [0, 1] per image (their own normalization, kept).
-* **CAM layer** (:func:`find_cam_layer`, found on the first input of each image
-  shape): for a CNN, the last module with a spatial output at or after the last
-  ``nn.Conv2d`` (the block holding it: ``features`` of a VGG, the last residual
-  block of a ResNet, not its 1×1 shortcut convolution); for a ViT (tokens (N, 1+h*w, D)
-  after a patch-embedding convolution), the last token layer whose patch tokens
-  still reach the output (the first LayerNorm of the last block), read as an
-  (N, D, h, w) map without the class token. A model without ``nn.Conv2d`` has no CAM
-  methods (skipped). CAM maps (one value per pixel) are repeated over the C channels.
-* **Baselines**: ``constant`` (1 everywhere) and ``random`` (uniform, generator
-  seeded with ``seed``), from :mod:`relprop.metrics`.
-* **Attention** (ViTs): ``Rollout``, ``LLAttention``, ``TIBAV`` from the traced graph's
-  attention (:mod:`relprop.evaluation.attention_methods`); skipped on models without attention.
-* **The model is left as it was**, without copying it: every method runs the model
-  with all modules in eval mode and, for captum and grad-cam, with parameters
-  temporarily frozen (``requires_grad=False``; the gradient comes from the input).
-  grad-cam itself calls ``model.eval()`` and ``model.zero_grad()`` and accumulates
-  parameter gradients; captum's DeepLIFT / Deconvolution hook the nonlinearities.
-  Afterwards each module's training flag, each parameter's ``requires_grad`` and
-  ``.grad`` are restored, and as a safety net any hook or module attribute added
-  during the call is removed (captum 0.9 and grad-cam 1.5.7 remove their own hooks;
-  DeepLIFT's ``module.input``/``output`` attributes stay behind on a module the
-  backward pass does not reach). DeepLIFT refuses a model that calls one
-  nonlinearity module twice (captum's limitation; GAE records it as a failure).
-* x and the model must have the same dtype (float32 or float64) and device.
-"""
+"""The implementation of :mod:`relprop.methods` (the public module; its docstring describes it)."""
 
 from __future__ import annotations
 
@@ -125,6 +48,7 @@ __all__ = [
 RELPROP_RULE_SETS = ("abslrp", "clrp", "epsilon", "alpha1beta0", "alphabeta", "rap", "crap", "attnlrp")
 #: their method names: the entries' display names (absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1, RAP, cRAP)
 RELPROP_METHODS: tuple[str, ...] = tuple(registry.entry(n).display for n in RELPROP_RULE_SETS)
+#: Captum's methods (``pip install 'relprop[captum]'``)
 CAPTUM_METHODS = (
     "Saliency",
     "InputXGradient",
@@ -135,7 +59,9 @@ CAPTUM_METHODS = (
     "GuidedGradCAM",
     "LayerGradCam",
 )
+#: grad-cam's methods (``pip install 'relprop[cam]'``)
 CAM_METHODS = ("GradCAM", "HiResCAM", "GradCAM++", "LayerCAM")
+#: the baselines: the same value everywhere, uniform noise
 BASELINES = ("constant", "random")
 #: every method, in display order
 METHOD_NAMES: tuple[str, ...] = RELPROP_METHODS + CAPTUM_METHODS + CAM_METHODS + BASELINES + ATTENTION_METHODS
@@ -181,12 +107,21 @@ def _rule_set_method(name: str) -> str | None:
 
 
 def resolve_name(name: str) -> str:
-    """The name in :data:`METHOD_NAMES` that ``name`` spells.
+    """Find the method name in [`METHOD_NAMES`][relprop.methods.METHOD_NAMES] that ``name`` spells.
 
     Matching ignores case, ``-``, ``_`` and spaces; ε, α, β may be written
     ``eps``/``epsilon``, ``alpha``, ``beta`` (``"lrp-alpha1beta0"``). A name of
-    :mod:`relprop.rules.registry` whose rule set is a method also works (``"epsilon"``,
-    ``"alphabeta"``: ``LRP-ε``, ``LRP-α2β1``). Unknown -> InputError.
+    [`relprop.rules.registry`][relprop.rules.registry] whose rule set is a method also works
+    (``"epsilon"``, ``"alphabeta"``: ``LRP-ε``, ``LRP-α2β1``).
+
+    Args:
+        name: the name as written.
+
+    Returns:
+        The method's name as in ``METHOD_NAMES``.
+
+    Raises:
+        InputError: no method has that name (the message lists the valid names).
     """
     found = _BY_KEY.get(_key(str(name))) or _rule_set_method(name)
     if found is None:
@@ -274,8 +209,15 @@ def _finish(a: Tensor, x: Tensor) -> Tensor:
 
 
 class TokenGrid:
-    """Reshape ViT tokens (N, T, D) to a feature map (N, D, h, w), dropping the first
-    ``T - h*w`` tokens (class / register tokens); :meth:`inverse` puts a map back."""
+    """Reshape ViT tokens (N, T, D) to a feature map (N, D, h, w), dropping the first ``T - h*w`` tokens.
+
+    The dropped tokens are class and register tokens; [`inverse`][relprop.methods.TokenGrid.inverse]
+    puts a map back.
+
+    Args:
+        h: the grid's height in patches.
+        w: its width.
+    """
 
     def __init__(self, h: int, w: int) -> None:
         self.h, self.w = h, w
@@ -285,6 +227,15 @@ class TokenGrid:
         return tokens[:, t - self.h * self.w :].transpose(1, 2).reshape(n, d, self.h, self.w)
 
     def inverse(self, grid: Tensor, tokens: Tensor) -> Tensor:
+        """Put a feature map back into token form.
+
+        Args:
+            grid: the map (N, D, h, w).
+            tokens: the tokens it was made from (N, T, D), whose first ``T - h*w`` are kept.
+
+        Returns:
+            Tokens (N, T, D).
+        """
         n, t, d = tokens.shape
         patches = grid.reshape(n, d, self.h * self.w).transpose(1, 2)
         return torch.cat([tokens[:, : t - self.h * self.w], patches], dim=1)
@@ -294,7 +245,13 @@ class TokenGrid:
 
 
 class CamLayer(NamedTuple):
-    """The layer CAM methods read: its module, its name, and for token layers the reshape."""
+    """The layer CAM methods read.
+
+    Attributes:
+        name: its module name.
+        module: the module.
+        grid: for token layers, the reshape to a feature map; None for convolutional layers.
+    """
 
     name: str
     module: nn.Module
@@ -320,6 +277,16 @@ def find_cam_layer(model: nn.Module, x: Tensor) -> CamLayer:
       ``conv``: the block or stage containing the last convolution (``features`` of a
       VGG, the last residual block of a ResNet) rather than the bare convolution,
       which in a ResNet may be a 1×1 shortcut convolution.
+
+    Args:
+        model: the model.
+        x: an input batch (only its first sample is used).
+
+    Returns:
+        The [`CamLayer`][relprop.methods.CamLayer]: the module and how to read its output.
+
+    Raises:
+        InputError: the model has no convolution with a spatial output.
     """
     records: list[tuple[str, nn.Module, Tensor]] = []
 
@@ -412,7 +379,14 @@ ABSLRP_VARIANTS = {"vgg": {"maxpool_divide": False}, "resnet": {"maxpool_divide"
 
 
 def check_variant(variant: str | None) -> None:
-    """An absLRP variant is None, ``"vgg"`` or ``"resnet"``; anything else -> InputError."""
+    """Check an absLRP variant.
+
+    Args:
+        variant: None, ``"vgg"`` or ``"resnet"``.
+
+    Raises:
+        InputError: anything else.
+    """
     if variant is not None and variant not in ABSLRP_VARIANTS:
         raise InputError(
             f"unknown absLRP variant {variant!r}; expected one of {', '.join(ABSLRP_VARIANTS)} "
@@ -421,12 +395,22 @@ def check_variant(variant: str | None) -> None:
 
 
 def relprop_method(rules: Any = None, *, variant: str | None = None, **explain_kwargs: Any) -> Method:
-    """A method explaining with a relprop rule set; traces once per model.
+    """Make a method that explains with a relprop rule set; it traces once per model.
 
-    ``rules=None``: absLRP, in the authors' ``variant`` for the architecture family
-    (``"vgg"``: ``AbsLRP(maxpool_divide=False)``, the variant of their VGG tables;
-    ``"resnet"`` or None: ``AbsLRP()``). The variant is an explicit choice, never
-    guessed from the model. ``explain_kwargs`` go to :meth:`relprop.Graph.explain`.
+    Args:
+        rules: the rule set; None: absLRP, in the authors' ``variant`` for the architecture
+            family (``"vgg"``: ``AbsLRP(maxpool_divide=False)``, the variant of their VGG
+            tables; ``"resnet"`` or None: ``AbsLRP()``). The variant is an explicit choice,
+            never guessed from the model.
+        variant: as above; only with ``rules=None``.
+        **explain_kwargs: passed to [`Graph.explain`][relprop.Graph.explain].
+
+    Returns:
+        The [`Method`][relprop.metrics.Method]: ``method(model, x, target) -> relevance``
+        shaped like ``x``, detached.
+
+    Raises:
+        InputError: an unknown variant, or a variant given with ``rules``.
     """
     import relprop
 
@@ -446,7 +430,14 @@ def relprop_method(rules: Any = None, *, variant: str | None = None, **explain_k
 
 
 def constant_method(value: float = 1.0) -> Method:
-    """Baseline: the same value everywhere."""
+    """Make the constant baseline: the same value everywhere.
+
+    Args:
+        value: the value.
+
+    Returns:
+        The [`Method`][relprop.metrics.Method].
+    """
 
     def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         return torch.full_like(x, value)
@@ -455,9 +446,18 @@ def constant_method(value: float = 1.0) -> Method:
 
 
 def random_method(seed: int = 0) -> Method:
-    """Baseline: uniform noise in [0, 1), drawn from a generator seeded with ``seed`` and a
-    digest of the input, so the same input gets the same map in any process and order
-    (GAE sharded over torch.distributed ranks scores it as one process does)."""
+    """Make the random baseline: uniform noise in [0, 1).
+
+    The noise is drawn from a generator seeded with ``seed`` and a digest of the input, so the
+    same input gets the same map in any process and order (GAE sharded over
+    ``torch.distributed`` ranks scores it as one process does).
+
+    Args:
+        seed: the seed.
+
+    Returns:
+        The [`Method`][relprop.metrics.Method].
+    """
 
     def method(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         data = x.detach().cpu().contiguous().numpy().tobytes()
@@ -469,12 +469,23 @@ def random_method(seed: int = 0) -> Method:
 
 
 def lrp_method(name: str, *, variant: str | None = None) -> Method:
-    """One of the relprop rule sets by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1, RAP, cRAP.
+    """Make one of the relprop rule sets a method by name: absLRP, cLRP, LRP-ε, LRP-α1β0, LRP-α2β1, RAP, cRAP.
 
-    The rule set is a fresh one from its :mod:`relprop.rules.registry` entry, explained
-    with the set's defaults (absLRP, cLRP and cRAP contrastive, the others from the target
-    logit); ``variant`` picks absLRP's per-architecture variant (:func:`relprop_method`), except
-    for the names of :data:`ABSLRP_VARIANT_METHODS`, which fix it.
+    The rule set is a fresh one from its [`relprop.rules.registry`][relprop.rules.registry]
+    entry, explained with the set's defaults (absLRP, cLRP and cRAP contrastive, the others
+    from the target logit).
+
+    Args:
+        name: the method's name (matched as in [`resolve_name`][relprop.methods.resolve_name]).
+        variant: absLRP's per-architecture variant
+            ([`relprop_method`][relprop.methods.relprop_method]), except for the names of
+            [`ABSLRP_VARIANT_METHODS`][relprop.methods.ABSLRP_VARIANT_METHODS], which fix it.
+
+    Returns:
+        The [`Method`][relprop.metrics.Method].
+
+    Raises:
+        InputError: the name is not a relprop rule set, or an unknown variant.
     """
     name = resolve_name(name)
     if name in ABSLRP_VARIANT_METHODS:
@@ -510,10 +521,20 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def captum_method(name: str, *, layer: nn.Module | CamLayer | None = None, seed: int = 0, **kwargs: Any) -> Method:
-    """A captum method by name (see :data:`CAPTUM_METHODS`); ``kwargs`` go to its ``attribute``.
+    """Make a Captum method by name (see [`CAPTUM_METHODS`][relprop.methods.CAPTUM_METHODS]).
 
-    ``layer``: the CAM layer of GuidedGradCAM / LayerGradCam (default: :func:`find_cam_layer`);
-    ``seed``: SmoothGrad's noise. Captum missing -> InputError with the install hint.
+    Args:
+        name: the method.
+        layer: the CAM layer of GuidedGradCAM and LayerGradCam (default:
+            [`find_cam_layer`][relprop.methods.find_cam_layer]).
+        seed: seeds SmoothGrad's noise.
+        **kwargs: passed to the Captum method's ``attribute``.
+
+    Returns:
+        The [`Method`][relprop.metrics.Method].
+
+    Raises:
+        InputError: an unknown name, or Captum is not installed (with the install hint).
     """
     name = resolve_name(name)
     if name not in CAPTUM_METHODS:
@@ -562,8 +583,18 @@ def captum_method(name: str, *, layer: nn.Module | CamLayer | None = None, seed:
 
 
 def cam_method(name: str, layer: nn.Module | CamLayer | None = None) -> Method:
-    """A ``pytorch_grad_cam`` method by name (see :data:`CAM_METHODS`) on ``layer``
-    (default: :func:`find_cam_layer`). grad-cam missing -> InputError with the install hint."""
+    """Make a ``pytorch_grad_cam`` method by name (see [`CAM_METHODS`][relprop.methods.CAM_METHODS]).
+
+    Args:
+        name: the method.
+        layer: the layer it reads (default: [`find_cam_layer`][relprop.methods.find_cam_layer]).
+
+    Returns:
+        The [`Method`][relprop.metrics.Method].
+
+    Raises:
+        InputError: an unknown name, or grad-cam is not installed (with the install hint).
+    """
     name = resolve_name(name)
     if name not in CAM_METHODS:
         raise InputError(f"{name!r} is not a grad-cam method; those are: {', '.join(CAM_METHODS)}")
@@ -592,9 +623,21 @@ def cam_method(name: str, layer: nn.Module | CamLayer | None = None) -> Method:
 
 
 def get_method(name: str, *, seed: int = 0, abslrp_variant: str | None = None) -> Method:
-    """One method by name (any of :data:`METHOD_NAMES`), without checking that it suits a model.
+    """Make one method by name, without checking that it suits a model.
 
-    ``abslrp_variant``: absLRP's per-architecture variant (:func:`relprop_method`)."""
+    Args:
+        name: any of [`METHOD_NAMES`][relprop.methods.METHOD_NAMES] (matched as in
+            [`resolve_name`][relprop.methods.resolve_name]).
+        seed: seeds SmoothGrad's noise and the random baseline.
+        abslrp_variant: absLRP's per-architecture variant
+            ([`relprop_method`][relprop.methods.relprop_method]).
+
+    Returns:
+        The [`Method`][relprop.metrics.Method].
+
+    Raises:
+        InputError: an unknown name or variant, or the method's package is not installed.
+    """
     name = resolve_name(name)
     if name in RELPROP_METHODS or name in ABSLRP_VARIANT_METHODS:
         return lrp_method(name, variant=abslrp_variant)
@@ -629,15 +672,29 @@ def _unavailable(name: str, model: nn.Module) -> str | None:
 def build_methods(
     model: nn.Module, names: Sequence[str] | None = None, *, seed: int = 0, abslrp_variant: str | None = None
 ) -> tuple[dict[str, Method], dict[str, str]]:
-    """Methods usable on ``model``: (methods by name in :data:`METHOD_NAMES` order, skipped {name: reason}).
+    """Build the attribution methods usable on ``model``, by name.
 
-    ``names=None``: every method; those that cannot run (optional package not
-    installed, no conv layer for CAM methods) are skipped with the reason. ``names``
-    given: an unknown name or a method that cannot run raises InputError naming the
-    method, the reason and what to install / the valid names. Names are matched as
-    in :func:`resolve_name`. ``seed`` seeds SmoothGrad's noise and the random baseline;
-    ``abslrp_variant`` (``"vgg"`` or ``"resnet"``) picks absLRP's variant (:func:`relprop_method`);
-    the explicit variants (:data:`ABSLRP_VARIANT_METHODS`) come right after ``absLRP``.
+    Names are matched as in [`resolve_name`][relprop.methods.resolve_name]; the explicit absLRP
+    variants ([`ABSLRP_VARIANT_METHODS`][relprop.methods.ABSLRP_VARIANT_METHODS]) come right
+    after ``absLRP``.
+
+    Args:
+        model: the model the methods will explain.
+        names: the methods; None: every method, those that cannot run (optional package not
+            installed, no convolution for CAM methods) skipped with the reason.
+        seed: seeds SmoothGrad's noise and the random baseline.
+        abslrp_variant: absLRP's per-architecture variant, ``"vgg"`` or ``"resnet"``
+            ([`relprop_method`][relprop.methods.relprop_method]).
+
+    Returns:
+        ``(methods, skipped)``: the methods by name in
+        [`METHOD_NAMES`][relprop.methods.METHOD_NAMES] order, each a
+        [`Method`][relprop.metrics.Method], and ``{name: reason}`` of those left out.
+
+    Raises:
+        InputError: with ``names`` given, an unknown name or a method that cannot run (the
+            message names the reason and what to install, or the valid names); an unknown
+            ``abslrp_variant``.
     """
     check_variant(abslrp_variant)
     if isinstance(names, str):

@@ -1,82 +1,4 @@
-"""Global Attribution Evaluation (GAE), Vukadin et al. 2024 (arXiv 2412.09311), section 3.2.
-
-GAE scores an attribution method on one positive image per group of four images:
-``GAE = LC * C`` with local consistency ``LC`` (robustness ``LC_R`` and faithfulness
-``LC_F`` under Most/Least-Relevant-First perturbation) and contrastiveness ``C`` (how
-much of the explanation of a 2x2 mosaic lands on the positive image's quadrant rather
-than on quadrants of competing classes).
-
-By default every step computes what the authors' implementation computes
-(``abslrp_gae/gae/gae.py`` of github.com/davor10105/relative-absolute-magnitude-propagation):
-``benchmarks/gae_authors.py`` runs both side by side (``benchmarks/results/gae-authors.md``)
-and ``tests/test_gae_oracle.py`` checks :meth:`GAE.evaluate` against an independent
-per-sample implementation.  Each step is a separate, batched, pure function (dimension
-0 is the batch); ``eps`` is 1e-9, added where the authors add it.
-
-Choices (where the code and the paper's text differ, the code is followed by default):
-
-* **Granularity** (``granularity``): ``"feature"`` (default, the code): ranking,
-  zero-masking, the |x ⊙ ∇| maps, the relevance maps and their comparisons are per
-  input feature (C x H x W).  ``"pixel"``: every map is summed over channels (the
-  relevance map before its normalisation) and whole pixels are masked; otherwise the
-  same steps.
-* **Outputs** ``o_t``: the signed logit ``f_c`` of the positive image's predicted class.
-* **Ranking map** (:func:`ranking_map`): ``|x ⊙ ∂L/∂x|`` with ``L = mean |f_c(x)|`` over
-  the batch of positives, divided by its sum + eps per sample.
-* **Steps** (:func:`perturb`): for ``p`` in ``torch.linspace(1/T, 1, T)`` (float32):
-  save the input, ``o`` and the map; then, if ``p < 1``, zero the ``int(p * n)`` features
-  (``n`` features per sample) that ``topk`` ranks highest (MoRF) or lowest (LeRF) in the
-  current map, already-masked (zero-map) features included.  T states are saved (state 0
-  unperturbed).  LeRF re-selects the masked features, so its state ``t`` has
-  ``int(p_t n)`` masked (``t/T`` up to float32: at T = 10, n = 10 it is 1, 1, 2, 3, ...).
-  MoRF ranks them last and masks ``int(p n)`` *more* each step: at T = 10 its states
-  have 0, 10, 30, 60 % and then 100 % masked (states 4..9 are the all-zero input).  The
-  paper describes t/T masked in both orders; this is what the code does.
-* **Relevance maps** (:func:`normalize_map`): the method's map divided by its max
-  |value| + eps, its positive part, divided by its max + eps (the authors'
-  ``RelevancyMethod`` then GAE's own normalisation: ``relu(R) / max relu(R)`` up to eps).
-* **LC_R**: ``d^o_t = o^LeRF_t/(o_0+eps) - o^MoRF_t/(o_0+eps)`` and ``d^A_t =
-  dice(A_0, A^MoRF_t) - dice(A_0, A^LeRF_t)`` for t = 1..T-1, ``dice(a, b) = Σ|a-b| /
-  (Σ|a| + Σ|b| + eps)`` (``sim = 1 - dice``); ``LC_R = 1 - 2 dice(d^A, d^o)``.
-* **LC_F**: ``I_c = sign(maxnorm(l1norm(Σ_t M^LeRF_t) - l1norm(Σ_t M^MoRF_t)))`` over the
-  T saved ranking maps (step 0 included); ``LC_F = Σ(I_c ⊙ A_0) / (Σ A_0 + eps)``;
-  ``LC = relu(LC_R + LC_F) / 2``.  No 0/0 special cases: all-zero maps give dice 0
-  (``LC_R = -1`` for a map that never changes) and overlap 0.
-* **Mosaic** (:func:`mosaic`): images downsampled with ``F.interpolate(x, (H/2, W/2))``
-  (mode nearest: the even rows and columns).
-* **Positive image** (:func:`sample_positive`): quadrant ``i`` drawn with probability
-  ``softmax_i(z[c_1..c_4])``, ``z`` the mosaic's logits and ``c_i`` the *predicted*
-  classes (= ``softmax(z)[c_i] / Σ_j softmax(z)[c_j]``), in the logits' dtype, from a
-  generator seeded from ``(seed, batch index)`` (:func:`batch_generator`; the authors
-  use the global RNG) so that each batch's draw does not depend on the others.
-* **Score map** (:func:`quadrant_scores`, :func:`score_map`): ``s`` = softmax of the
-  positive image's own logits; quadrant ``i`` gets ``2 s[c_i]/s[c_p] - 1`` with ``c`` the
-  *dataset labels* (``quadrant_classes="label"``, the code) or the predicted classes
-  (``"predicted"``, what the paper says); ``c_p`` is the positive's own label (resp.
-  prediction), so its quadrant gets 1.  With labels, a misclassified positive image has
-  ``s[c_p] < max s``: scores, and ``C``, can then exceed 1 without bound (inf or nan when
-  ``s[c_p]`` underflows to 0), as in the authors' code; with predictions ``S <= 1``.
-  Then the 2x2 centre square (rows H/2-1 and H/2, columns W/2-1 and W/2) is set to 1:
-  the code's comment speaks of the centre lines, its slice sets the intersection of
-  the two centre rows and columns.
-* **C** (:func:`contrastiveness`): ``relu(Σ(S ⊙ A_mos) / (Σ A_mos + eps))``, the mosaic
-  explained for the positive image's predicted class.
-* **Grouping** (``grouping``): ``"consecutive"`` (default): group ``g`` is images
-  ``4g..4g+3`` of the batch, its mosaic holds them (quadrant ``i``: image ``4g+i``; 0
-  top-left, 1 top-right, 2 bottom-left, 3 bottom-right).  ``"authors"``: the authors'
-  indexing, identical at batch size 4: mosaic ``m`` holds images ``m, m+k, m+2k, m+3k``
-  (``k`` = batch/4), while group ``g``'s positive is drawn with mosaic ``g``'s logits,
-  mosaic ``g`` is explained for it, and quadrant ``q`` of mosaic ``m`` gets the score of
-  image ``qk+m`` computed for the positive of that image's group.  For batches over 4
-  the positive image is then often not in the mosaic explained for it (6 and 9 of 16 in
-  ``benchmarks/results/gae-authors.md``): an indexing bug, not a reading of the paper;
-  the option reproduces their numbers (their README uses batch size 16).
-* **Data**: batches in the data's order (the authors' DataLoader shuffles and drops the
-  last partial batch); images beyond a multiple of 4 in a batch are left out.
-* **Shards**: ``GAE.evaluate(..., shard=(rank, world))`` scores only batches ``b`` with
-  ``b % world == rank``; :meth:`GAEResult.merge` joins the shards' results (ordered by
-  data index) into what one process gives.
-"""
+"""The implementation of :mod:`relprop.metrics` (the public module; its docstring describes it)."""
 
 from __future__ import annotations
 
@@ -123,6 +45,8 @@ __all__ = [
 ]
 
 Method = Callable[[nn.Module, Tensor, Tensor], Tensor]
+"""An attribution method: ``method(model, x, target) -> relevance`` shaped like ``x``
+(N, C, H, W), finite and detached; ``target`` holds one class per sample."""
 GRANULARITIES = ("feature", "pixel")
 GROUPINGS = ("consecutive", "authors")
 QUADRANT_CLASSES = ("label", "predicted")
@@ -148,29 +72,53 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def l1_normalize(a: Tensor) -> Tensor:
-    """Each map divided by its L1 norm + eps (section 3.2, the ranking maps and ``I_c``). (B, ...)."""
+    """Divide each map by its L1 norm + eps (section 3.2, the ranking maps and ``I_c``).
+
+    Args:
+        a: maps (B, ...).
+
+    Returns:
+        The normalised maps, shaped like ``a``.
+    """
     return a / (_per_sample(_flat(a).abs().sum(1), a) + EPS)
 
 
 def max_normalize(a: Tensor) -> Tensor:
-    """Each map divided by its max |value| + eps (section 3.2, ``I_c``). (B, ...)."""
+    """Divide each map by its max |value| + eps (section 3.2, ``I_c``).
+
+    Args:
+        a: maps (B, ...).
+
+    Returns:
+        The normalised maps, shaped like ``a``.
+    """
     return a / (_per_sample(_flat(a).abs().amax(1), a) + EPS)
 
 
 def normalize_map(a: Tensor) -> Tensor:
-    """Relevance map as GAE compares it (section 3.2: "the positive part of the explanation,
-    divided by its maximum"): ``max_normalize(relu(max_normalize(a)))`` (the authors
+    """Normalise a relevance map as GAE compares it: ``max_normalize(relu(max_normalize(a)))``.
+
+    Section 3.2: "the positive part of the explanation, divided by its maximum" (the authors
     max-normalise a method's map, then take its positive part and max-normalise again).
 
-    ``a``: (B, ...). A map with no positive entry becomes all zeros.
+    Args:
+        a: maps (B, ...).
+
+    Returns:
+        The normalised maps, shaped like ``a``; a map with no positive entry becomes all zeros.
     """
     return max_normalize(max_normalize(a).clamp(min=0))
 
 
 def dice(a: Tensor, b: Tensor) -> Tensor:
-    """``Σ|a - b| / (Σ|a| + Σ|b| + eps)`` per sample; section 3.2's ``sim(a, b) = 1 - dice(a, b)``.
+    """Compute ``Σ|a - b| / (Σ|a| + Σ|b| + eps)`` per sample; section 3.2's ``sim(a, b) = 1 - dice(a, b)``.
 
-    ``a``, ``b``: (B, ...) -> (B,). Two all-zero maps give 0.
+    Args:
+        a: maps (B, ...).
+        b: maps shaped like ``a``.
+
+    Returns:
+        (B,); two all-zero maps give 0.
     """
     a, b = _flat(a), _flat(b)
     return (a - b).abs().sum(1) / (a.abs().sum(1) + b.abs().sum(1) + EPS)
@@ -180,11 +128,20 @@ def dice(a: Tensor, b: Tensor) -> Tensor:
 
 
 def ranking_map(model: nn.Module, x: Tensor, target: Tensor, granularity: str = "feature") -> tuple[Tensor, Tensor]:
-    """Section 3.2, perturbation step: the outputs ``o = f_c(x)`` (B,) and the ranking maps.
+    """Compute the outputs and the ranking maps of the perturbation step (section 3.2).
 
-    The map is ``|x ⊙ ∂L/∂x|`` with ``L = mean_b |f_c(x_b)|``, per feature (B, C, H, W) or,
-    with ``granularity="pixel"``, summed over channels (B, H, W); each map is divided by
-    its sum + eps.
+    The map is ``|x ⊙ ∂L/∂x|`` with ``L = mean_b |f_c(x_b)|``, per feature or summed over
+    channels, each map divided by its sum + eps.
+
+    Args:
+        model: the classifier.
+        x: images (B, C, H, W).
+        target: the class ``c`` of each image (B,).
+        granularity: ``"feature"`` (maps (B, C, H, W)) or ``"pixel"`` (summed over channels,
+            (B, H, W)).
+
+    Returns:
+        ``(o, maps)``: the outputs ``o = f_c(x)`` (B,) and the ranking maps.
     """
     _check_choice("granularity", granularity, GRANULARITIES)
     with torch.enable_grad():
@@ -198,11 +155,18 @@ def ranking_map(model: nn.Module, x: Tensor, target: Tensor, granularity: str = 
 
 
 def mask_features(x: Tensor, maps: Tensor, k: int, largest: bool) -> Tensor:
-    """Section 3.2, perturbation step: ``x`` with the ``k`` entries of each map that ``topk``
-    ranks highest (``largest=True``, MoRF) or lowest (LeRF) set to 0.
+    """Zero the ``k`` entries of each map that ``topk`` ranks highest (MoRF) or lowest (LeRF).
 
-    ``x``: (B, C, H, W); ``maps``: (B, C, H, W) (features) or (B, H, W) (whole pixels).
-    Already-masked entries are ranked like the others.
+    Already-masked entries are ranked like the others (section 3.2, perturbation step).
+
+    Args:
+        x: images (B, C, H, W).
+        maps: ranking maps (B, C, H, W) (features) or (B, H, W) (whole pixels).
+        k: how many entries to zero per map.
+        largest: True: the highest ranked (MoRF); False: the lowest (LeRF).
+
+    Returns:
+        A copy of ``x`` with those entries set to 0.
     """
     idx = _flat(maps).topk(k, dim=1, largest=largest).indices
     if maps.shape == x.shape:
@@ -215,10 +179,13 @@ def mask_features(x: Tensor, maps: Tensor, k: int, largest: bool) -> Tensor:
 
 @dataclass
 class Perturbation:
-    """Result of :func:`perturb`: the T saved states t = 0..T-1 (t = 0 unperturbed; t/T masked).
+    """The T saved states of [`perturb`][relprop.metrics.perturb], t = 0..T-1 (t = 0 unperturbed; t/T masked).
 
-    ``inputs`` (T, B, C, H, W), ``outputs`` (T, B) logits ``o_t``, ``maps`` (T, B, ...) the
-    ranking maps (:func:`ranking_map`) of each state.
+    Attributes:
+        inputs: the inputs (T, B, C, H, W).
+        outputs: the logits ``o_t`` (T, B).
+        maps: the ranking maps ([`ranking_map`][relprop.metrics.ranking_map]) of each state
+            (T, B, ...).
     """
 
     inputs: Tensor
@@ -229,10 +196,23 @@ class Perturbation:
 def perturb(
     model: nn.Module, x: Tensor, target: Tensor, steps: int, order: str, granularity: str = "feature"
 ) -> Perturbation:
-    """Section 3.2, MoRF/LeRF perturbation: for ``p`` in ``torch.linspace(1/T, 1, T)``
-    (float32), save the state (input, :func:`ranking_map`), then, if ``p < 1``, zero the
-    ``int(p * n)`` top- (``order="morf"``) or bottom-ranked (``"lerf"``) entries of the
-    current map (:func:`mask_features`), ``n`` entries per map.
+    """Run the MoRF or LeRF perturbation of section 3.2.
+
+    For ``p`` in ``torch.linspace(1/T, 1, T)`` (float32), save the state (input,
+    [`ranking_map`][relprop.metrics.ranking_map]), then, if ``p < 1``, zero the ``int(p * n)``
+    top- or bottom-ranked entries of the current map
+    ([`mask_features`][relprop.metrics.mask_features]), ``n`` entries per map.
+
+    Args:
+        model: the classifier.
+        x: images (B, C, H, W).
+        target: the class of each image (B,).
+        steps: T, the saved states (state 0 unperturbed).
+        order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
+        granularity: as for [`ranking_map`][relprop.metrics.ranking_map].
+
+    Returns:
+        The [`Perturbation`][relprop.metrics.Perturbation]: the T saved states.
     """
     _check_choice("perturbation order", order, ("morf", "lerf"))
     cur = x.detach().clone()
@@ -248,46 +228,85 @@ def perturb(
 
 
 def output_differences(o_morf: Tensor, o_lerf: Tensor) -> Tensor:
-    """Section 3.2, ``d^o_t = o^LeRF_t / (o_0 + eps) - o^MoRF_t / (o_0 + eps)`` for t = 1..T-1.
+    """Compute ``d^o_t = o^LeRF_t / (o_0 + eps) - o^MoRF_t / (o_0 + eps)`` for t = 1..T-1 (section 3.2).
 
-    ``o_morf``, ``o_lerf``: (T, B) with row 0 the unperturbed output -> (B, T-1).
+    Args:
+        o_morf: outputs under MoRF (T, B), row 0 the unperturbed output.
+        o_lerf: outputs under LeRF (T, B).
+
+    Returns:
+        (B, T-1).
     """
     o0 = o_morf[0] + EPS
     return (o_lerf[1:] / o0 - o_morf[1:] / o0).T
 
 
 def attribution_differences(a0: Tensor, a_morf: Tensor, a_lerf: Tensor) -> Tensor:
-    """Section 3.2, ``d^A_t = dice(A_0, A^MoRF_t) - dice(A_0, A^LeRF_t)``
-    (= ``sim(A_0, A^LeRF_t) - sim(A_0, A^MoRF_t)``).
+    """Compute ``d^A_t = dice(A_0, A^MoRF_t) - dice(A_0, A^LeRF_t)`` (section 3.2).
 
-    ``a0``: (B, ...) normalised map of the unperturbed input; ``a_morf``, ``a_lerf``:
-    (T-1, B, ...) those of the perturbed inputs -> (B, T-1).
+    The same as ``sim(A_0, A^LeRF_t) - sim(A_0, A^MoRF_t)``.
+
+    Args:
+        a0: the normalised map of the unperturbed input (B, ...).
+        a_morf: those of the MoRF-perturbed inputs (T-1, B, ...).
+        a_lerf: those of the LeRF-perturbed inputs (T-1, B, ...).
+
+    Returns:
+        (B, T-1).
     """
     out = [dice(a0, a_morf[t]) - dice(a0, a_lerf[t]) for t in range(a_morf.shape[0])]
     return torch.stack(out, dim=1) if out else a0.new_zeros(a0.shape[0], 0)
 
 
 def lc_robustness(d_o: Tensor, d_a: Tensor) -> Tensor:
-    """Section 3.2, ``LC_R = 1 - 2 dice(d^A, d^o)``. (B, T-1) -> (B,)."""
+    """Compute ``LC_R = 1 - 2 dice(d^A, d^o)`` (section 3.2).
+
+    Args:
+        d_o: output differences (B, T-1).
+        d_a: attribution differences (B, T-1).
+
+    Returns:
+        (B,).
+    """
     return 1 - 2 * dice(d_a, d_o)
 
 
 def impact_map(maps_morf: Tensor, maps_lerf: Tensor) -> Tensor:
-    """Section 3.2, combined impact map
-    ``I_c = sign(maxnorm(l1norm(Σ_t M^LeRF_t) - l1norm(Σ_t M^MoRF_t)))``.
+    """Compute the combined impact map ``I_c = sign(maxnorm(l1norm(Σ_t M^LeRF_t) - l1norm(Σ_t M^MoRF_t)))``.
 
-    ``maps_*``: (T, B, ...) the ranking maps of all T saved states (step 0 included) -> (B, ...).
+    Args:
+        maps_morf: the ranking maps of all T saved MoRF states (step 0 included), (T, B, ...).
+        maps_lerf: those of the LeRF states.
+
+    Returns:
+        (B, ...).
     """
     return torch.sign(max_normalize(l1_normalize(maps_lerf.sum(0)) - l1_normalize(maps_morf.sum(0))))
 
 
 def lc_faithfulness(a0: Tensor, i_c: Tensor) -> Tensor:
-    """Section 3.2, ``LC_F = Σ(I_c ⊙ A_0) / (Σ A_0 + eps)``. (B, ...) -> (B,)."""
+    """Compute ``LC_F = Σ(I_c ⊙ A_0) / (Σ A_0 + eps)`` (section 3.2).
+
+    Args:
+        a0: the normalised map of the unperturbed input (B, ...).
+        i_c: the impact map (B, ...).
+
+    Returns:
+        (B,).
+    """
     return _flat(i_c * a0).sum(1) / (_flat(a0).sum(1) + EPS)
 
 
 def local_consistency(lc_r: Tensor, lc_f: Tensor) -> Tensor:
-    """Section 3.2, ``LC = relu(LC_R + LC_F) / 2``."""
+    """Compute ``LC = relu(LC_R + LC_F) / 2`` (section 3.2).
+
+    Args:
+        lc_r: local-consistency robustness (B,).
+        lc_f: local-consistency faithfulness (B,).
+
+    Returns:
+        (B,).
+    """
     return (lc_f + lc_r).clamp(min=0) / 2
 
 
@@ -295,8 +314,19 @@ def local_consistency(lc_r: Tensor, lc_f: Tensor) -> Tensor:
 
 
 def downsample(x: Tensor) -> Tensor:
-    """Section 3.2, mosaic: each image at half resolution, ``F.interpolate(x, (H/2, W/2))``
-    (nearest: the even rows and columns). (N, C, H, W) -> (N, C, H/2, W/2)."""
+    """Halve the images' resolution for the mosaic: ``F.interpolate(x, (H/2, W/2))`` (section 3.2).
+
+    Nearest neighbour: the even rows and columns.
+
+    Args:
+        x: images (N, C, H, W).
+
+    Returns:
+        (N, C, H/2, W/2).
+
+    Raises:
+        InputError: H or W is odd.
+    """
     n, c, h, w = x.shape
     if h % 2 or w % 2:
         raise InputError(
@@ -307,10 +337,20 @@ def downsample(x: Tensor) -> Tensor:
 
 
 def arrange_mosaic(small: Tensor, grouping: str = "consecutive") -> Tensor:
-    """Section 3.2, mosaic: 2x2 mosaics of half-resolution images (N = 4k, C, h, w) -> (k, C, 2h, 2w).
+    """Arrange half-resolution images into 2x2 mosaics (section 3.2).
 
-    Quadrants 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right. ``"consecutive"``:
-    mosaic ``m`` quadrant ``q`` is image ``4m + q``; ``"authors"``: image ``qk + m``.
+    Quadrants 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
+
+    Args:
+        small: images (N = 4k, C, h, w).
+        grouping: ``"consecutive"``: mosaic ``m`` quadrant ``q`` is image ``4m + q``;
+            ``"authors"``: image ``qk + m``.
+
+    Returns:
+        (k, C, 2h, 2w).
+
+    Raises:
+        InputError: N is not a multiple of 4, or an unknown grouping.
     """
     _check_choice("grouping", grouping, GROUPINGS)
     n, c, h, w = small.shape
@@ -326,36 +366,70 @@ def arrange_mosaic(small: Tensor, grouping: str = "consecutive") -> Tensor:
 
 
 def mosaic(x: Tensor, grouping: str = "consecutive") -> Tensor:
-    """Section 3.2, mosaic: :func:`downsample` then :func:`arrange_mosaic`. (4k, C, H, W) -> (k, C, H, W)."""
+    """Build the 2x2 mosaics of section 3.2.
+
+    [`downsample`][relprop.metrics.downsample], then
+    [`arrange_mosaic`][relprop.metrics.arrange_mosaic].
+
+    Args:
+        x: images (4k, C, H, W).
+        grouping: as for [`arrange_mosaic`][relprop.metrics.arrange_mosaic].
+
+    Returns:
+        (k, C, H, W).
+
+    Raises:
+        InputError: as for [`arrange_mosaic`][relprop.metrics.arrange_mosaic].
+    """
     if x.shape[0] % 4:
         raise InputError(f"the GAE mosaic needs groups of 4 images; got images shaped {tuple(x.shape)}")
     return arrange_mosaic(downsample(x), grouping)
 
 
 def batch_generator(seed: int, batch: int) -> torch.Generator:
-    """The CPU generator of batch ``batch``'s positive-image draw (section 3.2), seeded from
-    ``(seed, batch)`` only: ``(seed * 0x9E3779B97F4A7C15 + batch) mod 2**64``."""
+    """Make the CPU generator of one batch's positive-image draw (section 3.2).
+
+    Seeded from ``(seed, batch)`` only: ``(seed * 0x9E3779B97F4A7C15 + batch) mod 2**64``.
+
+    Args:
+        seed: GAE's seed.
+        batch: the batch's index.
+
+    Returns:
+        The seeded ``torch.Generator``.
+    """
     return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + batch) % 2**64)
 
 
 def sample_positive(mosaic_logits: Tensor, classes: Tensor, generator: torch.Generator) -> Tensor:
-    """Section 3.2, positive image: quadrant ``i`` of each group drawn with probability
-    ``softmax_i(z[c_1], ..., z[c_4])`` (= ``softmax(z)[c_i] / Σ_j softmax(z)[c_j]``).
+    """Draw the positive image of each group (section 3.2).
 
-    ``mosaic_logits``: (k, K) logits ``z``; ``classes``: (k, 4) predicted class of each
-    image of the group. Computed in the logits' dtype on the CPU, one ``torch.multinomial``
-    call. Returns (k,) quadrant indices.
+    Quadrant ``i`` is drawn with probability ``softmax_i(z[c_1], ..., z[c_4])``
+    (= ``softmax(z)[c_i] / Σ_j softmax(z)[c_j]``), computed in the logits' dtype on the CPU,
+    one ``torch.multinomial`` call.
+
+    Args:
+        mosaic_logits: the mosaics' logits ``z`` (k, K).
+        classes: the predicted class of each image of the group (k, 4).
+        generator: the batch's generator ([`batch_generator`][relprop.metrics.batch_generator]).
+
+    Returns:
+        (k,) quadrant indices.
     """
     p = mosaic_logits.detach().cpu().gather(1, classes.cpu()).softmax(-1)
     return torch.multinomial(p, 1, generator=generator).flatten()
 
 
 def quadrant_scores(probs: Tensor, classes: Tensor, positive: Tensor) -> Tensor:
-    """Section 3.2, score of each quadrant: ``2 s[c_i] / s[c_p] - 1`` (1 for the positive).
+    """Score each quadrant: ``2 s[c_i] / s[c_p] - 1`` (1 for the positive; section 3.2).
 
-    ``probs``: (k, K) softmax ``s`` of each positive image's own logits; ``classes``: (k, 4)
-    class of each image of the group (dataset label or prediction); ``positive``: (k,)
-    quadrant of the positive image -> (k, 4).
+    Args:
+        probs: the softmax ``s`` of each positive image's own logits (k, K).
+        classes: the class of each image of the group (dataset label or prediction) (k, 4).
+        positive: the quadrant of the positive image (k,).
+
+    Returns:
+        (k, 4).
     """
     s_i = probs.gather(1, classes)
     s_p = s_i.gather(1, positive.reshape(-1, 1))
@@ -363,12 +437,21 @@ def quadrant_scores(probs: Tensor, classes: Tensor, positive: Tensor) -> Tensor:
 
 
 def score_map(values: Tensor, size: tuple[int, int], grouping: str = "consecutive") -> Tensor:
-    """Section 3.2, score map ``S``: image ``4g + i``'s quadrant filled with ``values[g, i]``
-    (:func:`arrange_mosaic` with ``grouping``), then the 2x2 centre square set to 1.
+    """Build the score map ``S``: each image's quadrant filled with its score, the centre set to 1.
 
-    The authors' code sets ``S[..., H/2-1:H/2+1, W/2-1:W/2+1] = 1`` (its comment says "centre
-    lines"; the slice is the square where the two centre rows and columns cross).
-    ``values``: (k, 4); ``size = (H, W)`` of the mosaic -> (k, H, W).
+    Image ``4g + i``'s quadrant is filled with ``values[g, i]``
+    ([`arrange_mosaic`][relprop.metrics.arrange_mosaic] with ``grouping``), then the 2x2
+    centre square set to 1: the authors' code sets ``S[..., H/2-1:H/2+1, W/2-1:W/2+1] = 1``
+    (its comment says "centre lines"; the slice is the square where the two centre rows and
+    columns cross).
+
+    Args:
+        values: the quadrant scores (k, 4).
+        size: ``(H, W)`` of the mosaic.
+        grouping: as for [`arrange_mosaic`][relprop.metrics.arrange_mosaic].
+
+    Returns:
+        (k, H, W).
     """
     h, w = size
     k = values.shape[0]
@@ -379,22 +462,16 @@ def score_map(values: Tensor, size: tuple[int, int], grouping: str = "consecutiv
 
 
 def contrastiveness(a_mosaic: Tensor, s: Tensor) -> Tensor:
-    """Section 3.2, ``C = relu(Σ(S ⊙ A) / (Σ A + eps))``. ``a_mosaic`` (k, ...), ``s`` broadcasting to it -> (k,)."""
+    """Compute ``C = relu(Σ(S ⊙ A) / (Σ A + eps))`` (section 3.2).
+
+    Args:
+        a_mosaic: the normalised maps of the mosaics (k, ...).
+        s: the score maps, broadcasting to ``a_mosaic``.
+
+    Returns:
+        (k,).
+    """
     return (_flat(s * a_mosaic).sum(1) / (_flat(a_mosaic).sum(1) + EPS)).clamp(min=0)
-
-
-# ---------------------------------------------------------------- methods
-
-_METHOD_FACTORIES = ("relprop_method", "constant_method", "random_method")
-
-
-def __getattr__(name: str) -> Any:
-    """The method factories live in :mod:`relprop.evaluation.methods`; these names stay importable here."""
-    if name in _METHOD_FACTORIES:
-        from . import methods
-
-        return getattr(methods, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -425,10 +502,15 @@ class _Batch:
 class GAE:
     """The GAE metric (section 3.2); the module docstring lists every choice.
 
-    ``steps``: T >= 2 saved perturbation states; ``seed``: positive-image draws
-    (:func:`batch_generator`); ``granularity``: ``"feature"`` (default) or ``"pixel"``;
-    ``quadrant_classes``: ``"label"`` (default) or ``"predicted"``; ``grouping``:
-    ``"consecutive"`` (default) or ``"authors"``.
+    Args:
+        steps: T >= 2 saved perturbation states.
+        seed: seeds the positive-image draws ([`batch_generator`][relprop.metrics.batch_generator]).
+        granularity: ``"feature"`` (default) or ``"pixel"``.
+        quadrant_classes: ``"label"`` (default) or ``"predicted"``.
+        grouping: ``"consecutive"`` (default) or ``"authors"``.
+
+    Raises:
+        InputError: ``steps`` is not an integer >= 2, or an option is not one of its choices.
     """
 
     def __init__(
@@ -536,11 +618,31 @@ class GAE:
     ) -> GAEResult:
         """Score every method on the positive image of each group of four images.
 
-        ``data``: a dataset of (image, label) or a DataLoader, in a fixed order. Images
-        beyond a multiple of 4 in a batch are left out. ``shard=(rank, world)`` scores
-        only the batches ``b`` with ``b % world == rank`` (each batch's draw depends on
-        ``(seed, b)`` only), so ``GAEResult.merge`` of all ranks' results equals one
-        process's result when every rank reads the same batches.
+        Images beyond a multiple of 4 in a batch are left out.  A method that raises on a
+        batch is recorded in the result's ``failures`` instead of stopping the evaluation.
+
+        Args:
+            model: the classifier the methods explain.
+            methods: ``{name: method}``, each a [`Method`][relprop.metrics.Method]
+                (e.g. from [`build_methods`][relprop.methods.build_methods]).
+            data: a dataset of (image, label) or a DataLoader, in a fixed order.
+            batch_size: images per batch, a positive multiple of 4 (a DataLoader's own
+                batch size must be one too).
+            progress: show a progress bar.
+            shard: ``(rank, world)`` scores only the batches ``b`` with
+                ``b % world == rank`` (each batch's draw depends on ``(seed, b)`` only), so
+                ``GAEResult.merge`` of all ranks' results equals one process's result when
+                every rank reads the same batches.
+
+        Returns:
+            The [`GAEResult`][relprop.metrics.GAEResult]: per method and score, one value per
+            positive image.
+
+        Raises:
+            InputError: fewer than 4 images, a batch size that is not a multiple of 4,
+                batches that are not (N, C, H, W), a label outside the model's classes, a
+                method returning a map of the wrong shape or non-finite values, or a bad
+                ``shard``.
         """
         from tqdm.auto import tqdm
 

@@ -22,7 +22,7 @@ SCORES = ("lc_r", "lc_f", "lc", "c", "gae")
 
 
 class Table(list):
-    """Rows ``{"method", "score", "mean", "ci95", "n"}``; ``str()`` gives the text table."""
+    """The scores' table: rows ``{"method", "score", "mean", "ci95", "n"}``; ``str()`` gives the text table."""
 
     def __str__(self) -> str:
         lines = [f"{'method':<20} " + " ".join(f"{s:>17}" for s in SCORES)]
@@ -34,16 +34,31 @@ class Table(list):
 
 
 class WilcoxonResult(NamedTuple):
+    """A paired Wilcoxon signed-rank test's outcome.
+
+    Attributes:
+        statistic: the test statistic.
+        pvalue: its p-value.
+    """
+
     statistic: float
     pvalue: float
 
 
 @dataclass
 class GAEResult:
-    """``result[method][score]``: one value per positive image (tensor), score in
-    ``lc_r, lc_f, lc, c, gae``. ``images[method]``: the data index of each of those
-    positive images (a batch a method failed on has none). ``failures``:
-    ``(method, batch index, message)``. :meth:`merge` joins the results of shards."""
+    """GAE's scores of every method, one value per positive image.
+
+    Made by [`GAE.evaluate`][relprop.metrics.GAE.evaluate]; ``result[method][score]`` is
+    ``result.scores[method][score]``.
+
+    Attributes:
+        scores: ``{method: {score: tensor}}``, one value per positive image, score in
+            ``lc_r, lc_f, lc, c, gae``.
+        failures: ``(method, batch index, message)`` of every batch a method failed on.
+        images: ``{method: tensor}``, the data index of each scored positive image (a batch a
+            method failed on has none).
+    """
 
     scores: dict[str, dict[str, Tensor]]
     failures: list[tuple[str, int, str]] = field(default_factory=list)
@@ -54,8 +69,18 @@ class GAEResult:
 
     @classmethod
     def merge(cls, results: Sequence[GAEResult]) -> GAEResult:
-        """One result from the results of disjoint shards (``GAE.evaluate(..., shard=...)``):
-        each method's scores concatenated and ordered by data index, failures by batch."""
+        """Join the results of disjoint shards (``GAE.evaluate(..., shard=...)``) into one.
+
+        Args:
+            results: the shards' results.
+
+        Returns:
+            One result: each method's scores concatenated and ordered by data index, failures
+            by batch.
+
+        Raises:
+            InputError: no results, a result without data indices, or results that overlap.
+        """
         if not results:
             raise InputError("GAEResult.merge needs at least one result")
         names = list(dict.fromkeys(m for r in results for m in r.scores))
@@ -75,7 +100,11 @@ class GAEResult:
         return cls(scores, failures, images)
 
     def table(self) -> Table:
-        """Mean ± half-width of the 95% t-interval of each score."""
+        """Summarise each score: mean ± half-width of the 95% t-interval.
+
+        Returns:
+            The [`Table`][relprop.metrics.Table], one row per method and score.
+        """
         from scipy import stats
 
         rows = Table()
@@ -89,8 +118,23 @@ class GAEResult:
         return rows
 
     def wilcoxon(self, a: str, b: str, score: str = "gae") -> WilcoxonResult:
-        """Paired Wilcoxon signed-rank test of ``score`` between methods ``a`` and ``b``
-        (scipy.stats.wilcoxon); p = 1 when all differences are zero."""
+        """Test whether two methods' scores differ: paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon``).
+
+        Pairs are the positive images both methods were scored on.
+
+        Args:
+            a: one method.
+            b: the other.
+            score: the score compared (``lc_r, lc_f, lc, c, gae``).
+
+        Returns:
+            The [`WilcoxonResult`][relprop.metrics.WilcoxonResult]; p = 1 when all differences
+            are zero.
+
+        Raises:
+            InputError: a method without scores, an unknown score, or unpaired scores of
+                different lengths.
+        """
         from scipy import stats
 
         for m in (a, b):
@@ -113,7 +157,11 @@ class GAEResult:
         return WilcoxonResult(float(r.statistic), float(r.pvalue))
 
     def plot(self, path: str) -> None:
-        """Bar plot (mean and 95% interval of LC, C, GAE per method) written as PNG."""
+        """Draw a bar plot (mean and 95% interval of LC, C, GAE per method) and write it as a PNG.
+
+        Args:
+            path: where to write it.
+        """
         import matplotlib
 
         matplotlib.use("Agg")
