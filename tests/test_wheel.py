@@ -32,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     # a copy of the sources, so that the build writes no build/ or egg-info into the checkout
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "relprop", "rules"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "relprop", "rules"):
         path = ROOT / name
         if path.is_dir():
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -91,7 +91,8 @@ def test_the_wheel_holds_the_modules_and_the_package_data(wheel: Path) -> None:
     assert not [n for n in names if n.startswith(("tests/", "rules/", "examples/", "benchmarks/"))]
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
-    assert "License-Expression: MIT" in text
+    assert "License-Expression: MIT" in text and "License-File: LICENSE" in text
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "relprop = relprop.apps.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
