@@ -351,6 +351,15 @@ def register_weighted_op(op: Any, *, input: int = 0, weight: int = 1, bias: int 
     differentiable (have an autograd formula): the rules take its products with the op's own
     backward, and call it with rewritten weights (z⁺, |w|, ...).  ``op``: ``"ns::name"``, an
     ``OpOverload`` or its packet.  Declaring an op that is not linear so gives wrong relevance.
+
+    Args:
+        op: the operator: ``"ns::name"``, an ``OpOverload`` or its packet.
+        input: the position of the input argument in the op's schema.
+        weight: the position of the weight argument.
+        bias: the position of the bias argument added to the output, or None.
+
+    Raises:
+        RuleError: ``op`` is not an operator, or the positions are not distinct integers >= 0.
     """
     from relprop.errors import RuleError
 
