@@ -14,10 +14,15 @@ Models (all by default; random weights, nothing is downloaded; float32, eval mod
 * ``llama``: ``LlamaForCausalLM`` (:func:`llama_config`: 12 layers, hidden 768, MLP 3072, 12 query and 4
   key/value heads, vocabulary 32000, untied output layer; 153.0M parameters), random token ids, sequence
   length 128, input ``dict(input_ids, attention_mask)``, ``use_cache=False``; the target is the next token;
-* ``minilm``: the shipped sentiment model (``relprop.sentiment.load_sentiment_model()``: all-MiniLM-L6-v2,
+* ``minilm``: the shipped sentiment model (``relprop.apps.sentiment.load_sentiment_model()``: all-MiniLM-L6-v2,
   6 layers, hidden 384; needs the ``text`` extra), random token ids, sequence length 128;
 * ``tv_vit_b_16``: torchvision's ``vit_b_16(weights=None)`` (the ViT LXT's ``cp_LRP`` patch is written
   for), 224×224 inputs.
+
+Opt-in (``--models gpt2``; not in the default list): ``gpt2``: ``GPT2LMHeadModel(GPT2Config())`` (GPT-2
+small: 12 layers, hidden 768, vocabulary 50257, tied output layer; its projections are Hugging Face's
+``Conv1D``, exported as ``addmm(b, x, W)`` with the weight the second factor), random token ids, sequence
+length 64, explained like ``llama`` (the next token; AttnLRP timed too).
 
 Methods, for every model and batch size (weights drawn after ``torch.manual_seed(0)``; one fixed input per
 (model, batch) from a generator seeded with the batch size; target = the predicted class of each sample, the
@@ -132,6 +137,7 @@ ALL_MODELS = [
 ]
 TARGET_MODELS = {"timm_vgg16", "timm_resnet50", "timm_vit_b_16", "bert"}  # the rows the ratio targets name
 DECODER_MODELS = {"llama"}  # the rows the process-peak target names
+EXTRA_MODELS = ["gpt2"]  # run only when named in --models
 ALIASES = {"vgg16": "timm_vgg16", "resnet50": "timm_resnet50", "vit_b_16": "timm_vit_b_16", "vit": "timm_vit_b_16"}
 GRADIENT = "gradient"
 ABSLRP_ALL = "absLRP weight_cache=True"  # every derived weight kept (decoder rows, or --weight-cache-rows)
@@ -349,7 +355,7 @@ def build_case(name: str, quick: bool) -> Case:
         import transformers
 
         if name == "minilm" and not quick:
-            from relprop.sentiment import load_sentiment_model
+            from relprop.apps.sentiment import load_sentiment_model
 
             model, _ = load_sentiment_model()
             config = model.config
@@ -371,6 +377,17 @@ def build_case(name: str, quick: bool) -> Case:
         model = transformers.LlamaForCausalLM(llama_config(quick))
         vocab = model.config.vocab_size
         return Case(name, model.eval(), _text_inputs(vocab, 16 if quick else 128), text=True, decoder=True)
+    elif name == "gpt2":
+        import transformers
+
+        config = (
+            transformers.GPT2Config(vocab_size=1000, n_embd=64, n_layer=2, n_head=2, n_positions=64)
+            if quick
+            else transformers.GPT2Config()
+        )
+        model = transformers.GPT2LMHeadModel(config)
+        inputs = _text_inputs(config.vocab_size, 16 if quick else 64)
+        return Case(name, model.eval(), inputs, text=True, decoder=True, attnlrp=rules.AttnLRP)
     elif name in ("tv_vgg16", "tv_resnet50"):
         from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
@@ -387,7 +404,7 @@ def build_case(name: str, quick: bool) -> Case:
             canonizer = ResNetCanonizer
         return Case(name, model.eval(), _image_inputs(size), canonizer=canonizer)
     else:
-        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(ALL_MODELS)}")
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(ALL_MODELS + EXTRA_MODELS)}")
     return Case(name, model.eval(), _image_inputs(size))
 
 
@@ -893,7 +910,9 @@ def run(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated, from: " + ", ".join(ALL_MODELS))
+    p.add_argument(
+        "--models", default=",".join(ALL_MODELS), help="comma-separated, from: " + ", ".join(ALL_MODELS + EXTRA_MODELS)
+    )
     p.add_argument("--batches", default="1,8")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; 1 with --quick)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -914,8 +933,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
     for m in models:
-        if m not in ALL_MODELS:
-            raise SystemExit(f"unknown model {m!r}; choose from {', '.join(ALL_MODELS)}")
+        if m not in ALL_MODELS + EXTRA_MODELS:
+            raise SystemExit(f"unknown model {m!r}; choose from {', '.join(ALL_MODELS + EXTRA_MODELS)}")
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     result = run(

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attention import attention_inputs, masked_softmax, repeat_kv
+from .attention import attention_inputs, masked_softmax, unrepeat_kv
 from .base import Context, NodeInfo, Pass, Relevance, Rule, epsilon_relevance, stabilize, stable_ratio, vjp
 from .categories import WEIGHTED_CATEGORIES, Category
 from .gates import routing_weights, sigmoid_gate, softmax_weights
 from .norms import CENTERING_NORMS, NormMap, norm_map
 from .ops import is_weighted, op_name, weighted_args
-from .products import input_product
+from .products import layer_product
 
 __all__ = [
     "Pass",
@@ -56,6 +56,9 @@ class EpsilonRule(Rule):
     average pooling it distributes relevance in proportion to the contributions.
     On layer and group norm it applies to the linear map left when the standard
     deviation is held constant (:mod:`relprop.rules.norms`).
+
+    Args:
+        epsilon: ε, added with the sign of y to the denominator.
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:
@@ -71,7 +74,7 @@ class EpsilonRule(Rule):
             return out
         if ctx.info.category in WEIGHTED_CATEGORIES:
             layer = _Layer(ctx)
-            product = input_product(ctx, layer.w, stable_ratio(R, ctx.output, self.epsilon))
+            product = layer_product(ctx, layer.index, layer.w, stable_ratio(R, ctx.output, self.epsilon))
             if product is not None:  # Wᵀ(R / z) from one transposed product, no second forward
                 out[layer.index] = layer.x * product
                 return out
@@ -140,8 +143,8 @@ class _Layer:
         if is_weighted(ctx.op):  # addmm(bias, x, W): positions from weighted_args
             _, iw, ib = weighted_args(ctx.op)
             self.w, self.b = args[iw], (args[ib] if ib is not None and len(args) > ib else None)
-        else:  # matmul with one constant operand
-            self.w = ctx.inputs[1 - self.index] if len(ctx.inputs) == 2 else args[1 - self.index]
+        else:  # matmul with one constant factor, either one (x·W or W·x)
+            self.w = args[1] if args[0] is self.x else args[0]
             self.b = None
 
     def f(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
@@ -159,7 +162,7 @@ class _Layer:
 
     def jt(self, w: Tensor, g: Tensor) -> Tensor:
         """Jᵀg of x ↦ f(x; w), per pass: (P, *x.shape)."""
-        product = input_product(self.ctx, w, g)
+        product = layer_product(self.ctx, self.index, w, g)
         if product is not None:
             return product
         (r,) = vjp(lambda v: self.f(v, w), [self.x], g)
@@ -172,6 +175,10 @@ class ZPlusRule(_Weighted):
     R_i = Σ_j (x_i w_ij)⁺ / (Σ_i (x_i w_ij)⁺ + b_j⁺) R_j: a positive bias is a positive
     contribution of a constant input and absorbs its share (Bach et al. 2015, Eq. 60; as Zennit).
     ``bias=False`` leaves the bias out (as Chefer et al.'s and the absLRP authors' code do).
+
+    Args:
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
+        bias: count a positive bias as a contribution (False leaves the bias out).
     """
 
     def __init__(self, epsilon: float = 1e-9, bias: bool = True) -> None:
@@ -191,6 +198,15 @@ class AlphaBetaRule(_Weighted):
     Without biases it conserves relevance only at units with contributions of both signs: a
     unit with no negative (positive) contribution passes on α·R_j (−β·R_j).  ``bias=False``
     leaves the bias out of z⁺ and z⁻ (as Chefer et al.'s and the absLRP authors' code do).
+
+    Args:
+        alpha: the weight α of the positive contributions.
+        beta: the weight β of the negative contributions (α − β = 1).
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
+        bias: count the bias as a contribution of its sign (False leaves it out).
+
+    Raises:
+        RuleError: α − β ≠ 1.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9, bias: bool = True) -> None:
@@ -210,14 +226,29 @@ def _alpha_beta(layer: _Layer | NormMap, R: Tensor, alpha: float, beta: float, e
     x, w, b = layer.x, layer.w, (layer.b if bias else None)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
+    # x ≥ 0 (after a ReLU): every product with x⁻ = 0 is zero, and is left out (half the products)
+    signed = bool((x < 0).any())
     with torch.no_grad():  # the bias's positive part joins z⁺, its negative part z⁻
-        zp = layer.f(xp, wp, None if b is None else b.clamp(min=0)) + layer.f(xn, wn)
-        zn = layer.f(xp, wn, None if b is None else b.clamp(max=0)) + layer.f(xn, wp)
+        zp = layer.f(xp, wp, None if b is None else b.clamp(min=0))
+        if signed:
+            zp = zp + layer.f(xn, wn)
+        zn = None
+        if beta:
+            zn = layer.f(xp, wn, None if b is None else b.clamp(max=0))
+            if signed:
+                zn = zn + layer.f(xn, wp)
     gp = R / (zp + eps)
-    rel = alpha * (xp * layer.jt(wp, gp) + xn * layer.jt(wn, gp))
+    rel = xp * layer.jt(wp, gp)
+    if signed:
+        rel = rel + xn * layer.jt(wn, gp)
+    rel = alpha * rel
     if beta:
+        assert zn is not None
         gn = R / (zn - eps)
-        rel = rel - beta * (xp * layer.jt(wn, gn) + xn * layer.jt(wp, gn))
+        neg = xp * layer.jt(wn, gn)
+        if signed:
+            neg = neg + xn * layer.jt(wp, gn)
+        rel = rel - beta * neg
     return rel
 
 
@@ -231,6 +262,10 @@ class GammaRule(_Weighted):
     relevance cannot blow up on signed inputs (transformers).  For non-negative inputs
     and positive outputs this is the original rule (weights W + γW⁺); Zennit 0.5's
     ``Gamma`` computes the same.
+
+    Args:
+        gamma: γ, how much contributions of the output's sign are reinforced.
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
     """
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
@@ -258,7 +293,11 @@ class GammaRule(_Weighted):
 
 
 class FlatRule(_Weighted):
-    """Flat rule: relevance spread uniformly over each output's receptive field."""
+    """Flat rule: relevance spread uniformly over each output's receptive field.
+
+    Args:
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
+    """
 
     def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         ones_x, ones_w = torch.ones_like(layer.x), torch.ones_like(layer.w)
@@ -268,7 +307,11 @@ class FlatRule(_Weighted):
 
 
 class WSquareRule(_Weighted):
-    """w²-rule (Montavon et al. 2017): R_i = Σ_j w_ij² / Σ_i w_ij² R_j."""
+    """w²-rule (Montavon et al. 2017): R_i = Σ_j w_ij² / Σ_i w_ij² R_j.
+
+    Args:
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
+    """
 
     def layer_relevance(self, layer: _Layer | NormMap, R: Tensor) -> Tensor:
         w2 = layer.w.pow(2)
@@ -282,6 +325,11 @@ class ZBoxRule(_Weighted):
 
     ``low`` and ``high`` are numbers or tensors that broadcast against one input
     sample (e.g. per-channel bounds of a normalized image, shaped (C, 1, 1)).
+
+    Args:
+        low: the lowest input value (a number or a tensor broadcasting against one sample).
+        high: the highest input value.
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
     """
 
     def __init__(self, low: float | Tensor, high: float | Tensor, epsilon: float = 1e-9) -> None:
@@ -312,6 +360,11 @@ class BilinearRule(Rule):
     A router's top-k weights (mixture of experts) are always held constant
     (:mod:`relprop.rules.gates`).  Where every operand would be held, none is.  All
     conserve relevance.
+
+    Args:
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
+        hold_softmax: hold an operand that is softmax weights constant (CP-LRP).
+        hold_gates: hold an operand that is a sigmoid gate constant (signal-take-all).
     """
 
     def __init__(self, epsilon: float = 1e-9, hold_softmax: bool = True, hold_gates: bool = False) -> None:
@@ -356,6 +409,9 @@ class AttentionValueRule(Rule):
 
     All relevance goes to the values by the ε-rule on o = p·v; queries and keys
     receive none (the "AH-rule" of Ali et al. 2022).  Conserves relevance.
+
+    Args:
+        epsilon: the stabiliser ε added (with the sign of the denominator) to every denominator.
     """
 
     def __init__(self, epsilon: float = 1e-9) -> None:
@@ -369,6 +425,6 @@ class AttentionValueRule(Rule):
         with torch.no_grad():
             p = masked_softmax(att.scores(), -1)
         g = R / stabilize(ctx.output, self.epsilon)
-        (r,) = vjp(lambda a: p @ repeat_kv(a, att.groups), [att.v], g)
+        r = unrepeat_kv(torch.matmul(p.mT, g), att.groups)  # Jᵀg of v ↦ p·v: one product, no second forward
         out[2] = att.v * r
         return out

@@ -3,8 +3,14 @@
 For a linear or convolution op z = f(x; W), Jᵀg with respect to x depends only
 on W, so the rules that need ``Wᵀg`` and ``|W|ᵀg`` (absLRP, docs/semantics.md §Computation
 "Performance principles") get them from one backward product each, with the
-pass dimension folded into the batch.  Ops not listed return None and the
-caller falls back to autograd.
+pass dimension folded into the batch.  Matrix products with a constant factor
+(``addmm``, ``baddbmm``, ``mm``, ``bmm``, ``matmul``: x·W or W·x, as GPT-2's ``Conv1D``
+exports ``addmm(b, x, W)``) get theirs from one product with the transposed factor
+(:func:`layer_product`).  At a linear layer whose output is the graph's output, the
+relevance the walk starts from is zero outside the positions the target explains (a
+language model's last token): only its rows that are not all zero are multiplied.  Ops
+not listed return None and the caller falls back to autograd (which runs the op forward
+again to differentiate it).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from torch import Tensor
 from .base import Context
 from .ops import op_name
 
-__all__ = ["input_product", "input_product_in_blocks", "supports"]
+__all__ = ["factor_product", "input_product", "input_product_in_blocks", "layer_product", "supports"]
 
 _TRANSPOSED = {
     "aten.conv1d": F.conv_transpose1d,
@@ -49,6 +55,24 @@ def supports(ctx: Context, copies: int = 1) -> bool:
     return not isinstance(padding, str) and (copies == 1 or groups == 1)  # "same"/"valid": autograd
 
 
+def _feeds_output(ctx: Context) -> bool:
+    """Whether the node's value is an output of the graph: its relevance is the one the walk starts
+    from, zero outside what the target explains (e.g. all positions but a language model's last)."""
+    return any(user.op == "output" for user in getattr(getattr(ctx, "node", None), "users", ()))
+
+
+def _rows_product(g: Tensor, weight: Tensor) -> Tensor:
+    """``g @ weight`` (over g's last dimension), multiplying only the rows of g that are not all
+    zero when they are at most half of them: the others give rows of zeros."""
+    rows = g.reshape(-1, g.shape[-1])
+    kept = rows.ne(0).any(1).nonzero().squeeze(1)
+    if 2 * kept.numel() > rows.shape[0]:
+        return g @ weight
+    out = rows.new_zeros(rows.shape[0], weight.shape[-1])
+    out.index_copy_(0, kept, rows.index_select(0, kept) @ weight)
+    return out.reshape(*g.shape[:-1], weight.shape[-1])
+
+
 def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> Tensor | None:
     """Jᵀg of x ↦ f(x; weight) for the node's op, g shaped (P, *out); None if unsupported.
 
@@ -63,7 +87,7 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> T
     args, _ = ctx.args()
     x = args[0]
     if name == "aten.linear":
-        return g @ weight
+        return _rows_product(g, weight) if _feeds_output(ctx) else g @ weight
     transposed = _TRANSPOSED[name]
     stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :])[:4]
     n = x.dim() - 2
@@ -77,6 +101,67 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> T
     folded = g.reshape(P * x.shape[0], *g.shape[2:])
     r = transposed(folded, weight, None, stride, padding, extra, groups, dilation)
     return r.reshape(P, x.shape[0], copies * x.shape[1], *x.shape[2:])
+
+
+#: matrix products: op -> argument positions of its two factors (out = [β·c +] α·a @ b)
+_FACTORS = {
+    "aten.mm": (0, 1),
+    "aten.bmm": (0, 1),
+    "aten.matmul": (0, 1),
+    "aten.addmm": (1, 2),
+    "aten.baddbmm": (1, 2),
+}
+
+
+def factor_product(ctx: Context, index: int, weight: Tensor, g: Tensor) -> Tensor | None:
+    """Jᵀg of x ↦ the node's matrix product with its other factor replaced by ``weight``.
+
+    x is ``ctx.inputs[index]``, one factor of ``mm``, ``bmm``, ``matmul``, ``addmm`` or
+    ``baddbmm`` (either one: x·W or W·x), g shaped (P, *out): ``α g·Wᵀ`` or ``α Wᵀ·g``
+    with the pass dimension P as one more batch dimension.  None for other ops, for
+    vectors, and where W's batch dimensions would broadcast x's (the product would need
+    a sum over them); the bias of ``addmm``/``baddbmm`` does not enter Jᵀg.
+    """
+    factors = _FACTORS.get(op_name(ctx.op))
+    if factors is None:
+        return None
+    args, kwargs = ctx.args()
+    alpha = kwargs.get("alpha", 1)
+    if set(kwargs) - {"alpha", "beta"} or len(args) != factors[1] + 1:
+        return None
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        return None
+    x = ctx.inputs[index]
+    a, b = (args[i] for i in factors)
+    if a is x and b is not x:
+        left = True  # out = x·W
+    elif b is x and a is not x:
+        left = False  # out = W·x
+    else:
+        return None
+    if not isinstance(weight, Tensor) or x.dim() < 2 or weight.dim() < 2:
+        return None
+    try:
+        if torch.broadcast_shapes(x.shape[:-2], weight.shape[:-2]) != x.shape[:-2]:
+            return None
+    except RuntimeError:
+        return None
+    if left and weight.dim() == 2 and _feeds_output(ctx):
+        r = _rows_product(g, weight.mT)
+    else:
+        r = torch.matmul(g, weight.mT) if left else torch.matmul(weight.mT, g)
+    return r if alpha == 1 else r * alpha
+
+
+def layer_product(ctx: Context, index: int, weight: Tensor, g: Tensor) -> Tensor | None:
+    """Jᵀg of a weighted op with respect to its input ``ctx.inputs[index]``, for the weight
+    ``weight``: :func:`input_product` for linear and convolution layers (input 0),
+    :func:`factor_product` for matrix products with a constant factor; None otherwise."""
+    if index == 0:
+        product = input_product(ctx, weight, g)
+        if product is not None:
+            return product
+    return factor_product(ctx, index, weight, g)
 
 
 def input_product_in_blocks(

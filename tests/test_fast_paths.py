@@ -57,7 +57,7 @@ def test_classic_rules_fast_path_matches_autograd(rule_set, monkeypatch: pytest.
         .eval()
     )
     fast = relprop.trace(model, rule_set).explain(x, [0, 2])
-    monkeypatch.setattr(lrp, "input_product", lambda ctx, w, g: None)
+    monkeypatch.setattr(lrp, "layer_product", lambda ctx, i, w, g: None)
     slow = relprop.trace(model, rule_set).explain(x, [0, 2])
     assert fast.abs().sum() > 0
     assert torch.allclose(fast, slow, atol=1e-12, rtol=1e-10)
@@ -415,3 +415,256 @@ def test_a_rule_handing_one_tensor_to_two_inputs_is_not_overwritten() -> None:
     got = graph.explain(x, [0, 1])
     assert handed == [False, True]  # the relu above the product handed on a tensor it owned
     assert torch.allclose(got, recorded, rtol=1e-12, atol=1e-15)
+
+
+class _Products(nn.Module):
+    """A weighted product written as a matrix product with a parameter, in each form models use."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.form = form
+        self.w = nn.Parameter(torch.randn(6, 5, generator=g))  # (in, out), as Hugging Face's Conv1D
+        self.b = nn.Parameter(torch.randn(5, generator=g))
+        self.w_left = nn.Parameter(torch.randn(7, 4, generator=g))  # the weight as the first factor
+        self.w_batched = nn.Parameter(torch.randn(4, 6, 5, generator=g))
+        self.head = nn.Linear(5 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 4, 6)
+        rows = x.reshape(-1, 6)
+        if self.form == "addmm":  # GPT-2's Conv1D
+            h = torch.addmm(self.b, rows, self.w).view(x.shape[0], 4, 5)
+        elif self.form == "addmm_alpha":
+            h = torch.addmm(self.b, rows, self.w, beta=0.5, alpha=2.0).view(x.shape[0], 4, 5)
+        elif self.form == "mm":
+            h = torch.mm(rows, self.w).view(x.shape[0], 4, 5)
+        elif self.form == "matmul":
+            h = x @ self.w
+        elif self.form == "weight_first":
+            h = (self.w_left @ x)[:, :4, :5]
+        else:  # bmm
+            h = torch.bmm(x.transpose(0, 1), self.w_batched).transpose(0, 1)
+        return self.head(torch.relu(h).flatten(1))
+
+
+@pytest.mark.parametrize("form", ["addmm", "addmm_alpha", "mm", "matmul", "weight_first", "bmm"])
+@pytest.mark.parametrize(
+    "rule_set",
+    [
+        relprop.rules.Epsilon(1e-6),
+        relprop.rules.AttnLRP(),
+        relprop.rules.EpsilonPlus(),
+        relprop.rules.AlphaBeta(2.0, 1.0),
+        relprop.rules.Gamma(0.25),
+    ],
+    ids=repr,
+)
+def test_matrix_product_fast_path_matches_autograd(form: str, rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
+    """addmm/mm/bmm/matmul with a parameter, whichever factor holds it: the transposed product
+    (no second forward) equals the autograd path, in float64, and is the path taken."""
+    from relprop.rules import lrp, products
+
+    torch.manual_seed(0)
+    model = _Products(form).double().eval()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    taken: list[str] = []
+
+    def spy(ctx, i, w, g):  # noqa: ANN001, ANN202
+        r = products.layer_product(ctx, i, w, g)
+        if r is not None and "linear" not in str(ctx.op):
+            taken.append(str(ctx.op))
+        return r
+
+    monkeypatch.setattr(lrp, "layer_product", spy)
+    fast = relprop.trace(model, rule_set).explain(x, [0, 2])
+    assert taken, "the product's fast path was not taken"
+    monkeypatch.setattr(lrp, "layer_product", lambda ctx, i, w, g: None)
+    slow = relprop.trace(model, rule_set).explain(x, [0, 2])
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, atol=1e-13, rtol=1e-11), (fast - slow).abs().max()
+
+
+@pytest.mark.parametrize("rule_set", [relprop.rules.Epsilon(1e-6), relprop.rules.AttnLRP()], ids=repr)
+def test_gpt2_conv1d_fast_path_matches_autograd(rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT-2 (Hugging Face ``Conv1D``: ``addmm(b, x, W)``, W shaped (in, out)): every Conv1D takes the
+    transposed product, and the map equals the autograd path's in float64."""
+    transformers = pytest.importorskip("transformers")
+    from relprop.rules import lrp, products
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config).double().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    target = relprop.targets.next_token([3, 11])
+    taken: list[str] = []
+
+    def spy(ctx, i, w, g):  # noqa: ANN001, ANN202
+        r = products.layer_product(ctx, i, w, g)
+        if r is not None and "addmm" in str(ctx.op):
+            taken.append(ctx.node.name)
+        return r
+
+    monkeypatch.setattr(lrp, "layer_product", spy)
+    fast = relprop.trace(model, rule_set).explain(inputs, target)
+    assert len(taken) == 4 * config.n_layer  # c_attn, c_proj, c_fc, mlp.c_proj
+    monkeypatch.setattr(lrp, "layer_product", lambda ctx, i, w, g: None)
+    slow = relprop.trace(model, rule_set).explain(inputs, target)
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, atol=1e-13, rtol=1e-11), (fast - slow).abs().max()
+
+
+class _GroupedAttention(nn.Module):
+    """Grouped-query attention: 4 query heads share 2 key/value heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.kv = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 2).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, 2, 2).permute(2, 0, 3, 1, 4)
+        o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.head(o.transpose(1, 2).reshape(b, n, 8).mean(1))
+
+
+@pytest.mark.parametrize("case", ["plain", "float_mask", "bool_mask", "causal", "grouped"])
+def test_attention_value_rule_product_matches_autograd(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ε-rule's attention (probabilities held): pᵀg from one product equals autograd's vjp of v ↦ p·v."""
+    from relprop.rules import lrp
+    from relprop.rules.attention import attention_inputs, masked_softmax, repeat_kv
+    from relprop.rules.base import stabilize, vjp
+
+    def by_autograd(self, ctx, R):  # noqa: ANN001, ANN202 - the rule as it was written before
+        att = attention_inputs(ctx)
+        out = [None] * len(ctx.inputs)
+        if not ctx.live[2]:
+            return out
+        with torch.no_grad():
+            p = masked_softmax(att.scores(), -1)
+        g = R / stabilize(ctx.output, self.epsilon)
+        (r,) = vjp(lambda a: p @ repeat_kv(a, att.groups), [att.v], g)
+        out[2] = att.v * r
+        return out
+
+    torch.manual_seed(0)
+    model = (_GroupedAttention() if case == "grouped" else _SelfAttention()).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    inputs: dict = {"x": x}
+    if case == "bool_mask":
+        inputs["mask"] = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+        inputs["mask"][1, :, :, 3:] = False
+    if case == "float_mask":
+        inputs["mask"] = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
+        inputs["mask"][1, :, :, 3:] = torch.finfo(torch.float64).min
+    if case == "causal":
+        inputs["causal"] = True
+    rule_set = relprop.rules.Epsilon(1e-6)
+    graph = relprop.trace(model, rule_set)
+    fast = graph.explain(inputs, [0, 2])
+    assert "AttentionValueRule" in graph.summary()
+    monkeypatch.setattr(lrp.AttentionValueRule, "relevance", by_autograd)
+    slow = relprop.trace(model, rule_set).explain(inputs, [0, 2])
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, atol=1e-13, rtol=1e-11), (fast - slow).abs().max()
+
+
+def _alpha_beta_every_term(layer, R, alpha, beta, eps, bias):  # noqa: ANN001, ANN202
+    """The αβ-rule with every product of x⁺ and x⁻ formed, as it was written before."""
+    x, w, b = layer.x, layer.w, (layer.b if bias else None)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    with torch.no_grad():
+        zp = layer.f(xp, wp, None if b is None else b.clamp(min=0)) + layer.f(xn, wn)
+        zn = layer.f(xp, wn, None if b is None else b.clamp(max=0)) + layer.f(xn, wp)
+    gp = R / (zp + eps)
+    rel = alpha * (xp * layer.jt(wp, gp) + xn * layer.jt(wn, gp))
+    if beta:
+        gn = R / (zn - eps)
+        rel = rel - beta * (xp * layer.jt(wn, gn) + xn * layer.jt(wp, gn))
+    return rel
+
+
+@pytest.mark.parametrize(
+    "rule_set",
+    [
+        relprop.rules.EpsilonPlus(),
+        relprop.rules.EpsilonPlusFlat(),
+        relprop.rules.AlphaBeta(2.0, 1.0),
+        relprop.rules.EpsilonAlpha2Beta1(),
+    ],
+    ids=repr,
+)
+def test_alpha_beta_leaves_out_the_products_of_a_nonnegative_input(rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a ReLU, x⁻ = 0: the αβ-rule's products with it (and z⁻ where β = 0) are left out, and the
+    map is exactly the one with every product formed."""
+    from relprop.rules import lrp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
+    model = model.double().eval()
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    calls: list[int] = []
+    f = lrp._Layer.f
+    monkeypatch.setattr(lrp._Layer, "f", lambda self, *a: calls.append(1) or f(self, *a))
+    fast = relprop.trace(model, rule_set).explain(x, [0, 2])
+    fewer = len(calls)
+    calls.clear()
+    monkeypatch.setattr(lrp, "_alpha_beta", _alpha_beta_every_term)
+    slow = relprop.trace(model, rule_set).explain(x, [0, 2])
+    assert fast.abs().sum() > 0
+    assert torch.equal(fast, slow)
+    assert fewer < len(calls), (fewer, len(calls))
+
+
+@pytest.mark.parametrize(
+    "rule_set", [relprop.rules.Epsilon(1e-6), relprop.rules.EpsilonPlus(), relprop.rules.AbsLRP()], ids=repr
+)
+def test_output_layer_multiplies_only_the_rows_the_target_explains(rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relevance a walk starts from is zero outside the explained positions (a language model's
+    last): the output layer's product is formed for those rows only, and equals the whole product."""
+    from relprop.rules import products
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).double().eval()
+    x = torch.randn(2, 7, 6, dtype=torch.float64)
+
+    def target(out: torch.Tensor) -> torch.Tensor:
+        return out[:, -1, 1]
+
+    kept: list[int] = []
+    rows = products._rows_product
+
+    def spy(g, w):  # noqa: ANN001, ANN202
+        kept.append(int(g.reshape(-1, g.shape[-1]).ne(0).any(1).sum()))
+        return rows(g, w)
+
+    monkeypatch.setattr(products, "_rows_product", spy)
+    fast = relprop.trace(model, rule_set).explain(x, target)
+    assert kept and max(kept) <= 2 * 2  # the last position of each sample (per pass)
+    monkeypatch.setattr(products, "_feeds_output", lambda ctx: False)
+    slow = relprop.trace(model, rule_set).explain(x, target)
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, atol=1e-14, rtol=1e-12), (fast - slow).abs().max()
+
+
+def test_rows_product_equals_the_whole_product() -> None:
+    from relprop.rules import products
+
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, dtype=torch.float64)
+    for nonzero in ([1], [0, 4], [0, 1, 2, 3, 4, 5]):  # few rows; more than half: the whole product
+        g = torch.zeros(2, 3, 5, dtype=torch.float64)
+        g.view(-1, 5)[nonzero] = torch.randn(len(nonzero), 5, dtype=torch.float64)
+        assert torch.allclose(products._rows_product(g, w), g @ w, atol=1e-15, rtol=0)
