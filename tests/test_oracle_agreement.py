@@ -1,8 +1,7 @@
 """relprop's absLRP against an independent, module-by-module oracle (``abslrp_oracle``).
 
-The oracle is written from the semantics only (docs/semantics.md §absLRP, first
-written as the design notes outside the repository) and walks the ``nn.Module``
-tree with local autograd, the way the absLRP authors' code does. First it is checked
+The oracle is written from the semantics only (docs/semantics.md §absLRP) and walks
+the ``nn.Module`` tree with local autograd, the way the absLRP authors' code does. First it is checked
 against the authors' own maps (the fixtures in ``../shared/reference``): that makes it
 a faithful stand-in for the reference. Then relprop is compared with it on models of
 the same families that are not in the fixtures: small explicit VGG / ResNet / ViT
