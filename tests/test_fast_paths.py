@@ -177,12 +177,10 @@ class _SelfAttention(nn.Module):
         return self.head(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], 8).mean(1))
 
 
-@pytest.mark.parametrize("case", ["plain", "float_mask", "bool_mask", "causal"])
-def test_attention_closed_form_matches_autograd(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
-    model = _SelfAttention().double().eval()
-    x = torch.randn(2, 5, 8, dtype=torch.float64)
-    inputs: dict = {"x": x}
+def _attention_inputs(case: str) -> dict:
+    """x (2, 5, 8) and the case's mask: none, float or bool masking the second sample's last
+    two keys, or causal."""
+    inputs: dict = {"x": torch.randn(2, 5, 8, dtype=torch.float64)}
     if case == "bool_mask":
         inputs["mask"] = torch.ones(2, 1, 5, 5, dtype=torch.bool)
         inputs["mask"][1, :, :, 3:] = False
@@ -191,6 +189,14 @@ def test_attention_closed_form_matches_autograd(case: str, monkeypatch: pytest.M
         inputs["mask"][1, :, :, 3:] = torch.finfo(torch.float64).min
     if case == "causal":
         inputs["causal"] = True
+    return inputs
+
+
+@pytest.mark.parametrize("case", ["plain", "float_mask", "bool_mask", "causal"])
+def test_attention_closed_form_matches_autograd(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = _SelfAttention().double().eval()
+    inputs = _attention_inputs(case)
     fast = relprop.trace(model).explain(inputs, [0, 2])
     monkeypatch.setattr(abslrp_closed, "attention_closed_form", lambda ctx, R, eps: None)
     slow = relprop.trace(model).explain(inputs, [0, 2])
@@ -551,16 +557,7 @@ def test_attention_value_rule_product_matches_autograd(case: str, monkeypatch: p
 
     torch.manual_seed(0)
     model = (_GroupedAttention() if case == "grouped" else _SelfAttention()).double().eval()
-    x = torch.randn(2, 5, 8, dtype=torch.float64)
-    inputs: dict = {"x": x}
-    if case == "bool_mask":
-        inputs["mask"] = torch.ones(2, 1, 5, 5, dtype=torch.bool)
-        inputs["mask"][1, :, :, 3:] = False
-    if case == "float_mask":
-        inputs["mask"] = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
-        inputs["mask"][1, :, :, 3:] = torch.finfo(torch.float64).min
-    if case == "causal":
-        inputs["causal"] = True
+    inputs = _attention_inputs(case)
     rule_set = relprop.rules.Epsilon(1e-6)
     graph = relprop.trace(model, rule_set)
     fast = graph.explain(inputs, [0, 2])
