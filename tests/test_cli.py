@@ -231,10 +231,8 @@ def test_console_script(tmp_path) -> None:
     script = Path(sys.executable).parent / "relprop"
     if not script.exists():
         pytest.skip(f"no relprop console script next to {sys.executable} (package not installed)")
-    out = tmp_path / "x.png"
-    done = subprocess.run(
-        [str(script), "--model", "vgg", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    # the entry point answers; a whole run through it: docs/getting-started.md's `relprop --model digits`
+    # (tests/test_docs_examples.py) and the installed wheel (tests/test_wheel.py)
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "wrote" in done.stdout
-    _png_size(out)
+    assert "explain" in done.stdout and "evaluate" in done.stdout
