@@ -69,25 +69,15 @@ IXG = "Input×Gradient"
 
 
 def tiny_model() -> Any:
-    """A tiny random Llama (2 layers, hidden 64, vocabulary 1000), for ``--quick``."""
+    """The long-prompt benchmark's tiny random Llama (2 layers, hidden 64, vocabulary 1000), for
+    ``--quick``."""
     import transformers
 
+    sys.path.insert(0, str(HERE))
+    from llm_long_prompts import tiny_config
+
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        use_cache=False,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config).eval().requires_grad_(False)
+    return transformers.LlamaForCausalLM(tiny_config()).eval().requires_grad_(False)
 
 
 def load(quick: bool, prompts_file: Path) -> tuple[Any, list[dict[str, Any]], int]:
