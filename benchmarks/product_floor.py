@@ -23,15 +23,14 @@ PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_convolution", "aten:
 
 
 def measure(name: str, batch: int) -> dict[str, float]:
-    from speed import build_case, method_calls  # the same models and gradient pass as speed.py
+    from speed import _scores, build_case, method_calls  # the same models, targets and gradient pass as speed.py
 
     case = build_case(name, quick=False)
     model = case.model.requires_grad_(False)
     inputs = case.make_inputs(batch)
     with torch.no_grad():
         out = model(**inputs) if case.text else model(inputs)
-    logits = out.logits if hasattr(out, "logits") else out
-    target = logits.argmax(1)
+    target = _scores(case, out).argmax(1)
     graph = relprop.trace(model)
     calls = method_calls(case, inputs, target, {"absLRP": graph})
     calls["absLRP"]()  # trace

@@ -171,9 +171,7 @@ def _per_sample(weights: list[Tensor | None]) -> Tensor:
 
 def _unit(weights: list[Tensor | None], what: str) -> list[Tensor | None]:
     total = _per_sample(weights)
-    if (total == 0).any():
-        j = int((total == 0).nonzero()[0])
-        raise TargetError(f"the {what} selects nothing for sample {j}")
+    _check_selects(total, what)
     out = []
     for w in weights:
         out.append(None if w is None else w / total.reshape(-1, *[1] * (w.dim() - 1)))
@@ -209,6 +207,11 @@ def start_relevance(
         _check_finite(flat, [None if r is None else r[0] for r in rel])
         return Start(rel, None, 1)
     weights, classes = _selection(out_obj, flat, spec, target, batch)
+    dim = getattr(target, "class_dim", -1) if callable(target) and not isinstance(target, Tensor) else -1
+    if start == "onehot" or contrastive:
+        rows = _row_start(flat, weights, contrastive, dim)
+        if rows is not None:
+            return Start(rows, classes, 2 if contrastive else 1)
     _check_finite(flat, weights)
     if contrastive:
         positive = _unit(weights, "target")
@@ -252,13 +255,79 @@ def _check_finite(flat: list[Any], weights: list[Tensor | None]) -> None:
         used = (w != 0).reshape(w.shape[0], -1).any(1)
         bad = used & ~torch.isfinite(v).reshape(v.shape[0], -1).all(1)
         if bad.any():
-            samples = bad.nonzero().flatten().tolist()
-            raise InputError(
-                f"the model's output is not finite (NaN or Inf) for sample(s) {samples[:10]}: there is "
-                "nothing to explain there. The model itself produced it on this input (e.g. an attention "
-                "mask that fills a whole row with -inf, or an overflow in a lower precision); expected a "
-                "finite output for every explained sample."
-            )
+            _not_finite(bad.nonzero().flatten().tolist())
+
+
+def _not_finite(samples: list[int]) -> None:
+    raise InputError(
+        f"the model's output is not finite (NaN or Inf) for sample(s) {samples[:10]}: there is "
+        "nothing to explain there. The model itself produced it on this input (e.g. an attention "
+        "mask that fills a whole row with -inf, or an overflow in a lower precision); expected a "
+        "finite output for every explained sample."
+    )
+
+
+def _check_selects(total: Tensor, what: str) -> None:
+    """A TargetError for the first sample whose selection total is zero."""
+    if (total == 0).any():
+        j = int((total == 0).nonzero()[0])
+        raise TargetError(f"the {what} selects nothing for sample {j}")
+
+
+def _row_start(
+    flat: list[Any], weights: list[Tensor | None], contrastive: bool, dim: int
+) -> list[Tensor | None] | None:
+    """The one-hot start (and the contrast) computed on the rows the selection touches, or None.
+
+    A language model's target selects one position of a (batch, tokens, vocabulary) output:
+    every step of :func:`start_relevance` (the finiteness check, the contrast, the rescaling)
+    works on those rows alone, the same numbers as on the whole output.  Only where every
+    selection is zero outside at most half of its rows (over all but the last dimension) and
+    the contrast runs along the last dimension; None otherwise.
+    """
+    if dim not in (-1, None) and not (weights and all(w is None or dim == w.dim() - 1 for w in weights)):
+        return None
+    parts: list[tuple[Tensor, Tensor, Tensor] | None] = []  # (rows, their samples, their values)
+    for w in weights:
+        if w is None:
+            parts.append(None)
+            continue
+        if w.dim() < 3:
+            return None
+        rows = w.reshape(-1, w.shape[-1])
+        kept = rows.ne(0).any(1).nonzero().squeeze(1)
+        if 2 * kept.numel() > rows.shape[0]:
+            return None
+        parts.append((kept, kept // (rows.shape[0] // w.shape[0]), rows.index_select(0, kept)))
+    batch = next(w.shape[0] for w in weights if w is not None)
+    for part, v in zip(parts, flat):
+        if part is not None and isinstance(v, Tensor) and v.is_floating_point():
+            kept, samples, _ = part
+            bad = ~torch.isfinite(v.reshape(-1, v.shape[-1]).index_select(0, kept)).all(1)
+            if bad.any():
+                _not_finite(samples[bad].unique().tolist())
+    passes = [[None if p is None else p[2] for p in parts]]
+    if contrastive:  # every other entry of each selected row
+        passes.append([None if p is None else (p[2] == 0).to(p[2].dtype) for p in parts])
+    for values, what in zip(passes, ("target", "contrast (all other classes)")):
+        total = torch.zeros(batch, dtype=torch.float64, device=next(v.device for v in values if v is not None))
+        for part, vals in zip(parts, values):
+            if part is not None:
+                total.index_add_(0, part[1], vals.abs().sum(1, dtype=torch.float64))
+        _check_selects(total, what)
+        for j, (part, vals) in enumerate(zip(parts, values)):
+            if part is not None:
+                values[j] = vals / total.index_select(0, part[1]).to(vals.dtype)[:, None]
+    out: list[Tensor | None] = []
+    for j, (w, part) in enumerate(zip(weights, parts)):
+        if w is None or part is None:
+            out.append(None)
+            continue
+        rel = w.new_zeros(len(passes), *w.shape)
+        for p, values in enumerate(passes):
+            rel[p].view(-1, w.shape[-1]).index_copy_(0, part[0], values[j])
+        out.append(rel)
+    return out
 
 
 class NextToken:
@@ -283,7 +352,9 @@ class NextToken:
         batch, length, vocab = logits.shape
         ids = torch.as_tensor(self.token_id, device=logits.device)
         if ids.is_floating_point() or ids.dim() > 1 or (ids.dim() == 1 and len(ids) != batch):
-            raise TargetError(f"next_token needs one int token id, or one per sample ({batch}); got {self.token_id!r}")
+            raise TargetError(
+                f"next_token needs one int token id, or one per sample ({batch}); got {_describe(self.token_id, ids)}"
+            )
         ids = ids.to(torch.long).expand(batch)
         bad = (ids < 0) | (ids >= vocab)
         if bad.any():
@@ -325,6 +396,14 @@ class NextToken:
 
     def __repr__(self) -> str:
         return f"next_token({self.token_id!r}, position={self.position})"
+
+
+def _describe(value: Any, ids: Tensor) -> str:
+    """``value`` for an error message: its repr if short, else its type and shape."""
+    text = repr(value)
+    if len(text) <= 80:
+        return text
+    return f"a {type(value).__name__} of shape {tuple(ids.shape)} and dtype {ids.dtype}"
 
 
 def _logits(out: Any) -> Tensor:

@@ -123,6 +123,10 @@ class AbsRule(Rule):
 
     def relevance(self, ctx: Context, R: Relevance) -> list[Tensor | None]:
         dense = ctx.info.category in WEIGHTED_CATEGORIES
+        if dense and self.divide:
+            fast = closed.output_layer(ctx, R, self.eps, self.weight_cache)
+            if fast is not None:
+                return fast
         if not dense:
             fast = closed.diagonal_step(ctx, R, self.eps if self.divide else None)
             if fast is not None:

@@ -16,6 +16,7 @@ generic path, or rounding noise divided by ε = 1e-9 downstream shows up.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,9 +27,17 @@ from .attention import apply_mask, attention_inputs, is_masked, masked_softmax
 from .base import Context, Layout, Relevance, mark_owned, unit_l1
 from .derived_weights import ABSOLUTE, DOUBLE_POSITIVE, WITH_ABSOLUTE, derived_product
 from .ops import MAXPOOL, MOVE, op_name
-from .products import input_product
+from .products import feeds_output, input_product
 
-__all__ = ["attention_closed_form", "closed_form", "diagonal_step", "nonnegative", "result", "weighted"]
+__all__ = [
+    "attention_closed_form",
+    "closed_form",
+    "diagonal_step",
+    "nonnegative",
+    "output_layer",
+    "result",
+    "weighted",
+]
 
 
 #: ops whose output is never negative (ReLU, sigmoid, softmax, ...), and ops that keep
@@ -57,11 +66,13 @@ def result(ctx: Context, contributions: dict[int, Tensor]) -> list[Tensor | None
     Not for float16, whose range is too small for unnormalized relevance.
     """
     out: list[Tensor | None] = [None] * len(ctx.inputs)
+    normalized: set[int] = set()  # one tensor handed to several inputs is rescaled once
     for i, c in contributions.items():
-        if ctx.hints.free(i) and c.dtype in (torch.float32, torch.float64):
+        if id(c) in normalized or (ctx.hints.free(i) and c.dtype in (torch.float32, torch.float64)):
             out[i] = mark_owned(c)
         else:
             out[i] = mark_owned(unit_l1(c, ctx.info.in_layouts[i], ctx.batch))
+            normalized.add(id(c))
     return out
 
 
@@ -72,26 +83,62 @@ def weighted(ctx: Context, g: Tensor, weight_cache: Any = "auto") -> list[Tensor
     x ⊙ (W + |W|)ᵀg = x ⊙ (2W⁺)ᵀg: one product instead of two.  The derived weights
     come from the graph's :class:`~relprop.rules.derived_weights.DerivedWeights` within ``weight_cache``'s budget.
     """
+    c = _weighted(ctx, ctx.inputs[0], g, weight_cache)
+    return None if c is None else result(ctx, {0: c})
+
+
+def _weighted(ctx: Context, x: Tensor, g: Tensor, weight_cache: Any) -> Tensor | None:
+    """x ⊙ Wᵀg + |x| ⊙ |W|ᵀg of :func:`weighted`, unnormalized (``x`` may be rows of the input)."""
     w = ctx.args()[0][1]
-    x = ctx.inputs[0]
     if nonnegative(ctx.input_nodes[0]):
         c = derived_product(ctx, w, DOUBLE_POSITIVE, g, weight_cache)
-        return None if c is None else result(ctx, {0: c.mul_(x)})
+        return None if c is None else c.mul_(x)
     # signed x: Wᵀg and |W|ᵀg from one product with [W, |W|] (one larger GEMM is faster);
     # a linear layer whose [W, |W|] is not kept takes two, with W as it is and |W| (half the
     # memory to write at every explain; a convolution's product costs more than its weight)
     linear = op_name(ctx.op) == "aten.linear"
+    sign = torch.sign(x)
     both = derived_product(ctx, w, WITH_ABSOLUTE, g, weight_cache, kept_only=linear)
     if both is not None:
         a, b = both.chunk(2, dim=-1 if linear else 2)
-    else:
-        a = input_product(ctx, w, g)
-        if a is None:
-            return None
-        b = derived_product(ctx, w, ABSOLUTE, g, weight_cache)
-        if b is None:
-            return None
-    return result(ctx, {0: (a * x).add_(b.mul_(x.abs()))})
+        c = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+        return torch.addcmul(a, b, sign, out=c).mul_(x)
+    a = input_product(ctx, w, g)
+    if a is None:
+        return None
+    b = derived_product(ctx, w, ABSOLUTE, g, weight_cache)
+    if b is None:
+        return None
+    # x ⊙ a + |x| ⊙ b = x ⊙ (a + sign(x) ⊙ b): where a = b and x < 0, exactly 0 (sign(x)·b is exact)
+    return a.addcmul_(b, sign).mul_(x)
+
+
+def output_layer(ctx: Context, R: Relevance, eps: float, weight_cache: Any = "auto") -> list[Tensor | None] | None:
+    """:func:`weighted` at a linear layer whose output is the graph's output, on the rows of R
+    that are not all zero (a language model's target position; the others give zero).
+
+    The relevance the walk starts from is zero outside what the target explains: dividing
+    by |y| and multiplying there would be most of the work on a vocabulary-sized output.
+    None where more than half the rows are non-zero, or for other layers.
+    """
+    if op_name(ctx.op) != "aten.linear" or not isinstance(R, Tensor) or ctx.live_inputs != [0]:
+        return None
+    if not feeds_output(ctx) or R.dim() < 3:
+        return None
+    rows = R.reshape(-1, R.shape[-1])
+    kept = rows.ne(0).any(1).nonzero().squeeze(1)
+    if 2 * kept.numel() > rows.shape[0]:
+        return None
+    x = ctx.inputs[0]
+    y = ctx.output.reshape(-1, R.shape[-1])
+    at = kept % y.shape[0]  # the sample row of each (pass, row) kept
+    g = rows.index_select(0, kept).div_(y.index_select(0, at).abs_().add_(eps))
+    c = _weighted(ctx, x.reshape(-1, x.shape[-1]).index_select(0, at), g, weight_cache)
+    if c is None:
+        return None
+    out = c.new_zeros(rows.shape[0], x.shape[-1])
+    out.index_copy_(0, kept, c)
+    return result(ctx, {0: out.reshape(R.shape[0], *x.shape)})
 
 
 def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor | None] | None:
@@ -111,10 +158,15 @@ def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor 
     if eps is not None:
         y = ctx.output[0] if isinstance(ctx.output, (list, tuple)) else ctx.output
         den = (y + eps) if nonnegative(ctx.node) else y.abs().add_(eps)
-        factors = {i: k.div_(den) for i, k in factors.items()}
+        divided = {id(k): k.div_(den) for k in {id(k): k for k in factors.values()}.values()}
+        factors = {i: divided[id(k)] for i, k in factors.items()}
     last = list(factors)[-1]  # R is no longer needed once the last product is formed
     inplace = ctx.hints.owns_relevance and isinstance(R, Tensor)
-    return result(ctx, {i: R0.mul_(k) if inplace and i == last else R0 * k for i, k in factors.items()})
+    made: dict[int, Tensor] = {}  # id(factor) -> contribution: inputs that share a factor share it
+    for i, k in factors.items():
+        if id(k) not in made:
+            made[id(k)] = R0.mul_(k) if inplace and i == last else R0 * k
+    return result(ctx, {i: made[id(k)] for i, k in factors.items()})
 
 
 def _relu(ctx: Context) -> dict[int, Tensor] | None:
@@ -125,15 +177,51 @@ def _relu(ctx: Context) -> dict[int, Tensor] | None:
 
 
 def _gelu(ctx: Context) -> dict[int, Tensor] | None:
-    """gelu: k = x·gelu'(x) + |x|·gelu'(|x|), the derivatives from aten's own backward kernel."""
+    """gelu: k = x·gelu'(x) + |x|·gelu'(|x|) = 2x·gelu'(x) + max(-x, 0).
+
+    gelu(x) = x·c(x) with c(x) + c(-x) = 1 (Φ, or the tanh form), so gelu'(-x) = 1 - gelu'(x)
+    and for x < 0 the second term is |x| - |x|·gelu'(x): one derivative (aten's own backward
+    kernel) instead of two.
+    """
     args, kwargs = ctx.args()
     if ctx.live_inputs != [0] or len(args) != 1:
         return None
     x, approximate = args[0], kwargs.get("approximate", "none")
-    ones = x.new_ones(()).expand_as(x)
-    xa = x.abs()
-    k = torch.ops.aten.gelu_backward(ones, x, approximate=approximate).mul_(x)
-    return {0: k.add_(torch.ops.aten.gelu_backward(ones, xa, approximate=approximate).mul_(xa))}
+    slope = torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate=approximate)
+    return {0: _odd_gate(x, slope)}
+
+
+def _silu(ctx: Context) -> dict[int, Tensor] | None:
+    """silu(x) = x·σ(x), σ(x) + σ(-x) = 1: k = 2x·silu'(x) + max(-x, 0), as for :func:`_gelu`."""
+    args, kwargs = ctx.args()
+    if ctx.live_inputs != [0] or len(args) != 1 or kwargs:
+        return None
+    x = args[0]
+    return {0: _odd_gate(x, torch.ops.aten.silu_backward(torch.ones_like(x), x))}
+
+
+def _odd_gate(x: Tensor, slope: Tensor) -> Tensor:
+    """x·f'(x) + |x|·f'(|x|) for f(x) = x·c(x) with c(x) + c(-x) = 1, given ``slope`` = f'(x)."""
+    return torch.addcmul(x.clamp_max(0).neg_(), slope, x, value=2)
+
+
+def _scaled(ctx: Context) -> dict[int, Tensor] | None:
+    """x·c or x/c with c constant, or a·b with both live: k = x·J + |x|·J_abs = 2·y⁺ for each
+    live factor (J = c, J_abs = |c|: x·c + |x|·|c| = 2(x·c)⁺), one tensor for all of them.
+
+    Only where every live input has the output's shape and dtype (no broadcast live factor),
+    and for a division only its dividend.
+    """
+    args, kwargs = ctx.args()
+    y, live = ctx.output, ctx.live_inputs
+    if kwargs or len(args) != 2 or not isinstance(y, Tensor):
+        return None
+    if op_name(ctx.op) == "aten.div" and live != [0]:
+        return None
+    if any(ctx.inputs[i].shape != y.shape or ctx.inputs[i].dtype != y.dtype for i in live):
+        return None
+    k = y.clamp_min(0).mul_(2)
+    return dict.fromkeys(live, k)
 
 
 def _batch_norm(ctx: Context) -> dict[int, Tensor] | None:
@@ -166,17 +254,19 @@ def _add(ctx: Context) -> dict[int, Tensor] | None:
 
 
 def _layer_norm(ctx: Context) -> dict[int, Tensor] | None:
-    """layer norm with constant statistics: J = w/σ(x), J_abs = |w|/σ(|x|) (docs/semantics.md §Normalisations)."""
+    """layer norm with constant statistics: J = w/σ(x), J_abs = |w|/σ(|x|) (docs/semantics.md §Normalisations).
+
+    1/σ from aten's fused ``native_layer_norm`` (its reciprocal standard deviation).
+    """
     args, kwargs = ctx.args()
     if ctx.live_inputs != [0]:
         return None
-    x, shape = args[0], args[1]
+    x, shape = args[0], list(args[1])
     w = args[2] if len(args) > 2 else kwargs.get("weight")
     eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
-    dims = tuple(range(x.dim() - len(shape), x.dim()))
     xa = x.abs()
-    k = x / torch.sqrt(x.var(dim=dims, keepdim=True, unbiased=False) + eps)
-    ka = xa / torch.sqrt(xa.var(dim=dims, keepdim=True, unbiased=False) + eps)
+    k = x * torch.ops.aten.native_layer_norm(x, shape, None, None, eps)[2]
+    ka = xa.mul_(torch.ops.aten.native_layer_norm(xa, shape, None, None, eps)[2])
     if w is not None:
         k, ka = k.mul_(w), ka.mul_(w.abs())
     return {0: k.add_(ka)}
@@ -188,6 +278,9 @@ _DIAGONAL = {
     "aten._native_batch_norm_legit_no_training": _batch_norm,
     "aten.add": _add,
     "aten.layer_norm": _layer_norm,
+    "aten.silu": _silu,
+    "aten.mul": _scaled,
+    "aten.div": _scaled,
 }
 
 
@@ -226,38 +319,64 @@ def attention_closed_form(ctx: Context, R: Relevance, eps: float) -> list[Tensor
     The same numbers as the autograd path (to rounding), without re-running the products
     on absolute values: for o = p·v, p ≥ 0 gives p ⊙ (g (v + |v|)ᵀ) and (v + |v|) ⊙ (pᵀg);
     the softmax (statistics constant) has J = diag(p), J_abs = diag(softmax(|s|)).
-    None for grouped-query attention (the autograd path handles the repeat).
+    The passes are laid out beside the query positions, so every product is one batched
+    product over the heads with no copy of the score-sized factors.  None for grouped-query
+    attention (the autograd path handles the repeat) and for batch dimensions that broadcast.
     """
     q, k, v, mask, causal, scale, groups = attention_inputs(ctx)
-    if groups != 1 or not isinstance(R, Tensor):
+    if groups != 1 or not isinstance(R, Tensor) or q.dim() < 3 or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
         return None
-    live, B = ctx.live, ctx.batch
+    live, B, P = ctx.live, ctx.batch, R.shape[0]
     layout = Layout(0) if ctx.info.out_layout is not None else None
+    lead, Tq, Tk, d, dv = q.shape[:-2], q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    N = math.prod(lead)
     out: list[Tensor | None] = [None] * len(ctx.inputs)
-    qs = q * scale
-    prod = qs @ k.transpose(-2, -1)
-    s = apply_mask(prod, mask, causal)
-    p = masked_softmax(s, -1)
-    g = R / ctx.output.abs().add_(eps)
-    v2 = v.clamp_min(0).mul_(2)  # v + |v|
-    if live[2]:
-        out[2] = unit_l1(v2 * (p.transpose(-2, -1) @ g), layout, B)
+    qs = (q * scale).reshape(N, Tq, d)
+    k3, v3 = k.reshape(N, Tk, d), v.reshape(N, Tk, dv)
+    prod = torch.bmm(qs, k3.transpose(1, 2))
+    s = apply_mask(prod.view(*lead, Tq, Tk), mask, causal).reshape(N, Tq, Tk)
+    masked = is_masked(s) if (mask is not None or causal) else None
+    p = torch.softmax(s, -1)
+    if masked is not None:  # a row the mask removed entirely is zeros, not 0/0
+        p = p.nan_to_num_(0.0)
+    # g = R / (|o| + ε), laid out (N, Tq, P, dv): the passes beside the query positions
+    g = torch.empty(N, Tq, P, dv, dtype=R.dtype, device=R.device)
+    torch.div(R.reshape(P, N, Tq, dv).permute(1, 2, 0, 3), ctx.output.abs().add_(eps).reshape(N, Tq, 1, dv), out=g)
+    v2 = v3.clamp_min(0).mul_(2)  # v + |v|
+    if live[2]:  # (v + |v|) ⊙ (pᵀ g)
+        pg = torch.bmm(p.transpose(1, 2), g.view(N, Tq, P * dv)).view(N, Tk, P, dv)
+        rv = torch.empty(P, N, Tk, dv, dtype=R.dtype, device=R.device)
+        torch.mul(pg.permute(2, 0, 1, 3), v2, out=rv)
+        out[2] = unit_l1(rv.view(P, *v.shape), layout, B)
     if not (live[0] or live[1]):
         return out
     # p's relevance (Eq. for o = p·v) and the softmax step, and g = R_s / |q·kᵀ| for the
     # product below, as one factor on g_o·(v + |v|)ᵀ: the two rescalings in between are
     # per pass and sample, and the steps below normalize what they return anyway
-    masked = is_masked(s)
-    s_abs = torch.where(masked, s, s.abs())
-    factor = (s * p).add_(masked_softmax(s_abs, -1).mul_(s_abs))
-    factor = torch.where(masked, torch.zeros((), dtype=s.dtype), factor)
-    factor = factor.mul_(p).div_(p + eps).div_(prod.abs().add_(eps))
-    g = (g @ v2.transpose(-2, -1)).mul_(factor)
-    # the products with a tensor and its absolute value as one product each ([k, |k|])
+    s_abs = s.abs() if masked is None else torch.where(masked, s, s.abs())
+    factor = torch.softmax(s_abs, -1).mul_(s_abs).add_(s * p)
+    if masked is not None:
+        factor = factor.masked_fill_(masked, 0.0)
+    factor = factor.mul_(p).div_(p.add_(eps)).div_(prod.abs_().add_(eps))
+    G = torch.bmm(g.view(N, Tq * P, dv), v2.transpose(1, 2)).view(N, Tq, P, Tk).mul_(factor.view(N, Tq, 1, Tk))
+    # x ⊙ a + |x| ⊙ b = x ⊙ (a + sign(x) b), a, b from one product with [x', |x'|] each
     if live[0]:
-        a, b = (g @ torch.cat([k, k.abs()], -1)).chunk(2, -1)
-        out[0] = unit_l1((a * qs).add_(b.mul_(qs.abs())), layout, B)
+        ab = torch.bmm(G.view(N, Tq * P, Tk), torch.cat([k3, k3.abs()], -1)).view(N, Tq, P, 2 * d)
+        out[0] = unit_l1(_signed(ab.permute(2, 0, 1, 3), qs, d).view(P, *q.shape), layout, B)
     if live[1]:
-        a, b = (g.transpose(-2, -1) @ torch.cat([qs, qs.abs()], -1)).chunk(2, -1)
-        out[1] = unit_l1((a * k).add_(b.mul_(k.abs())), layout, B)
+        # Gᵀ with the passes beside the key positions: (N, P·Tk, Tq) is a view of G
+        Gt = G.permute(0, 2, 3, 1).reshape(N, P * Tk, Tq)
+        ab = torch.bmm(Gt, torch.cat([qs, qs.abs()], -1)).view(N, P, Tk, 2 * d)
+        out[1] = unit_l1(_signed(ab.transpose(0, 1), k3, d).view(P, *k.shape), layout, B)
     return out
+
+
+def _signed(ab: Tensor, x: Tensor, d: int) -> Tensor:
+    """x ⊙ a + |x| ⊙ b for [a, b] = ``ab`` (P, N, T, 2d) as x ⊙ (a + sign(x) ⊙ b), contiguous.
+
+    Where a = b and x < 0 the sum is exactly 0 either way (sign(x)·b is exact).
+    """
+    a, b = ab[..., :d], ab[..., d:]
+    out = torch.empty(a.shape, dtype=ab.dtype, device=ab.device)
+    torch.addcmul(a, b, torch.sign(x), out=out)
+    return out.mul_(x)

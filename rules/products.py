@@ -24,7 +24,14 @@ from torch import Tensor
 from .base import Context
 from .ops import op_name
 
-__all__ = ["factor_product", "input_product", "input_product_in_blocks", "layer_product", "supports"]
+__all__ = [
+    "factor_product",
+    "feeds_output",
+    "input_product",
+    "input_product_in_blocks",
+    "layer_product",
+    "supports",
+]
 
 _TRANSPOSED = {
     "aten.conv1d": F.conv_transpose1d,
@@ -55,7 +62,7 @@ def supports(ctx: Context, copies: int = 1) -> bool:
     return not isinstance(padding, str) and (copies == 1 or groups == 1)  # "same"/"valid": autograd
 
 
-def _feeds_output(ctx: Context) -> bool:
+def feeds_output(ctx: Context) -> bool:
     """Whether the node's value is an output of the graph: its relevance is the one the walk starts
     from, zero outside what the target explains (e.g. all positions but a language model's last)."""
     return any(user.op == "output" for user in getattr(getattr(ctx, "node", None), "users", ()))
@@ -87,7 +94,7 @@ def input_product(ctx: Context, weight: Tensor, g: Tensor, copies: int = 1) -> T
     args, _ = ctx.args()
     x = args[0]
     if name == "aten.linear":
-        return _rows_product(g, weight) if _feeds_output(ctx) else g @ weight
+        return _rows_product(g, weight) if feeds_output(ctx) else g @ weight
     transposed = _TRANSPOSED[name]
     stride, padding, dilation, groups = (list(args[3:7]) + [1, 0, 1, 1][len(args[3:7]) :])[:4]
     n = x.dim() - 2
@@ -146,7 +153,7 @@ def factor_product(ctx: Context, index: int, weight: Tensor, g: Tensor) -> Tenso
             return None
     except RuntimeError:
         return None
-    if left and weight.dim() == 2 and _feeds_output(ctx):
+    if left and weight.dim() == 2 and feeds_output(ctx):
         r = _rows_product(g, weight.mT)
     else:
         r = torch.matmul(g, weight.mT) if left else torch.matmul(weight.mT, g)

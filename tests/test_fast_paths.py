@@ -82,7 +82,8 @@ class _Block(nn.Module):
 
 
 class _Encoder(nn.Module):
-    """Layer norm, GELU (both variants) and residual adds, as in transformers."""
+    """Layer norm, GELU (both variants), residual adds, and a gated SiLU unit with a constant
+    scale and a division by a constant, as in transformers and Llama-style decoders."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,11 +91,15 @@ class _Encoder(nn.Module):
         self.fc = nn.Linear(6, 6)
         self.norm2 = nn.LayerNorm(6, elementwise_affine=False)
         self.fc2 = nn.Linear(6, 6)
+        self.gate = nn.Linear(6, 6)
+        self.up = nn.Linear(6, 6)
+        self.register_buffer("scale", torch.randn(4, 6))
         self.head = nn.Linear(6 * 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x + nn.functional.gelu(self.fc(self.norm(x)))
         h = h + nn.functional.gelu(self.fc2(self.norm2(h)), approximate="tanh")
+        h = h + nn.functional.silu(self.gate(h)) * self.up(h) * self.scale / self.scale.flip(0)
         return self.head(h.flatten(1))
 
 
@@ -144,7 +149,7 @@ def test_abslrp_closed_forms_match_generic_path(
     slow = relprop.trace(model, rules).explain(x, [0, 2, 1], contrastive=contrastive)
     expected = {
         "block": ["relu", "batch_norm", "add", "max_pool2d"],
-        "encoder": ["layer_norm", "gelu", "add"],
+        "encoder": ["layer_norm", "gelu", "add", "silu", "mul", "div"],
     }[case]
     assert all(any(op in s for s in seen) for op in expected), seen
     assert fast.abs().sum() > 0
@@ -625,16 +630,20 @@ def test_alpha_beta_leaves_out_the_products_of_a_nonnegative_input(rule_set, mon
     assert fewer < len(calls), (fewer, len(calls))
 
 
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh])  # the output layer's input ≥ 0, or signed
 @pytest.mark.parametrize(
     "rule_set", [relprop.rules.Epsilon(1e-6), relprop.rules.EpsilonPlus(), relprop.rules.AbsLRP()], ids=repr
 )
-def test_output_layer_multiplies_only_the_rows_the_target_explains(rule_set, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_layer_multiplies_only_the_rows_the_target_explains(
+    rule_set, activation: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The relevance a walk starts from is zero outside the explained positions (a language model's
-    last): the output layer's product is formed for those rows only, and equals the whole product."""
+    last): the output layer's product is formed for those rows only (absLRP also divides there
+    only), and equals the whole product."""
     from relprop.rules import products
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).double().eval()
+    model = nn.Sequential(nn.Linear(6, 8), activation(), nn.Linear(8, 5)).double().eval()
     x = torch.randn(2, 7, 6, dtype=torch.float64)
 
     def target(out: torch.Tensor) -> torch.Tensor:
@@ -648,9 +657,20 @@ def test_output_layer_multiplies_only_the_rows_the_target_explains(rule_set, mon
         return rows(g, w)
 
     monkeypatch.setattr(products, "_rows_product", spy)
+    ruled: list[bool] = []
+    output_layer = abslrp_closed.output_layer
+
+    def rows_spy(*a):  # noqa: ANN002, ANN202
+        r = output_layer(*a)
+        ruled.append(r is not None)
+        return r
+
+    monkeypatch.setattr(abslrp_closed, "output_layer", rows_spy)
     fast = relprop.trace(model, rule_set).explain(x, target)
     assert kept and max(kept) <= 2 * 2  # the last position of each sample (per pass)
-    monkeypatch.setattr(products, "_feeds_output", lambda ctx: False)
+    assert any(ruled) == isinstance(rule_set, relprop.rules.AbsLRP)  # absLRP's rows path ran
+    monkeypatch.setattr(products, "feeds_output", lambda ctx: False)
+    monkeypatch.setattr(abslrp_closed, "feeds_output", lambda ctx: False)
     slow = relprop.trace(model, rule_set).explain(x, target)
     assert fast.abs().sum() > 0
     assert torch.allclose(fast, slow, atol=1e-14, rtol=1e-12), (fast - slow).abs().max()
