@@ -23,7 +23,7 @@ import torch
 import torch.fx
 from torch import Tensor
 
-from .attention import apply_mask, attention_inputs, is_masked, masked_softmax
+from .attention import apply_mask, attention_inputs, is_masked
 from .base import Context, Layout, Relevance, mark_owned, unit_l1
 from .derived_weights import ABSOLUTE, DOUBLE_POSITIVE, WITH_ABSOLUTE, derived_product
 from .ops import MAXPOOL, MOVE, op_name
