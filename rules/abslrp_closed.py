@@ -25,9 +25,9 @@ from torch import Tensor
 
 from .attention import apply_mask, attention_inputs, is_masked
 from .base import Context, Layout, Relevance, mark_owned, unit_l1
-from .derived_weights import ABSOLUTE, DOUBLE_POSITIVE, WITH_ABSOLUTE, derived_product
+from .derived_weights import ABSOLUTE, DOUBLE_POSITIVE, WITH_ABSOLUTE, derived_factor, derived_product
 from .ops import MAXPOOL, MOVE, op_name
-from .products import feeds_output, input_product
+from .products import constant_factor, factor_product, feeds_output, input_product, supports
 
 __all__ = [
     "attention_closed_form",
@@ -83,8 +83,33 @@ def weighted(ctx: Context, g: Tensor, weight_cache: Any = "auto") -> list[Tensor
     x ⊙ (W + |W|)ᵀg = x ⊙ (2W⁺)ᵀg: one product instead of two.  The derived weights
     come from the graph's :class:`~relprop.rules.derived_weights.DerivedWeights` within ``weight_cache``'s budget.
     """
+    if not supports(ctx):
+        return _factor_layer(ctx, g, weight_cache)
     c = _weighted(ctx, ctx.inputs[0], g, weight_cache)
     return None if c is None else result(ctx, {0: c})
+
+
+def _factor_layer(ctx: Context, g: Tensor, weight_cache: Any) -> list[Tensor | None] | None:
+    """:func:`weighted` for a matrix product with a constant factor W (``addmm(b, x, W)`` as
+    GPT-2's ``Conv1D``, ``addmm(b, W, x)``, ``baddbmm``, ``mm``, ``matmul``): Wᵀg and |W|ᵀg
+    (or (2W⁺)ᵀg for x ≥ 0) as products with the transposed factor."""
+    if len(ctx.live_inputs) != 1:
+        return None
+    index = ctx.live_inputs[0]
+    found = constant_factor(ctx, index)
+    if found is None:
+        return None
+    w, node = found
+    x = ctx.inputs[index]
+    if nonnegative(ctx.input_nodes[index]):
+        c = factor_product(ctx, index, derived_factor(ctx, w, node, DOUBLE_POSITIVE, weight_cache), g)
+        return None if c is None else result(ctx, {index: c.mul_(x)})
+    a = factor_product(ctx, index, w, g)
+    if a is None:
+        return None
+    b = factor_product(ctx, index, derived_factor(ctx, w, node, ABSOLUTE, weight_cache), g)
+    assert b is not None  # the same product as ``a``'s with a weight of the same shape
+    return result(ctx, {index: a.addcmul_(b, torch.sign(x)).mul_(x)})
 
 
 def _weighted(ctx: Context, x: Tensor, g: Tensor, weight_cache: Any) -> Tensor | None:

@@ -28,6 +28,7 @@ __all__ = [
     "Derivation",
     "DerivedWeights",
     "check_weight_cache",
+    "derived_factor",
     "derived_product",
     "weight_budget",
     "weight_cache_bytes",
@@ -189,28 +190,53 @@ def derived_product(
     """
     if not supports(ctx, derive.copies):  # nothing derived for a product done elsewhere
         return None
-    node = ctx.node.args[1] if len(ctx.node.args) > 1 else None
-    key = (node.name, derive) if isinstance(node, torch.fx.Node) and node.op == "placeholder" else None
-    store = DerivedWeights.of(ctx)
-    if key is not None:
-        kept = store.get(key, w)
-        if kept is not None:
-            return input_product(ctx, kept, g, derive.copies)
-    nbytes = derive.nbytes(w)
-    budget = weight_budget(weight_cache, ctx.hints.cache.parameter_bytes)
-    keep = key is not None and not w.requires_grad and store.fits(nbytes, budget)
+    store, key, kept = _lookup(ctx, ctx.node.args[1] if len(ctx.node.args) > 1 else None, w, derive)
+    if kept is not None:
+        return input_product(ctx, kept, g, derive.copies)
+    keep = _may_keep(ctx, store, key, w, derive, weight_cache)
     if kept_only and not keep:
         return None
     block = BLOCK_BYTES.get(w.device.type, DEFAULT_BLOCK_BYTES)
-    if not keep and nbytes > block and w.dtype in (torch.float32, torch.float64):
+    if not keep and derive.nbytes(w) > block and w.dtype in (torch.float32, torch.float64):
         out = input_product_in_blocks(ctx, w, derive, g, derive.copies, block)
         if out is not None:
             return out
     derived = derive(w)
     out = input_product(ctx, derived, g, derive.copies)
     if keep and out is not None:
+        assert key is not None
         store.put(key, w, derived)
     return out
+
+
+def derived_factor(ctx: Context, w: Tensor, node: Any, derive: Derivation, weight_cache: Any) -> Tensor:
+    """``derive(w)`` for the weight ``w`` given to the node as the graph argument ``node``: from
+    the graph's :class:`DerivedWeights`, or derived here (and kept if ``weight_cache`` allows)."""
+    store, key, kept = _lookup(ctx, node, w, derive)
+    if kept is not None:
+        return kept
+    derived = derive(w)
+    if _may_keep(ctx, store, key, w, derive, weight_cache):
+        assert key is not None
+        store.put(key, w, derived)
+    return derived
+
+
+def _lookup(
+    ctx: Context, node: Any, w: Tensor, derive: Derivation
+) -> tuple[DerivedWeights, tuple[str, Derivation] | None, Tensor | None]:
+    """The graph's store, the key of ``derive(w)`` (None unless ``node`` is a placeholder: only
+    graph inputs are the same tensor at every explain) and its kept value if it holds one."""
+    key = (node.name, derive) if isinstance(node, torch.fx.Node) and node.op == "placeholder" else None
+    store = DerivedWeights.of(ctx)
+    return store, key, None if key is None else store.get(key, w)
+
+
+def _may_keep(
+    ctx: Context, store: DerivedWeights, key: Any, w: Tensor, derive: Derivation, weight_cache: Any
+) -> bool:
+    budget = weight_budget(weight_cache, ctx.hints.cache.parameter_bytes)
+    return key is not None and not w.requires_grad and store.fits(derive.nbytes(w), budget)
 
 
 def weight_cache_bytes(graph: Any) -> int:

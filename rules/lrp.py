@@ -22,7 +22,7 @@ from .base import Context, NodeInfo, Pass, Relevance, Rule, epsilon_relevance, s
 from .categories import WEIGHTED_CATEGORIES, Category
 from .gates import routing_weights, sigmoid_gate, softmax_weights
 from .norms import CENTERING_NORMS, NormMap, norm_map
-from .ops import is_weighted, op_name, weighted_args
+from .ops import BIASED_PRODUCTS, is_weighted, op_name, weighted_args
 from .products import layer_product
 
 __all__ = [
@@ -140,7 +140,9 @@ class _Layer:
         self.ctx = ctx
         self.index = ctx.live_inputs[0]
         self.x = ctx.inputs[self.index]
-        if is_weighted(ctx.op):  # addmm(bias, x, W): positions from weighted_args
+        if op_name(ctx.op) in BIASED_PRODUCTS:  # addmm/baddbmm(bias, x, W) or (bias, W, x)
+            self.w, self.b = args[3 - self.index], args[0]
+        elif is_weighted(ctx.op):  # positions from weighted_args
             _, iw, ib = weighted_args(ctx.op)
             self.w, self.b = args[iw], (args[ib] if ib is not None and len(args) > ib else None)
         else:  # matmul with one constant factor, either one (x·W or W·x)

@@ -49,6 +49,7 @@ __all__ = [
     "uncovered_reason",
     "WEIGHTED_ARGS",
     "WEIGHTED_LAYOUT",
+    "BIASED_PRODUCTS",
     "DECLARED_WEIGHTED",
     "is_weighted",
     "register_weighted_op",
@@ -231,6 +232,9 @@ WEIGHTED = _names(
 )
 CONV = WEIGHTED - _names("linear", "addmm")
 MATMUL = _names("matmul", "mm", "bmm", "einsum")
+#: matrix products with an added bias, β·bias + α·(first @ second): a layer whose weight is the
+#: constant factor, whichever of the two it is
+BIASED_PRODUCTS = _names("addmm", "baddbmm")
 ADD = _names("add", "sub", "rsub")
 MUL = _names("mul")
 DIV = _names("div")
@@ -508,6 +512,8 @@ def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
         return Category.SPLIT if split else Category.POOL_SELECT
     if name in WEIGHTED or name in DECLARED_WEIGHTED:
         return _weighted_category(node, name, live)
+    if name in BIASED_PRODUCTS and sum(live) == 1:  # baddbmm with one live factor or its bias
+        return _weighted_category(node, name, live)
     if name in MATMUL or name in PRODUCT:
         if n_live > 1:
             return Category.MATMUL
@@ -542,15 +548,28 @@ def _by_name(node: Any, name: str, live: list[bool], split: bool) -> Any:
 def _weighted_category(node: Any, name: str, live: list[bool]) -> Category | None:
     """A weighted op: a layer where its input alone is live; ``linear`` where its bias alone
     is (a sum of the bias and a constant, as ``addmm(x, A, B)``); else None (relevance would
-    flow into its weights: no rule set covers it)."""
+    flow into its weights: no rule set covers it).  A matrix product with a bias
+    (``BIASED_PRODUCTS``) is a layer whichever factor is live, the other its weight
+    (``addmm(b, x, W)`` as GPT-2's ``Conv1D`` exports it, or ``addmm(b, W, x)``)."""
     if sum(live) != 1:
         return None
     position, _, bias = weighted_args(node.target)
+    if name in BIASED_PRODUCTS and _live_factor(node, live) is not None:
+        return Category.DENSE
     slot = _slot_of(node, position)
     if slot is not None and live[slot]:
         return Category.CONV if name in CONV else Category.DENSE
     slot = None if bias is None else _slot_of(node, bias)
     return Category.LINEAR if slot is not None and live[slot] else None
+
+
+def _live_factor(node: Any, live: list[bool]) -> int | None:
+    """The argument position (1 or 2) of the live factor of ``addmm``/``baddbmm``, if one is."""
+    for position in (1, 2):
+        slot = _slot_of(node, position)
+        if slot is not None and live[slot]:
+            return position
+    return None
 
 
 def _product_category(node: Any, name: str, live: list[bool]) -> Category:

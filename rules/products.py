@@ -25,6 +25,7 @@ from .base import Context
 from .ops import op_name
 
 __all__ = [
+    "constant_factor",
     "factor_product",
     "feeds_output",
     "input_product",
@@ -118,6 +119,24 @@ _FACTORS = {
     "aten.addmm": (1, 2),
     "aten.baddbmm": (1, 2),
 }
+
+
+def constant_factor(ctx: Context, index: int) -> tuple[Tensor, object] | None:
+    """The other factor of the matrix product that ``ctx.inputs[index]`` is a factor of, and its
+    graph argument (a node, e.g. a parameter's placeholder); None for other ops."""
+    factors = _FACTORS.get(op_name(ctx.op))
+    if factors is None:
+        return None
+    args, _ = ctx.args()
+    if len(args) <= factors[1]:
+        return None
+    x = ctx.inputs[index]
+    first, second = factors
+    for mine, other in ((first, second), (second, first)):
+        if args[mine] is x and args[other] is not x and isinstance(args[other], Tensor):
+            graph_args = ctx.node.args
+            return args[other], graph_args[other] if len(graph_args) > other else None
+    return None
 
 
 def factor_product(ctx: Context, index: int, weight: Tensor, g: Tensor) -> Tensor | None:

@@ -439,6 +439,8 @@ class _Products(nn.Module):
         self.b = nn.Parameter(torch.randn(5, generator=g))
         self.w_left = nn.Parameter(torch.randn(7, 4, generator=g))  # the weight as the first factor
         self.w_batched = nn.Parameter(torch.randn(4, 6, 5, generator=g))
+        self.b_left = nn.Parameter(torch.randn(7, 1, generator=g))
+        self.b_batched = nn.Parameter(torch.randn(4, 1, 5, generator=g))
         self.head = nn.Linear(5 * 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 4, 6)
@@ -449,16 +451,26 @@ class _Products(nn.Module):
             h = torch.addmm(self.b, rows, self.w, beta=0.5, alpha=2.0).view(x.shape[0], 4, 5)
         elif self.form == "mm":
             h = torch.mm(rows, self.w).view(x.shape[0], 4, 5)
+        elif self.form == "relu_mm":  # a non-negative input: one product with 2W⁺ under absLRP
+            h = torch.mm(torch.relu(rows), self.w).view(x.shape[0], 4, 5)
         elif self.form == "matmul":
             h = x @ self.w
         elif self.form == "weight_first":
             h = (self.w_left @ x)[:, :4, :5]
+        elif self.form == "addmm_weight_first":  # W·x + b with the samples' rows as columns
+            cols = x.transpose(0, 1).reshape(4, -1)  # (4, B·6)
+            h = torch.addmm(self.b_left, self.w_left, cols)[:4].reshape(4, -1, 6).transpose(0, 1)[..., :5]
+        elif self.form == "baddbmm":
+            h = torch.baddbmm(self.b_batched, x.transpose(0, 1), self.w_batched).transpose(0, 1)
         else:  # bmm
             h = torch.bmm(x.transpose(0, 1), self.w_batched).transpose(0, 1)
         return self.head(torch.relu(h).flatten(1))
 
 
-@pytest.mark.parametrize("form", ["addmm", "addmm_alpha", "mm", "matmul", "weight_first", "bmm"])
+_FORMS = ["addmm", "addmm_alpha", "mm", "relu_mm", "matmul", "weight_first", "addmm_weight_first", "bmm", "baddbmm"]
+
+
+@pytest.mark.parametrize("form", _FORMS)
 @pytest.mark.parametrize(
     "rule_set",
     [
@@ -491,6 +503,32 @@ def test_matrix_product_fast_path_matches_autograd(form: str, rule_set, monkeypa
     assert taken, "the product's fast path was not taken"
     monkeypatch.setattr(lrp, "layer_product", lambda ctx, i, w, g: None)
     slow = relprop.trace(model, rule_set).explain(x, [0, 2])
+    assert fast.abs().sum() > 0
+    assert torch.allclose(fast, slow, atol=1e-13, rtol=1e-11), (fast - slow).abs().max()
+
+
+@pytest.mark.parametrize("form", _FORMS)
+def test_abslrp_matrix_product_fast_path_matches_autograd(form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """absLRP at a matrix product with a parameter (either factor, with or without a bias, after
+    a ReLU or signed): Wᵀg and |W|ᵀg by transposed products equal the autograd definition."""
+    torch.manual_seed(0)
+    model = _Products(form).double().eval()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    taken: list[str] = []
+    factor_layer = abslrp_closed._factor_layer
+
+    def spy(ctx, g, cache):  # noqa: ANN001, ANN202
+        r = factor_layer(ctx, g, cache)
+        if r is not None:
+            taken.append(str(ctx.op))
+        return r
+
+    monkeypatch.setattr(abslrp_closed, "_factor_layer", spy)
+    rules = relprop.rules.AbsLRP()
+    fast = relprop.trace(model, rules).explain(x, [0, 2])
+    assert taken, "the product's fast path was not taken"
+    monkeypatch.setattr(abslrp.AbsRule, "_weighted", lambda self, ctx, g: None)
+    slow = relprop.trace(model, rules).explain(x, [0, 2])
     assert fast.abs().sum() > 0
     assert torch.allclose(fast, slow, atol=1e-13, rtol=1e-11), (fast - slow).abs().max()
 
