@@ -2,8 +2,10 @@
 
 For each model, one process: the median of three gradient passes (forward + input gradient,
 as in ``speed.py``), then one contrastive absLRP explain under ``torch.profiler``; prints the
-self time of the products (``mm``, ``addmm``, ``bmm`` and convolutions)
-inside that explain as a multiple of the gradient pass, next to the explain's own multiple.
+self time of the products (``mm``, ``addmm``, ``addmm_``, ``bmm``, ``baddbmm``, convolutions and
+the forward's fused attention) inside that explain as a multiple of the gradient pass, next to
+the explain's own multiple (timed without the profiler), and the explain's distance from that
+floor (explain / products).
 
     .venv/bin/python benchmarks/product_floor.py --models timm_vit_b_16,bert --batch 8
 """
@@ -19,7 +21,18 @@ from torch.profiler import ProfilerActivity, profile
 
 import relprop
 
-PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_convolution", "aten::mkldnn_convolution")
+#: every matrix product and convolution kernel: the forward's, the walk's (with derived weights
+#: built block by block, ``addmm_``), the attention's
+PRODUCTS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_convolution",
+    "aten::mkldnn_convolution",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+)
 
 
 def measure(name: str, batch: int) -> dict[str, float]:
@@ -46,7 +59,13 @@ def measure(name: str, batch: int) -> dict[str, float]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         calls["absLRP"]()
     products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in PRODUCTS) / 1e6
-    return {"gradient_s": gradient, "absLRP_x_grad": explain / gradient, "products_x_grad": products / gradient}
+    profiled = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6
+    return {
+        "gradient_s": gradient,
+        "absLRP_x_grad": explain / gradient,
+        "products_x_grad": products / gradient,
+        "products_share": products / profiled,
+    }
 
 
 def main() -> None:
@@ -58,7 +77,9 @@ def main() -> None:
         r = measure(name, args.batch)
         print(
             f"{name} b{args.batch}: gradient {r['gradient_s']:.2f} s; absLRP {r['absLRP_x_grad']:.2f}x; "
-            f"its matrix products alone {r['products_x_grad']:.2f}x",
+            f"its matrix products alone {r['products_x_grad']:.2f}x "
+            f"({100 * r['products_share']:.0f} % of its profiled time; absLRP / floor "
+            f"{r['absLRP_x_grad'] / r['products_x_grad']:.2f})",
             flush=True,
         )
 
