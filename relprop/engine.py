@@ -211,12 +211,20 @@ class Walk:
     embeddings: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _add(store: dict[fx.Node, Any], node: fx.Node, R: Any, index: int | None = None) -> None:
+def _add(store: dict[fx.Node, Any], node: fx.Node, R: Any, index: int | None = None, inplace: bool = True) -> None:
+    """Accumulate ``R`` into ``store[node]`` (in place into a tensor the walk owns, with ``inplace``)."""
     if index is not None:  # one output of a multi-output node
         slots = store.setdefault(node, [None] * len(node.meta["val"]))
         slots[index] = R if slots[index] is None else slots[index] + R
         return
-    store[node] = R if node not in store else mark_owned(store[node] + R)
+    if node not in store:
+        store[node] = R
+        return
+    held = store[node]
+    if inplace and owned(held) and held.shape == R.shape and held.dtype == R.dtype and held is not R:
+        held.add_(R)  # nothing else holds it: accumulate in place
+    else:
+        store[node] = mark_owned(held + R)
 
 
 def backward(
@@ -292,7 +300,7 @@ def backward(
                     r._relprop_owned = False
         for node, r, live in zip(ctx.input_nodes, result, binding.info.live):
             if r is not None and live:
-                _add(rel, node, r)
+                _add(rel, node, r, inplace=not every)  # a recorded walk keeps every tensor as handed
         # release this node's values and relevances before the next rule runs
         del value, ctx, result, R
     _finite(bound, totals)
