@@ -25,7 +25,9 @@ from torch import Tensor
 
 from .attention import apply_mask, attention_inputs, is_masked
 from .base import Context, Layout, Relevance, mark_owned, unit_l1
+from .categories import Category
 from .derived_weights import ABSOLUTE, DOUBLE_POSITIVE, WITH_ABSOLUTE, derived_factor, derived_product
+from .local import local_call
 from .ops import MAXPOOL, MOVE, op_name
 from .products import constant_factor, factor_product, feeds_output, input_product, supports
 
@@ -174,6 +176,8 @@ def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor 
     no division by |y|).  Only ops with one output that carries relevance.
     """
     form = _DIAGONAL.get(op_name(ctx.op))
+    if form is None and ctx.info.category == Category.ACTIVATION:
+        form = _elementwise
     R0, *rest = R if isinstance(R, (list, tuple)) else [R]
     if form is None or R0 is None or any(r is not None for r in rest):
         return None
@@ -192,6 +196,30 @@ def diagonal_step(ctx: Context, R: Relevance, eps: float | None) -> list[Tensor 
         if id(k) not in made:
             made[id(k)] = R0.mul_(k) if inplace and i == last else R0 * k
     return result(ctx, {i: made[id(k)] for i, k in factors.items()})
+
+
+def _elementwise(ctx: Context) -> dict[int, Tensor] | None:
+    """Any other elementwise activation (an op, or a region of ops written out, as GPT-2's
+    tanh GELU): diag J = f'(x) and diag J_abs = f_abs'(|x|) by one unbatched backward each,
+    k = x·f'(x) + |x|·f_abs'(|x|).  Only where the output has the input's shape and dtype."""
+    live = ctx.live_inputs
+    y = ctx.output
+    if len(live) != 1 or not isinstance(y, Tensor) or ctx.inputs[live[0]].shape != y.shape:
+        return None
+    i = live[0]
+    x = ctx.inputs[i]
+    if x.dtype != y.dtype or not x.is_floating_point():
+        return None
+    slopes = []
+    for value, absolute in ((x, False), (x.abs(), True)):
+        with torch.enable_grad():
+            leaf = value.detach().requires_grad_(True)
+            out = local_call(ctx, {i: leaf}, absolute=absolute)
+            if not isinstance(out, Tensor) or not out.requires_grad:
+                return None
+            (slope,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+        slopes.append(slope)
+    return {i: slopes[0].mul_(x).add_(slopes[1].mul_(x.abs()))}
 
 
 def _relu(ctx: Context) -> dict[int, Tensor] | None:

@@ -232,9 +232,7 @@ def _lookup(
     return store, key, None if key is None else store.get(key, w)
 
 
-def _may_keep(
-    ctx: Context, store: DerivedWeights, key: Any, w: Tensor, derive: Derivation, weight_cache: Any
-) -> bool:
+def _may_keep(ctx: Context, store: DerivedWeights, key: Any, w: Tensor, derive: Derivation, weight_cache: Any) -> bool:
     budget = weight_budget(weight_cache, ctx.hints.cache.parameter_bytes)
     return key is not None and not w.requires_grad and store.fits(derive.nbytes(w), budget)
 

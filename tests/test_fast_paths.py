@@ -81,6 +81,13 @@ class _Block(nn.Module):
         return self.head(h.flatten(1))
 
 
+class _NewGELU(nn.Module):
+    """GELU's tanh form written out, as GPT-2's ``NewGELUActivation``: one region of ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
 class _Encoder(nn.Module):
     """Layer norm, GELU (both variants), residual adds, and a gated SiLU unit with a constant
     scale and a division by a constant, as in transformers and Llama-style decoders."""
@@ -94,12 +101,14 @@ class _Encoder(nn.Module):
         self.gate = nn.Linear(6, 6)
         self.up = nn.Linear(6, 6)
         self.register_buffer("scale", torch.randn(4, 6))
+        self.new_gelu = _NewGELU()
         self.head = nn.Linear(6 * 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x + nn.functional.gelu(self.fc(self.norm(x)))
         h = h + nn.functional.gelu(self.fc2(self.norm2(h)), approximate="tanh")
         h = h + nn.functional.silu(self.gate(h)) * self.up(h) * self.scale / self.scale.flip(0)
+        h = torch.tanh(h) + nn.functional.softplus(h) + self.new_gelu(h)
         return self.head(h.flatten(1))
 
 
@@ -149,7 +158,7 @@ def test_abslrp_closed_forms_match_generic_path(
     slow = relprop.trace(model, rules).explain(x, [0, 2, 1], contrastive=contrastive)
     expected = {
         "block": ["relu", "batch_norm", "add", "max_pool2d"],
-        "encoder": ["layer_norm", "gelu", "add", "silu", "mul", "div"],
+        "encoder": ["layer_norm", "gelu", "add", "silu", "mul", "div", "tanh", "softplus", "Region"],
     }[case]
     assert all(any(op in s for s in seen) for op in expected), seen
     assert fast.abs().sum() > 0
