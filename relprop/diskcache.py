@@ -64,7 +64,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-__all__ = ["cache_dir", "fits", "flush", "key_of", "load", "store"]
+__all__ = ["cache_dir", "discard", "fits", "flush", "key_of", "load", "store"]
 
 log = logging.getLogger("relprop")
 
@@ -589,6 +589,17 @@ def _write(path: Path, key: str, ep: torch.export.ExportedProgram) -> None:
 @functools.cache
 def _flush_at_exit() -> None:
     atexit.register(flush)
+
+
+def discard(folder: Path | None = None) -> int:
+    """Forget the stores put off by ``store(..., wait=False)`` for entries under ``folder``
+    (every one if None) without writing them; returns how many.  For a process that does not
+    want the programs it traced written when it exits (and held until then)."""
+    with _PENDING_LOCK:
+        paths = [p for p in _PENDING if folder is None or Path(folder) in p.parents]
+        for p in paths:
+            del _PENDING[p]
+    return len(paths)
 
 
 def flush() -> None:

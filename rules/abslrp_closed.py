@@ -218,6 +218,8 @@ def _elementwise(ctx: Context) -> dict[int, Tensor] | None:
             if not isinstance(out, Tensor) or not out.requires_grad:
                 return None
             (slope,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+        if slope._is_zerotensor():  # a constant function's (sgn): autograd's immutable zeros
+            slope = slope.clone()
         slopes.append(slope)
     return {i: slopes[0].mul_(x).add_(slopes[1].mul_(x.abs()))}
 

@@ -141,7 +141,8 @@ class _Layer:
         self.index = ctx.live_inputs[0]
         self.x = ctx.inputs[self.index]
         if op_name(ctx.op) in BIASED_PRODUCTS:  # addmm/baddbmm(bias, x, W) or (bias, W, x)
-            self.w, self.b = args[3 - self.index], args[0]
+            self.w = args[2] if args[1] is self.x else args[1]
+            self.b = args[0]
         elif is_weighted(ctx.op):  # positions from weighted_args
             _, iw, ib = weighted_args(ctx.op)
             self.w, self.b = args[iw], (args[ib] if ib is not None and len(args) > ib else None)

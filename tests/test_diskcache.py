@@ -189,6 +189,24 @@ def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert diskcache.cache_dir() == tmp_path / "own"
 
 
+def test_discard_forgets_only_the_stores_put_off_for_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scaled: tuple
+) -> None:
+    model, args, ep = scaled
+    for name in ("kept", "dropped"):
+        monkeypatch.setenv("RELPROP_CACHE_DIR", str(tmp_path / name))
+        key = diskcache.key_of(model, args, {}, ({0: Dim.AUTO},), "training-ir")
+        assert key is not None
+        diskcache.store(key, ep, wait=False)
+    assert diskcache.discard(tmp_path / "dropped") == 1
+    assert diskcache.discard(tmp_path / "dropped") == 0
+    diskcache.flush()
+    assert any(p.is_file() for p in (tmp_path / "kept").rglob("*"))
+    assert not any(p.is_file() for p in (tmp_path / "dropped").rglob("*"))
+    monkeypatch.setenv("RELPROP_CACHE_DIR", str(tmp_path / "kept"))
+    assert diskcache.load(key) is not None
+
+
 # -- round trips -----------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def test_long_prompts_quick(tmp_path: Path) -> None:
+def test_long_prompts_quick(tmp_path: Path, frozen_gc: None) -> None:
     pytest.importorskip("lxt")
     bench = _load("llm_long_prompts")
     result = bench.main(["--quick", "--threads", "1", "--out", str(tmp_path)])

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import peers  # noqa: E402 - benchmarks/ is put on the path above
 
 
-def test_measure_runs_relprop_on_a_tiny_vgg(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_measure_runs_relprop_on_a_tiny_vgg(monkeypatch: pytest.MonkeyPatch, frozen_gc: None) -> None:
     # in this process, but with glibc's allocator left as it is (the benchmark's workers tune it for their readings)
     monkeypatch.setattr(peers.speed, "_mallopt", lambda *_: None)
     threads = torch.get_num_threads()

@@ -6,8 +6,11 @@ The oracle is always an explanation from a fresh export in the same conditions.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -49,38 +52,73 @@ def _run(folder: Path, cache: bool = True) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _run_here(folder: Path, monkeypatch: pytest.MonkeyPatch, cache: bool = True) -> dict:
+    """What ``_run`` reports, from ``_SCRIPT`` run in this process (which never wrote to ``folder``): the
+    cost of a process start less; the writes a process does at exit are flushed at the end."""
+    monkeypatch.setenv("RELPROP_CACHE_DIR", str(folder))
+    monkeypatch.setattr(sys, "argv", ["-c", "1" if cache else "0"])
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(_SCRIPT, {"__name__": "__main__"})
+    diskcache.flush()
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
 def _entries(folder: Path) -> list[Path]:
     return sorted((folder / "programs").glob("*.pt2")) if (folder / "programs").is_dir() else []
 
 
-def test_a_second_process_reads_the_trace_and_explains_the_same(tmp_path: Path) -> None:
-    first = _run(tmp_path)
+@pytest.fixture(scope="module")
+def first_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A first process's run in an empty cache folder, and what it reported: the starting
+    point of the tests below, each of which works on a copy of the folder (one process less
+    per test than each starting from an empty folder)."""
+    folder = tmp_path_factory.mktemp("first-process")
+    first = _run(folder)
     assert first["reads"] == 0 and first["traces"] == 1
-    assert len(_entries(tmp_path)) == 1  # written when the first process exited
-    second = _run(tmp_path)
+    assert len(_entries(folder)) == 1  # written when the first process exited
+    return folder, first
+
+
+def _copy(first_process: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    folder, first = first_process
+    shutil.copytree(folder, tmp_path / "cache")
+    return tmp_path / "cache", first
+
+
+def test_a_second_process_reads_the_trace_and_explains_the_same(
+    first_process: tuple[Path, dict], tmp_path: Path
+) -> None:
+    folder, first = _copy(first_process, tmp_path)
+    assert first["reads"] == 0 and first["traces"] == 1
+    assert len(_entries(folder)) == 1  # written when the first process exited
+    second = _run(folder)
     assert second["reads"] == 1 and second["traces"] == 1  # both lengths from the one program read
     for length, R in first["R"].items():
         assert torch.allclose(torch.tensor(second["R"][length]), torch.tensor(R), rtol=1e-12, atol=1e-15)
 
 
-def test_cache_false_neither_reads_nor_writes(tmp_path: Path) -> None:
-    _run(tmp_path)
-    (entry,) = _entries(tmp_path)
+def test_cache_false_neither_reads_nor_writes(
+    first_process: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = _copy(first_process, tmp_path)
+    (entry,) = _entries(folder)
     stamp = entry.stat().st_mtime_ns
-    off = _run(tmp_path, cache=False)
+    off = _run_here(folder, monkeypatch, cache=False)
     assert off["reads"] == 0
-    assert _entries(tmp_path) == [entry] and entry.stat().st_mtime_ns == stamp
+    assert _entries(folder) == [entry] and entry.stat().st_mtime_ns == stamp
 
 
-def test_a_corrupt_entry_is_ignored_and_rewritten(tmp_path: Path) -> None:
-    first = _run(tmp_path)
-    (entry,) = _entries(tmp_path)
+def test_a_corrupt_entry_is_ignored_and_rewritten(
+    first_process: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, first = _copy(first_process, tmp_path)
+    (entry,) = _entries(folder)
     data = bytearray(entry.read_bytes())
     data[len(data) // 2] ^= 0xFF
     entry.write_bytes(bytes(data))
-    again = _run(tmp_path)
+    again = _run(folder)
     assert again["reads"] == 0 and again["R"] == first["R"]
-    assert _run(tmp_path)["reads"] == 1  # the rewritten entry is good
+    assert _run_here(folder, monkeypatch)["reads"] == 1  # the rewritten entry is good
 
 
 def _fresh(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 
 import relprop
 from relprop import rules
-from relprop.rules import derived_weights, products
+from relprop.rules import abslrp, derived_weights, products
 
 DT = torch.float64
 
@@ -206,16 +206,27 @@ class _ConstantMatmul(nn.Module):
         return torch.relu(x) @ self.w
 
 
-def test_nothing_is_derived_for_products_taken_by_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A weighted op without a transposed product (a matmul with a parameter) derives nothing."""
+@pytest.mark.parametrize("cache", [True, False])
+def test_matrix_products_with_a_parameter_keep_their_derived_factor(
+    cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A matmul with a parameter takes transposed products with 2W⁺ (its input is a ReLU's): derived
+    at the first explain and kept in the graph's store within the budget, derived again at every
+    explain where nothing may be kept; the map is the autograd definition's."""
     torch.manual_seed(0)
     derived: list[str] = []
     for d in (derived_weights.WITH_ABSOLUTE, derived_weights.DOUBLE_POSITIVE, derived_weights.ABSOLUTE):
         monkeypatch.setattr(d, "fill", lambda w, out, fill=d.fill, name=d.name: derived.append(name) or fill(w, out))
-    graph = relprop.trace(_ConstantMatmul().eval(), rules.AbsLRP(weight_cache=True))
-    R = graph.explain(torch.randn(2, 8, dtype=DT), [0, 2])
+    model = _ConstantMatmul().eval()
+    graph = relprop.trace(model, rules.AbsLRP(weight_cache=cache))
+    x = torch.randn(2, 8, dtype=DT)
+    R = graph.explain(x, [0, 2])
     assert "dense" in [b.info.category for b in graph.bindings]
-    assert R.abs().sum() > 0 and not derived and len(_store(graph)) == 0
+    assert derived == ["2W⁺"] and len(_store(graph)) == (1 if cache else 0)
+    assert torch.equal(graph.explain(x, [0, 2]), R)
+    assert derived == (["2W⁺"] if cache else ["2W⁺", "2W⁺"])
+    monkeypatch.setattr(abslrp.AbsRule, "_weighted", lambda self, ctx, g: None)  # the definition, by autograd
+    assert torch.allclose(relprop.trace(model, rules.AbsLRP()).explain(x, [0, 2]), R, rtol=1e-12, atol=1e-15)
 
 
 class _Node:
