@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from .errors import InputError, TargetError
+from .rules.products import sparse_rows
 
 __all__ = [
     "NextToken",
@@ -285,7 +286,7 @@ def _row_start(
     selection is zero outside at most half of its rows (over all but the last dimension) and
     the contrast runs along the last dimension; None otherwise.
     """
-    if dim not in (-1, None) and not (weights and all(w is None or dim == w.dim() - 1 for w in weights)):
+    if any(w is not None and dim not in (-1, w.dim() - 1) for w in weights):
         return None
     parts: list[tuple[Tensor, Tensor, Tensor] | None] = []  # (rows, their samples, their values)
     for w in weights:
@@ -295,8 +296,8 @@ def _row_start(
         if w.dim() < 3:
             return None
         rows = w.reshape(-1, w.shape[-1])
-        kept = rows.ne(0).any(1).nonzero().squeeze(1)
-        if 2 * kept.numel() > rows.shape[0]:
+        kept = sparse_rows(rows)
+        if kept is None:
             return None
         parts.append((kept, kept // (rows.shape[0] // w.shape[0]), rows.index_select(0, kept)))
     batch = next(w.shape[0] for w in weights if w is not None)

@@ -29,7 +29,7 @@ from .categories import Category
 from .derived_weights import ABSOLUTE, DOUBLE_POSITIVE, WITH_ABSOLUTE, derived_factor, derived_product
 from .local import local_call
 from .ops import MAXPOOL, MOVE, op_name
-from .products import constant_factor, factor_product, feeds_output, input_product, supports
+from .products import constant_factor, factor_product, feeds_output, input_product, sparse_rows, supports
 
 __all__ = [
     "attention_closed_form",
@@ -111,7 +111,7 @@ def _factor_layer(ctx: Context, g: Tensor, weight_cache: Any) -> list[Tensor | N
         return None
     b = factor_product(ctx, index, derived_factor(ctx, w, node, ABSOLUTE, weight_cache), g)
     assert b is not None  # the same product as ``a``'s with a weight of the same shape
-    return result(ctx, {index: a.addcmul_(b, torch.sign(x)).mul_(x)})
+    return result(ctx, {index: _signed(a, b, x)})
 
 
 def _weighted(ctx: Context, x: Tensor, g: Tensor, weight_cache: Any) -> Tensor | None:
@@ -124,20 +124,14 @@ def _weighted(ctx: Context, x: Tensor, g: Tensor, weight_cache: Any) -> Tensor |
     # a linear layer whose [W, |W|] is not kept takes two, with W as it is and |W| (half the
     # memory to write at every explain; a convolution's product costs more than its weight)
     linear = op_name(ctx.op) == "aten.linear"
-    sign = torch.sign(x)
     both = derived_product(ctx, w, WITH_ABSOLUTE, g, weight_cache, kept_only=linear)
     if both is not None:
-        a, b = both.chunk(2, dim=-1 if linear else 2)
-        c = torch.empty(a.shape, dtype=a.dtype, device=a.device)
-        return torch.addcmul(a, b, sign, out=c).mul_(x)
+        return _signed(*both.chunk(2, dim=-1 if linear else 2), x)
     a = input_product(ctx, w, g)
     if a is None:
         return None
     b = derived_product(ctx, w, ABSOLUTE, g, weight_cache)
-    if b is None:
-        return None
-    # x ⊙ a + |x| ⊙ b = x ⊙ (a + sign(x) ⊙ b): where a = b and x < 0, exactly 0 (sign(x)·b is exact)
-    return a.addcmul_(b, sign).mul_(x)
+    return None if b is None else _signed(a, b, x)
 
 
 def output_layer(ctx: Context, R: Relevance, eps: float, weight_cache: Any = "auto") -> list[Tensor | None] | None:
@@ -153,8 +147,8 @@ def output_layer(ctx: Context, R: Relevance, eps: float, weight_cache: Any = "au
     if not feeds_output(ctx) or R.dim() < 3:
         return None
     rows = R.reshape(-1, R.shape[-1])
-    kept = rows.ne(0).any(1).nonzero().squeeze(1)
-    if 2 * kept.numel() > rows.shape[0]:
+    kept = sparse_rows(rows)
+    if kept is None:
         return None
     x = ctx.inputs[0]
     y = ctx.output.reshape(-1, R.shape[-1])
@@ -417,21 +411,25 @@ def attention_closed_form(ctx: Context, R: Relevance, eps: float) -> list[Tensor
     # x ⊙ a + |x| ⊙ b = x ⊙ (a + sign(x) b), a, b from one product with [x', |x'|] each
     if live[0]:
         ab = torch.bmm(G.view(N, Tq * P, Tk), torch.cat([k3, k3.abs()], -1)).view(N, Tq, P, 2 * d)
-        out[0] = unit_l1(_signed(ab.permute(2, 0, 1, 3), qs, d).view(P, *q.shape), layout, B)
+        ab = ab.permute(2, 0, 1, 3)
+        out[0] = unit_l1(_signed(ab[..., :d], ab[..., d:], qs).view(P, *q.shape), layout, B)
     if live[1]:
         # Gᵀ with the passes beside the key positions: (N, P·Tk, Tq) is a view of G
         Gt = G.permute(0, 2, 3, 1).reshape(N, P * Tk, Tq)
         ab = torch.bmm(Gt, torch.cat([qs, qs.abs()], -1)).view(N, P, Tk, 2 * d)
-        out[1] = unit_l1(_signed(ab.transpose(0, 1), k3, d).view(P, *k.shape), layout, B)
+        ab = ab.transpose(0, 1)
+        out[1] = unit_l1(_signed(ab[..., :d], ab[..., d:], k3).view(P, *k.shape), layout, B)
     return out
 
 
-def _signed(ab: Tensor, x: Tensor, d: int) -> Tensor:
-    """x ⊙ a + |x| ⊙ b for [a, b] = ``ab`` (P, N, T, 2d) as x ⊙ (a + sign(x) ⊙ b), contiguous.
+def _signed(a: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """x ⊙ a + |x| ⊙ b as x ⊙ (a + sign(x) ⊙ b), for products ``a``, ``b`` just computed: in
+    place into ``a`` where it is contiguous, else into a new contiguous tensor (``a`` a view,
+    e.g. one half of one product with [W, |W|]).
 
-    Where a = b and x < 0 the sum is exactly 0 either way (sign(x)·b is exact).
+    Where a = b and x < 0 the sum is exactly 0, as x·a + |x|·b is (sign(x)·b is exact).
     """
-    a, b = ab[..., :d], ab[..., d:]
-    out = torch.empty(a.shape, dtype=ab.dtype, device=ab.device)
-    torch.addcmul(a, b, torch.sign(x), out=out)
-    return out.mul_(x)
+    if a.is_contiguous():
+        return a.addcmul_(b, torch.sign(x)).mul_(x)
+    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    return torch.addcmul(a, b, torch.sign(x), out=out).mul_(x)

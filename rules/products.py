@@ -31,6 +31,7 @@ __all__ = [
     "input_product",
     "input_product_in_blocks",
     "layer_product",
+    "sparse_rows",
     "supports",
 ]
 
@@ -69,12 +70,19 @@ def feeds_output(ctx: Context) -> bool:
     return any(user.op == "output" for user in getattr(getattr(ctx, "node", None), "users", ()))
 
 
+def sparse_rows(rows: Tensor) -> Tensor | None:
+    """The indices of the rows of the 2-D ``rows`` that are not all zero, if they are at most
+    half of them (a relevance zero outside what a target explains); else None."""
+    kept = rows.ne(0).any(1).nonzero().squeeze(1)
+    return kept if 2 * kept.numel() <= rows.shape[0] else None
+
+
 def _rows_product(g: Tensor, weight: Tensor) -> Tensor:
     """``g @ weight`` (over g's last dimension), multiplying only the rows of g that are not all
     zero when they are at most half of them: the others give rows of zeros."""
     rows = g.reshape(-1, g.shape[-1])
-    kept = rows.ne(0).any(1).nonzero().squeeze(1)
-    if 2 * kept.numel() > rows.shape[0]:
+    kept = sparse_rows(rows)
+    if kept is None:
         return g @ weight
     out = rows.new_zeros(rows.shape[0], weight.shape[-1])
     out.index_copy_(0, kept, rows.index_select(0, kept) @ weight)
